@@ -1,0 +1,389 @@
+"""A real, local Kubernetes control plane with Cluster API core: etcd, kube-apiserver,
+kube-controller-manager (garbage collector + namespace controllers) and the CAPI manager with its
+webhooks served on loopback.
+
+Everything listens on 127.0.0.1 on free ports, so several environments can run side by side. The
+admin identity is a client certificate in ``system:masters``; the kubeconfig embeds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tenacity
+import yaml
+
+from capi_remote.devenv.pki import CertificateAuthority, KeyPair, service_account_key
+from capi_remote.devenv.processes import ManagedProcess
+from capi_remote.devenv.toolchain import Toolchain
+
+_LOOPBACK = "127.0.0.1"
+
+
+class ControlPlaneError(RuntimeError):
+    """A component failed to start or become ready; the message carries its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _http_ok(url: str, expect: bytes = b"", context: ssl.SSLContext | None = None) -> bool:
+    """A readiness probe: HTTP 200 (and ``expect`` in the body) from a loopback endpoint."""
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310
+            return bool(response.status == 200 and expect in response.read())
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@attrs.frozen
+class Settings:
+    """What to start and how long to wait for it."""
+
+    cluster_api: bool = True
+    ready_timeout: float = 120.0
+    feature_gates: str = "ClusterTopology=true"
+    audit_policy: Path | None = None
+
+
+@attrs.define
+class ControlPlane:
+    """Start with :meth:`start` (or as a context manager); :meth:`stop` leaves nothing behind."""
+
+    toolchain: Toolchain
+    settings: Settings = Settings()
+    workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="capi-remote-cp-")))
+    ca: CertificateAuthority = attrs.field(
+        factory=lambda: CertificateAuthority.create("capi-remote-dev")
+    )
+    apiserver_port: int = attrs.field(factory=free_port)
+    webhook_port: int = attrs.field(factory=free_port)
+    _processes: list[ManagedProcess] = attrs.field(factory=list, init=False)
+    _etcd_url: str = attrs.field(default="", init=False)
+
+    @property
+    def server(self) -> str:
+        return f"https://{_LOOPBACK}:{self.apiserver_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "logs" / "audit.log"
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        try:
+            (self.workdir / "pki").mkdir(parents=True, exist_ok=True)
+            progress("etcd")
+            self._start_etcd()
+            progress("kube-apiserver")
+            self._start_apiserver()
+            progress("kube-controller-manager")
+            self._start_controller_manager()
+            if self.settings.cluster_api:
+                progress("Cluster API core")
+                self._start_cluster_api()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, keep_workdir: bool = False) -> None:
+        """Stop every component; the working directory (logs, kubeconfig) goes unless kept."""
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        if not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        """Run the pinned kubectl against this control plane; raises with its stderr on failure."""
+        proc = subprocess.run(
+            [str(self.toolchain.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def apply(self, documents: list[dict[str, Any]]) -> None:
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            input_text=yaml.safe_dump_all(documents),
+        )
+
+    # -- components ----------------------------------------------------------------------------
+
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log", env)
+        process.start()
+        self._processes.append(process)
+        return process
+
+    def _wait(self, process: ManagedProcess, probe: Callable[[], bool], what: str) -> None:
+        """Poll ``probe`` until true; fail early if the process dies, with its log tail."""
+
+        def attempt() -> None:
+            if process.exit_code() is not None:
+                raise ControlPlaneError(f"{what} did not start: {process.describe_failure()}")
+            if not probe():
+                raise TimeoutError(what)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.settings.ready_timeout),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            retry=tenacity.retry_if_exception_type(TimeoutError),
+            reraise=True,
+        )
+        try:
+            retrying(attempt)
+        except TimeoutError:
+            raise ControlPlaneError(
+                f"{what} not ready after {self.settings.ready_timeout:.0f}s: "
+                f"{process.describe_failure()}"
+            ) from None
+
+    def _admin_files(self) -> tuple[Path, Path]:
+        pki = self.workdir / "pki"
+        return pki / "admin.crt", pki / "admin.key"
+
+    def _https_ok(self, url: str, client: tuple[Path, Path] | None = None) -> bool:
+        context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        if client:
+            context.load_cert_chain(str(client[0]), str(client[1]))
+        return _http_ok(url, context=context)
+
+    def _start_etcd(self) -> None:
+        client_port, peer_port = free_port(), free_port()
+        client_url = f"http://{_LOOPBACK}:{client_port}"
+        peer_url = f"http://{_LOOPBACK}:{peer_port}"
+        self._etcd_url = client_url
+        process = self._spawn(
+            "etcd",
+            [
+                str(self.toolchain.etcd),
+                "--name=dev",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=dev={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+
+        self._wait(process, lambda: _http_ok(f"{client_url}/health", b'"health":"true"'), "etcd")
+
+    def _start_apiserver(self) -> None:
+        pki = self.workdir / "pki"
+        (pki / "ca.crt").write_bytes(self.ca.cert_pem)
+        serving = self.ca.issue(
+            "kube-apiserver",
+            hosts=(_LOOPBACK, "localhost", "10.0.0.1", "kubernetes.default.svc"),
+            server=True,
+        ).write(pki, "apiserver")
+        admin = self.ca.issue("admin", organizations=("system:masters",), client=True)
+        admin.write(pki, "admin")
+        sa_public, sa_private = service_account_key().write(pki, "service-account")
+        argv = [
+            str(self.toolchain.kube_apiserver),
+            f"--etcd-servers={self._etcd_url}",
+            f"--bind-address={_LOOPBACK}",
+            f"--advertise-address={_LOOPBACK}",
+            f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={serving[0]}",
+            f"--tls-private-key-file={serving[1]}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={sa_public}",
+            f"--service-account-signing-key-file={sa_private}",
+            "--enable-priority-and-fairness=false",
+            "--endpoint-reconciler-type=none",
+        ]
+        if self.settings.audit_policy is not None:
+            argv += [
+                f"--audit-policy-file={self.settings.audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+            ]
+        process = self._spawn("kube-apiserver", argv)
+        self._wait(
+            process,
+            lambda: self._https_ok(f"{self.server}/readyz", self._admin_files()),
+            "kube-apiserver",
+        )
+        self._write_kubeconfig(admin)
+
+    def _write_kubeconfig(self, admin: KeyPair) -> None:
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "capi-remote-dev",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": b64(self.ca.cert_pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64(admin.cert_pem),
+                        "client-key-data": b64(admin.key_pem),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "capi-remote-dev",
+                    "context": {"cluster": "capi-remote-dev", "user": "admin"},
+                }
+            ],
+            "current-context": "capi-remote-dev",
+        }
+        self.kubeconfig.touch(mode=0o600, exist_ok=True)
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+
+    def _start_controller_manager(self) -> None:
+        pki = self.workdir / "pki"
+        port = free_port()
+        serving = self.ca.issue("kube-controller-manager", hosts=(_LOOPBACK,), server=True).write(
+            pki, "controller-manager"
+        )
+        process = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.toolchain.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--controllers=garbage-collector-controller,namespace-controller",
+                "--leader-elect=false",
+                f"--bind-address={_LOOPBACK}",
+                f"--secure-port={port}",
+                f"--tls-cert-file={serving[0]}",
+                f"--tls-private-key-file={serving[1]}",
+                f"--service-account-private-key-file={pki / 'service-account.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+            ],
+        )
+        self._wait(
+            process,
+            lambda: self._https_ok(f"https://{_LOOPBACK}:{port}/healthz"),
+            "kube-controller-manager",
+        )
+
+    def _start_cluster_api(self) -> None:
+        cert_dir = self.workdir / "capi-webhook"
+        cert_dir.mkdir()
+        serving = self.ca.issue("capi-webhook", hosts=(_LOOPBACK, "localhost"), server=True)
+        (cert_dir / "tls.crt").write_bytes(serving.cert_pem)
+        (cert_dir / "tls.key").touch(mode=0o600)
+        (cert_dir / "tls.key").write_bytes(serving.key_pem)
+        self.apply(self._capi_crds() + self._capi_webhooks())
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        health_port = free_port()
+        process = self._spawn(
+            "capi-manager",
+            [
+                str(self.toolchain.capi_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--webhook-port={self.webhook_port}",
+                f"--webhook-cert-dir={cert_dir}",
+                f"--health-addr={_LOOPBACK}:{health_port}",
+                f"--diagnostics-address={_LOOPBACK}:{free_port()}",
+                "--insecure-diagnostics",
+                f"--feature-gates={self.settings.feature_gates}",
+                "--leader-elect=false",
+            ],
+            env={"POD_NAMESPACE": "capi-system"},
+        )
+
+        self._wait(
+            process,
+            lambda: _http_ok(f"http://{_LOOPBACK}:{health_port}/readyz"),
+            "Cluster API manager",
+        )
+
+    def _webhook_client_config(self, path: str) -> dict[str, str]:
+        return {
+            "url": f"https://{_LOOPBACK}:{self.webhook_port}{path}",
+            "caBundle": base64.b64encode(self.ca.cert_pem).decode(),
+        }
+
+    def _capi_crds(self) -> list[dict[str, Any]]:
+        """CAPI's CRDs with the conversion webhook pointed at the local manager, as its
+        kustomize patches would do with a Service."""
+        crds = []
+        for path in sorted((self.toolchain.capi_config / "crd" / "bases").glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            if len(crd["spec"]["versions"]) > 1:
+                crd["spec"]["conversion"] = {
+                    "strategy": "Webhook",
+                    "webhook": {
+                        "conversionReviewVersions": ["v1"],
+                        "clientConfig": self._webhook_client_config("/convert"),
+                    },
+                }
+            crds.append(crd)
+        return crds
+
+    def _capi_webhooks(self) -> list[dict[str, Any]]:
+        manifests = self.toolchain.capi_config / "webhook" / "manifests.yaml"
+        configs = []
+        for doc in yaml.safe_load_all(manifests.read_text()):
+            if not doc:
+                continue
+            doc["metadata"]["name"] = "capi-" + doc["metadata"]["name"]
+            for hook in doc["webhooks"]:
+                hook["clientConfig"] = self._webhook_client_config(
+                    hook["clientConfig"]["service"]["path"]
+                )
+            configs.append(doc)
+        return configs

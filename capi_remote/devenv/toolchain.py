@@ -1,0 +1,254 @@
+"""Binaries of the local control plane, built from pinned Go modules and cached outside the clone.
+
+Why build: no registry reachable here ships kube-apiserver or the Cluster API manager, and the Go
+module proxy is. Each component is a small wrapper module under ``toolchain/`` whose go.mod/go.sum
+pin it; the cache directory name carries the version and a hash of those files, so a binary is
+rebuilt exactly when its pins change.
+
+Resolution order for each binary: ``TEST_ASSET_<NAME>`` (envtest's convention), then
+``$KUBEBUILDER_ASSETS/<name>``, then the cache (building on a miss). The cache root is
+``$CAPI_REMOTE_CACHE`` or ``~/.cache/capi-remote``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+TOOLCHAIN_DIR = Path(__file__).parent / "toolchain"
+
+KUBERNETES_VERSION = "v1.35.4"
+ETCD_VERSION = "v3.6.10"
+CLUSTER_API_VERSION = "v1.13.6"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CAPI_REMOTE_CACHE") or Path.home() / ".cache" / "capi-remote")
+
+
+@attrs.frozen
+class Component:
+    """One wrapper module and the commands it builds."""
+
+    name: str
+    version: str
+    module_dir: str
+    packages: tuple[str, ...]
+    ldflags: str = "-s -w"
+
+    @property
+    def pin_hash(self) -> str:
+        digest = hashlib.sha256()
+        for file in ("go.mod", "go.sum", "main.go", "tools.go"):
+            path = TOOLCHAIN_DIR / self.module_dir / file
+            if path.exists():
+                digest.update(file.encode() + b"\0" + path.read_bytes())
+        digest.update(self.ldflags.encode())
+        return digest.hexdigest()[:12]
+
+    @property
+    def cache_dir(self) -> Path:
+        return cache_root() / "bin" / f"{self.name}-{self.version}-{self.pin_hash}"
+
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        return tuple(package.rstrip("/").rsplit("/", 1)[-1] for package in self.packages)
+
+
+def _kubernetes_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    pairs = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        pairs += [
+            f"{pkg}.gitVersion={version}",
+            f"{pkg}.gitMajor={major}",
+            f"{pkg}.gitMinor={minor}",
+            f"{pkg}.gitTreeState=clean",
+        ]
+    return "-s -w " + " ".join(f"-X {pair}" for pair in pairs)
+
+
+KUBERNETES = Component(
+    name="kubernetes",
+    version=KUBERNETES_VERSION,
+    module_dir="kubernetes",
+    packages=(
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kubectl",
+    ),
+    ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
+)
+ETCD = Component(
+    name="etcd",
+    version=ETCD_VERSION,
+    module_dir="etcd",
+    packages=("capi-remote.dev/toolchain/etcd",),
+)
+CLUSTER_API = Component(
+    name="cluster-api",
+    version=CLUSTER_API_VERSION,
+    module_dir="clusterapi",
+    packages=("sigs.k8s.io/cluster-api", "sigs.k8s.io/cluster-api/cmd/clusterctl"),
+)
+COMPONENTS = (ETCD, KUBERNETES, CLUSTER_API)
+
+# The CAPI module's root package builds a binary named after the module; give it a clear name.
+_RENAMES = {"cluster-api": "cluster-api-manager"}
+
+
+class ToolchainError(RuntimeError):
+    """A binary could not be found or built; the message says which and why."""
+
+
+@attrs.frozen
+class Toolchain:
+    """Paths of every binary and data file the local control plane needs."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+    capi_manager: Path
+    clusterctl: Path
+    capi_config: Path  # cluster-api's config/ directory: CRDs and webhook manifests
+
+
+def _from_environment(binary: str) -> Path | None:
+    explicit = os.environ.get("TEST_ASSET_" + binary.upper().replace("-", "_"))
+    if explicit:
+        return Path(explicit)
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and (Path(assets) / binary).is_file():
+        return Path(assets) / binary
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise builds of one component across processes (parallel test runs, `make run`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise ToolchainError(
+            "the Go toolchain is needed to build the local control plane (go not on PATH); "
+            "install Go >= 1.25 or point KUBEBUILDER_ASSETS at prebuilt binaries"
+        )
+    return go
+
+
+def _run_go(args: list[str], cwd: Path, what: str) -> str:
+    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
+    proc = subprocess.run(
+        [_go(), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-30:])
+        raise ToolchainError(f"{what} failed (go {' '.join(args[:2])} in {cwd}):\n{tail}")
+    return proc.stdout
+
+
+def _build(component: Component, log: Callable[[str], None]) -> None:
+    target = component.cache_dir
+    with _locked(target.with_suffix(".lock")):
+        if all((target / _RENAMES.get(b, b)).is_file() for b in component.binaries):
+            return
+        log(
+            f"building {component.name} {component.version} into {target} "
+            "(a cold build takes several minutes on 2 cores)"
+        )
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _run_go(
+                [
+                    "build",
+                    "-trimpath",
+                    "-ldflags",
+                    component.ldflags,
+                    "-o",
+                    str(staging) + "/",
+                    *component.packages,
+                ],
+                cwd=TOOLCHAIN_DIR / component.module_dir,
+                what=f"building {component.name} {component.version}",
+            )
+            for original, renamed in _RENAMES.items():
+                if (staging / original).exists():
+                    (staging / original).rename(staging / renamed)
+            if component is CLUSTER_API:
+                _copy_capi_config(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_capi_config(staging: Path) -> None:
+    """Keep CAPI's CRDs and webhook manifests beside its binary so runs need no module cache."""
+    listing = _run_go(
+        ["mod", "download", "-json", f"sigs.k8s.io/cluster-api@{CLUSTER_API_VERSION}"],
+        cwd=TOOLCHAIN_DIR / CLUSTER_API.module_dir,
+        what="locating the cluster-api module",
+    )
+    module_dir = Path(json.loads(listing)["Dir"])
+    shutil.copytree(module_dir / "config", staging / "config")
+    for path in (staging / "config").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def ensure(log: Callable[[str], None] = print) -> Toolchain:
+    """Find or build every binary; raises ToolchainError naming the missing piece."""
+    found: dict[str, Path] = {}
+    for component in COMPONENTS:
+        wanted = {b: _from_environment(_RENAMES.get(b, b)) for b in component.binaries}
+        if component is not CLUSTER_API and all(wanted.values()):
+            found.update({b: p for b, p in wanted.items() if p is not None})
+            continue
+        _build(component, log)
+        for binary in component.binaries:
+            name = _RENAMES.get(binary, binary)
+            found[name] = wanted[binary] or component.cache_dir / name
+    return Toolchain(
+        etcd=found["etcd"],
+        kube_apiserver=found["kube-apiserver"],
+        kube_controller_manager=found["kube-controller-manager"],
+        kubectl=found["kubectl"],
+        capi_manager=found["cluster-api-manager"],
+        clusterctl=found["clusterctl"],
+        capi_config=CLUSTER_API.cache_dir / "config",
+    )
+
+
+def main() -> int:
+    try:
+        toolchain = ensure(log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ToolchainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for field in attrs.fields(Toolchain):
+        print(f"{field.name}: {getattr(toolchain, field.name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

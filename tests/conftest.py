@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures for the real test bed live in plugin modules."""
+
+pytest_plugins = [
+    "tests.fixtures_controlplane",
+    "tests.fixtures_hosts",
+]
