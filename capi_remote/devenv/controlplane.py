@@ -81,6 +81,10 @@ class ControlPlane:
         return f"https://{_LOOPBACK}:{self.apiserver_port}"
 
     @property
+    def etcd_url(self) -> str:
+        return self._etcd_url
+
+    @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
 
@@ -240,6 +244,9 @@ class ControlPlane:
             f"--service-account-signing-key-file={sa_private}",
             "--enable-priority-and-fairness=false",
             "--endpoint-reconciler-type=none",
+            # PodTemplates bypass the watch cache, so tests can make a watch hit 410 Gone by
+            # compacting etcd (a cached resource would serve the old version from memory).
+            "--watch-cache-sizes=podtemplates#0",
         ]
         if self.settings.audit_policy is not None:
             argv += [

@@ -1,0 +1,116 @@
+"""The store behind an informer: the latest known version of each object, with secondary indexes.
+
+Invariants:
+- Only the informer writes; reconcilers read. Objects handed out are the cached dicts themselves:
+  treat them as read-only (copy before changing), as with client-go's shared cache.
+- Every index is kept consistent with the objects on each write: an object is found under an index
+  value exactly when the index function returns that value for its cached version.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+JSONDict = dict[str, Any]
+IndexFunc = Callable[[JSONDict], Iterable[str]]
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` (or ``name`` for cluster-scoped objects), the key used everywhere."""
+    meta = obj["metadata"]
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+def index_by_owner_uid(obj: JSONDict) -> list[str]:
+    return [ref["uid"] for ref in obj["metadata"].get("ownerReferences", ()) if "uid" in ref]
+
+
+def index_by_label(label: str) -> IndexFunc:
+    """Index objects by the value of one label (objects without it are not indexed)."""
+
+    def index(obj: JSONDict) -> list[str]:
+        value = obj["metadata"].get("labels", {}).get(label)
+        return [value] if value is not None else []
+
+    return index
+
+
+def index_by_namespace(obj: JSONDict) -> list[str]:
+    return [obj["metadata"].get("namespace", "")]
+
+
+class Store:
+    """Objects by key, plus named indexes (value → keys)."""
+
+    def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
+        self._objects: dict[str, JSONDict] = {}
+        self._indexers: dict[str, IndexFunc] = dict(indexers or {})
+        self._indexes: dict[str, defaultdict[str, set[str]]] = {
+            name: defaultdict(set) for name in self._indexers
+        }
+
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        """Add an index; existing objects are indexed right away."""
+        if name in self._indexers:
+            return
+        self._indexers[name] = func
+        self._indexes[name] = defaultdict(set)
+        for key, obj in self._objects.items():
+            for value in func(obj):
+                self._indexes[name][value].add(key)
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._objects
+
+    def get(self, key: str) -> JSONDict | None:
+        return self._objects.get(key)
+
+    def get_by_name(self, namespace: str | None, name: str) -> JSONDict | None:
+        return self._objects.get(f"{namespace}/{name}" if namespace else name)
+
+    def list_keys(self) -> list[str]:
+        return list(self._objects)
+
+    def values(self) -> list[JSONDict]:
+        return list(self._objects.values())
+
+    def by_index(self, index: str, value: str) -> list[JSONDict]:
+        """Objects whose index function returned ``value``; KeyError for an unknown index."""
+        keys = self._indexes[index].get(value, ())
+        return [self._objects[key] for key in sorted(keys)]
+
+    # -- writes: the informer only -------------------------------------------------------------
+
+    def upsert(self, obj: JSONDict) -> JSONDict | None:
+        """Insert or replace; returns the previous version."""
+        key = object_key(obj)
+        old = self._objects.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self._objects[key] = obj
+        for name, func in self._indexers.items():
+            for value in func(obj):
+                self._indexes[name][value].add(key)
+        return old
+
+    def remove(self, key: str) -> JSONDict | None:
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        return old
+
+    def _unindex(self, key: str, obj: JSONDict) -> None:
+        for name, func in self._indexers.items():
+            index = self._indexes[name]
+            for value in func(obj):
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]

@@ -1,0 +1,265 @@
+"""A thin, dict-based Kubernetes client over kubernetes_asyncio's transport.
+
+Why not the generated API classes: the framework handles many kinds (ours, CAPI's, core) the same
+way, and deserialising every watch event into generated models costs more CPU and memory than the
+informer cache can afford. Objects are plain JSON dicts here; reconcilers convert the kinds they
+own into typed models.
+
+Invariants:
+- Every non-2xx answer raises :class:`ApiError` carrying the status code and the server's message;
+  the body is never logged (Secrets travel through here).
+- Watch streams are parsed incrementally, so a single large object (a bootstrap Secret) is not
+  limited by a line-length cap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+JSONDict = dict[str, Any]
+
+
+@attrs.frozen
+class Resource:
+    """Where a kind lives in the API: enough to build its URLs."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+        return base
+
+
+class ApiError(Exception):
+    """A non-success answer from the API server."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def _error_from(status: int, body: bytes) -> ApiError:
+    try:
+        payload = json.loads(body)
+        return ApiError(status, str(payload.get("reason", "")), str(payload.get("message", "")))
+    except (ValueError, AttributeError):
+        return ApiError(status, "", body[:200].decode(errors="replace"))
+
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+@attrs.define
+class KubeClient:
+    """Async CRUD + list/watch on JSON dicts. One per process; safe to share between tasks."""
+
+    api: k8s_client.ApiClient
+
+    @classmethod
+    async def from_kubeconfig(cls, path: str | None = None) -> KubeClient:
+        """From a kubeconfig file (or $KUBECONFIG / ~/.kube/config), else in-cluster config."""
+        configuration = k8s_client.Configuration()
+        try:
+            await k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+        except k8s_config.ConfigException:
+            if path is not None:
+                raise
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        return cls(k8s_client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        request_timeout: float | None = 60.0,
+    ) -> Any:
+        """Send a request and return the raw aiohttp response (status not yet checked)."""
+        params = [
+            (k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
+        ]
+        # The REST layer JSON-encodes dict bodies itself for JSON and apply content types.
+        return await self.api.call_api(
+            path,
+            method,
+            query_params=params,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=request_timeout,
+        )
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
+        response = await self._request(method, path, **kwargs)
+        try:
+            payload = await response.read()
+        finally:
+            response.release()
+        if not 200 <= response.status < 300:
+            raise _error_from(response.status, payload)
+        result: JSONDict = json.loads(payload)
+        return result
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
+        return await self._json("GET", resource.path(namespace, name))
+
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> JSONDict:
+        query: dict[str, str | int | bool] = {}
+        for key, value in (
+            ("labelSelector", label_selector),
+            ("fieldSelector", field_selector),
+            ("resourceVersion", resource_version),
+            ("limit", limit),
+            ("continue", continue_token),
+        ):
+            if value is not None:
+                query[key] = value
+        return await self._json("GET", resource.path(namespace), query=query)
+
+    async def create(self, resource: Resource, obj: JSONDict) -> JSONDict:
+        namespace = obj.get("metadata", {}).get("namespace")
+        return await self._json("POST", resource.path(namespace), body=obj)
+
+    async def replace(
+        self, resource: Resource, obj: JSONDict, *, subresource: str = ""
+    ) -> JSONDict:
+        """PUT; ``metadata.resourceVersion`` in ``obj`` is the concurrency precondition."""
+        meta = obj["metadata"]
+        path = resource.path(meta.get("namespace"), meta["name"])
+        return await self._json("PUT", path + (f"/{subresource}" if subresource else ""), body=obj)
+
+    async def patch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        content_type: str = MERGE_PATCH,
+        subresource: str = "",
+        field_manager: str | None = None,
+        force: bool = False,
+    ) -> JSONDict:
+        query: dict[str, str | int | bool] = {}
+        if field_manager:
+            query["fieldManager"] = field_manager
+        if force:
+            query["force"] = True
+        path = resource.path(namespace, name) + (f"/{subresource}" if subresource else "")
+        return await self._json("PATCH", path, body=patch, content_type=content_type, query=query)
+
+    async def delete(
+        self, resource: Resource, namespace: str | None, name: str, *, uid: str | None = None
+    ) -> JSONDict | None:
+        """Delete; None when already gone. ``uid`` makes it a precondition (no wrong victim)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            return await self._json("DELETE", resource.path(namespace, name), body=body)
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        resource_version: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[JSONDict]:
+        """Yield watch events (``{"type": ..., "object": ...}``) until the server ends the stream.
+
+        An ERROR event is raised as :class:`ApiError` (410 Gone means: relist).
+        """
+        query: dict[str, str | int | bool] = {
+            "watch": True,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": timeout_seconds,
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        response = await self._request(
+            "GET", resource.path(namespace), query=query, request_timeout=None
+        )
+        try:
+            if not 200 <= response.status < 300:
+                raise _error_from(response.status, await response.read())
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while (newline := buffer.find(b"\n")) >= 0:
+                    line, buffer = buffer[:newline], buffer[newline + 1 :]
+                    if not line.strip():
+                        continue
+                    event: JSONDict = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object", {})
+                        raise ApiError(
+                            int(status.get("code", 500)),
+                            str(status.get("reason", "")),
+                            str(status.get("message", "")),
+                        )
+                    yield event
+        finally:
+            response.release()
