@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test bed needs: namespaced sshd hosts (debootstrap builds their rootfs) and
 # the tools to wire them up.
-APT_PACKAGES := debootstrap iproute2 iptables openssh-client sudo util-linux procps psmisc ca-certificates
+APT_PACKAGES := debootstrap iproute2 iptables openssh-client sudo util-linux procps psmisc ca-certificates openssl debian-archive-keyring
 
-.PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv
+.PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv manifests
 
 run: deps
 	$(BIN)/python -m capi_remote.devenv up
@@ -21,6 +21,10 @@ lint: venv
 	$(BIN)/ruff format --check capi_remote reconcilers tests e2e
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# CRDs (manifests/crds) and docs/api-reference.md, generated from the models in capi_remote/api.
+manifests: venv
+	$(BIN)/python -m capi_remote.api generate
 
 fmt: venv
 	$(BIN)/ruff format capi_remote reconcilers tests e2e
