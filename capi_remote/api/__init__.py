@@ -1,0 +1,105 @@
+"""Typed models of the provider's API, their CRDs, and conversion between versions.
+
+Pure data: no Kubernetes client here. Reconcilers use the hub version (v1beta2), re-exported below;
+``v1beta1`` exists for the conversion webhook and for clients that still speak it.
+
+- ``from_dict(Model, obj)`` / ``to_dict(model)``: JSON form ⇄ frozen attrs models.
+- ``convert(obj, "v1beta2")`` and ``review_response(review)``: the conversion webhook's logic.
+- ``python -m capi_remote.api generate|check``: CRDs in ``manifests/crds`` and
+  ``docs/api-reference.md`` from the models.
+"""
+
+from capi_remote.api.common import (
+    BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+    GROUP,
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+    APIEndpoint,
+    Bastion,
+    BootstrapProgress,
+    Condition,
+    Health,
+    HostFacts,
+    HostKeyPolicy,
+    KnownHostsRef,
+    MachineAddress,
+    NamespacedName,
+    NodeInfo,
+    PoolClaim,
+    PooledRemoteMachineStatus,
+    ProvisionJob,
+    RemoteClusterSpec,
+    RemoteMachineTemplateStatus,
+    SecretKeyRef,
+    SSHKeyRef,
+    Timeouts,
+    V1Beta1Condition,
+    parse_duration,
+)
+from capi_remote.api.conversion import ConversionError, convert, review_response
+from capi_remote.api.meta import ObjectMeta, OwnerReference, TemplateMeta
+from capi_remote.api.serde import from_dict, to_dict
+from capi_remote.api.v1beta2 import (
+    API_VERSION,
+    DeprecatedStatus,
+    Initialization,
+    PooledMachineSpec,
+    PooledRemoteMachine,
+    PooledRemoteMachineSpec,
+    RemoteCluster,
+    RemoteClusterStatus,
+    RemoteClusterTemplate,
+    RemoteMachine,
+    RemoteMachineSpec,
+    RemoteMachineStatus,
+    RemoteMachineTemplate,
+    V1Beta1DeprecatedStatus,
+)
+
+__all__ = [
+    "API_VERSION",
+    "BASTION_HOST_KEY_FINGERPRINT_ANNOTATION",
+    "GROUP",
+    "HOST_KEY_FINGERPRINT_ANNOTATION",
+    "APIEndpoint",
+    "Bastion",
+    "BootstrapProgress",
+    "Condition",
+    "ConversionError",
+    "DeprecatedStatus",
+    "Health",
+    "HostFacts",
+    "HostKeyPolicy",
+    "Initialization",
+    "KnownHostsRef",
+    "MachineAddress",
+    "NamespacedName",
+    "NodeInfo",
+    "ObjectMeta",
+    "OwnerReference",
+    "PoolClaim",
+    "PooledMachineSpec",
+    "PooledRemoteMachine",
+    "PooledRemoteMachineSpec",
+    "PooledRemoteMachineStatus",
+    "ProvisionJob",
+    "RemoteCluster",
+    "RemoteClusterSpec",
+    "RemoteClusterStatus",
+    "RemoteClusterTemplate",
+    "RemoteMachine",
+    "RemoteMachineSpec",
+    "RemoteMachineStatus",
+    "RemoteMachineTemplate",
+    "RemoteMachineTemplateStatus",
+    "SSHKeyRef",
+    "SecretKeyRef",
+    "TemplateMeta",
+    "Timeouts",
+    "V1Beta1Condition",
+    "V1Beta1DeprecatedStatus",
+    "convert",
+    "from_dict",
+    "parse_duration",
+    "review_response",
+    "to_dict",
+]

@@ -1,0 +1,193 @@
+"""API version v1beta1: still served for existing clients, deprecated.
+
+Shaped like the reference provider's v1beta1 (``customCleanUpCommands``, ``status.ready``,
+``status.failureReason``/``failureMessage``), plus everything v1beta2 has, so that conversion
+through the hub loses nothing: Cluster API v1beta1 conditions in ``status.conditions`` and the hub's
+metav1 conditions under ``status.v1beta2.conditions``, the layout Cluster API uses for its own
+v1beta1 types.
+"""
+
+from typing import Final, Literal
+
+import attrs
+
+from capi_remote.api.common import (
+    API_VERSION_DOC,
+    CLAIM_DOC,
+    KIND_DOC,
+    METADATA_DOC,
+    Condition,
+    MachineSpecBase,
+    MachineStatusBase,
+    PoolClaim,
+    PooledMachineSpecBase,
+    PooledRemoteMachineStatus,
+    RemoteClusterSpec,
+    RemoteClusterTemplateSpec,
+    RemoteMachineTemplateSpec,
+    RemoteMachineTemplateStatus,
+    V1Beta1Condition,
+    clean_up_commands_doc,
+    conditions_doc,
+    v1beta1_conditions_doc,
+)
+from capi_remote.api.fields import doc
+from capi_remote.api.meta import ObjectMeta
+
+API_VERSION: Final = "infrastructure.cluster.x-k8s.io/v1beta1"
+
+
+@attrs.frozen(kw_only=True)
+class V1Beta2Status:
+    conditions: tuple[Condition, ...] = attrs.field(metadata=conditions_doc())
+
+
+_V1BETA2_DOC = doc("The v1beta2 conditions, for clients that read this version.")
+_FAILURE_REASON_DOC = doc("Terminal failure reason (Cluster API v1beta1 contract).")
+_FAILURE_MESSAGE_DOC = doc("Terminal failure message (Cluster API v1beta1 contract).")
+
+
+# ---------------------------------------------------------------------------------------------
+# RemoteMachine
+
+
+@attrs.frozen(kw_only=True)
+class RemoteMachineSpec(MachineSpecBase):
+    custom_clean_up_commands: tuple[str, ...] | None = attrs.field(
+        default=None, metadata=clean_up_commands_doc()
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RemoteMachineStatus(MachineStatusBase):
+    ready: bool | None = attrs.field(
+        default=None,
+        metadata=doc("True once the infrastructure is provisioned (Cluster API v1beta1 contract)."),
+    )
+    failure_reason: str | None = attrs.field(default=None, metadata=_FAILURE_REASON_DOC)
+    failure_message: str | None = attrs.field(default=None, metadata=_FAILURE_MESSAGE_DOC)
+    conditions: tuple[V1Beta1Condition, ...] | None = attrs.field(
+        default=None, metadata=v1beta1_conditions_doc()
+    )
+    v1beta2: V1Beta2Status | None = attrs.field(default=None, metadata=_V1BETA2_DOC)
+
+
+@attrs.frozen(kw_only=True)
+class RemoteMachine:
+    api_version: Literal["infrastructure.cluster.x-k8s.io/v1beta1"] = attrs.field(
+        default=API_VERSION, metadata=API_VERSION_DOC
+    )
+    kind: Literal["RemoteMachine"] = attrs.field(default="RemoteMachine", metadata=KIND_DOC)
+    metadata: ObjectMeta = attrs.field(factory=ObjectMeta, metadata=METADATA_DOC)
+    spec: RemoteMachineSpec = attrs.field(
+        metadata=doc("How to reach the host and bootstrap it into a Cluster API Machine.")
+    )
+    status: RemoteMachineStatus | None = attrs.field(
+        default=None, metadata=doc("Observed state of the machine.")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PooledRemoteMachine
+
+
+@attrs.frozen(kw_only=True)
+class PooledMachineSpec(PooledMachineSpecBase):
+    custom_clean_up_commands: tuple[str, ...] | None = attrs.field(
+        default=None, metadata=clean_up_commands_doc()
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PooledRemoteMachineSpec:
+    pool: str = attrs.field(metadata=doc("Name of the pool.", min_length=1, max_length=253))
+    machine: PooledMachineSpec = attrs.field(metadata=doc("The host and how to reach it."))
+    claim: PoolClaim | None = attrs.field(
+        default=None,
+        metadata=CLAIM_DOC,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PooledRemoteMachine:
+    api_version: Literal["infrastructure.cluster.x-k8s.io/v1beta1"] = attrs.field(
+        default=API_VERSION, metadata=API_VERSION_DOC
+    )
+    kind: Literal["PooledRemoteMachine"] = attrs.field(
+        default="PooledRemoteMachine", metadata=KIND_DOC
+    )
+    metadata: ObjectMeta = attrs.field(factory=ObjectMeta, metadata=METADATA_DOC)
+    spec: PooledRemoteMachineSpec = attrs.field(
+        metadata=doc("A host offered to RemoteMachines of a pool.")
+    )
+    status: PooledRemoteMachineStatus | None = attrs.field(
+        default=None, metadata=doc("Reservation and health of the host.")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# RemoteMachineTemplate
+
+
+@attrs.frozen(kw_only=True)
+class RemoteMachineTemplate:
+    api_version: Literal["infrastructure.cluster.x-k8s.io/v1beta1"] = attrs.field(
+        default=API_VERSION, metadata=API_VERSION_DOC
+    )
+    kind: Literal["RemoteMachineTemplate"] = attrs.field(
+        default="RemoteMachineTemplate", metadata=KIND_DOC
+    )
+    metadata: ObjectMeta = attrs.field(factory=ObjectMeta, metadata=METADATA_DOC)
+    spec: RemoteMachineTemplateSpec = attrs.field(
+        metadata=doc("Template for the RemoteMachines of a MachineDeployment or control plane.")
+    )
+    status: RemoteMachineTemplateStatus | None = attrs.field(
+        default=None, metadata=doc("Capacity of the template's pool.")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# RemoteCluster
+
+
+@attrs.frozen(kw_only=True)
+class RemoteClusterStatus:
+    ready: bool = attrs.field(
+        default=False,
+        metadata=doc("True once the infrastructure is provisioned (Cluster API v1beta1 contract)."),
+    )
+    failure_reason: str | None = attrs.field(default=None, metadata=_FAILURE_REASON_DOC)
+    failure_message: str | None = attrs.field(default=None, metadata=_FAILURE_MESSAGE_DOC)
+    conditions: tuple[V1Beta1Condition, ...] | None = attrs.field(
+        default=None, metadata=v1beta1_conditions_doc()
+    )
+    v1beta2: V1Beta2Status | None = attrs.field(default=None, metadata=_V1BETA2_DOC)
+
+
+@attrs.frozen(kw_only=True)
+class RemoteCluster:
+    api_version: Literal["infrastructure.cluster.x-k8s.io/v1beta1"] = attrs.field(
+        default=API_VERSION, metadata=API_VERSION_DOC
+    )
+    kind: Literal["RemoteCluster"] = attrs.field(default="RemoteCluster", metadata=KIND_DOC)
+    metadata: ObjectMeta = attrs.field(factory=ObjectMeta, metadata=METADATA_DOC)
+    spec: RemoteClusterSpec | None = attrs.field(
+        default=None, metadata=doc("Infrastructure of a cluster made of remote machines.")
+    )
+    status: RemoteClusterStatus | None = attrs.field(
+        default=None, metadata=doc("Observed state of the cluster infrastructure.")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RemoteClusterTemplate:
+    api_version: Literal["infrastructure.cluster.x-k8s.io/v1beta1"] = attrs.field(
+        default=API_VERSION, metadata=API_VERSION_DOC
+    )
+    kind: Literal["RemoteClusterTemplate"] = attrs.field(
+        default="RemoteClusterTemplate", metadata=KIND_DOC
+    )
+    metadata: ObjectMeta = attrs.field(factory=ObjectMeta, metadata=METADATA_DOC)
+    spec: RemoteClusterTemplateSpec = attrs.field(
+        metadata=doc("Template for RemoteClusters, used by ClusterClass.")
+    )
