@@ -241,6 +241,9 @@ class InformerSet:
                 self._tasks.append(asyncio.create_task(informer.run()))
         return informer
 
+    def all(self) -> list[Informer]:
+        return list(self._informers.values())
+
     def start(self) -> None:
         self._started = True
         self._tasks = [asyncio.create_task(inf.run()) for inf in self._informers.values()]

@@ -1,0 +1,154 @@
+"""The manager: shared informers, several controllers on one loop, leader election, probes,
+metrics and Events — controller-runtime's manager, small.
+
+Invariants:
+- Informers start first and run on every replica (a standby keeps a warm cache); controllers'
+  workers start only after every informer has synced and, with leader election, only while this
+  replica leads.
+- ``/readyz`` answers 200 once caches are synced; ``/healthz`` while the loop is responsive;
+  ``/metrics`` exposes the workqueue and controller-runtime families.
+- Stopping (cancel or signal) gives in-flight reconciles a grace period, flushes queued Events,
+  releases the lease, then stops informers and servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import attrs
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from capi_remote.kube.client import KubeClient, Resource
+from capi_remote.kube.controller import Controller
+from capi_remote.kube.events import EventRecorder, EventSettings
+from capi_remote.kube.handler import Mapper
+from capi_remote.kube.informer import Event, Informer, InformerSet, InformerSettings, Selector
+from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
+from capi_remote.kube.metrics import Metrics
+
+_log = structlog.get_logger("capi_remote.manager")
+
+
+@attrs.frozen
+class ManagerSettings:
+    """Addresses are ``host:port``; port 0 picks a free one; ``None`` disables that server."""
+
+    health_address: str | None = "127.0.0.1:9440"
+    metrics_address: str | None = "127.0.0.1:8080"
+    leader_election: LeaderElectionSettings | None = None
+    grace_period: float = 30.0
+    informers: InformerSettings = InformerSettings()
+    events: EventSettings = EventSettings()
+
+
+class Manager:
+    def __init__(self, client: KubeClient, settings: ManagerSettings = ManagerSettings()) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = Metrics()
+        self.informers = InformerSet(client, settings.informers)
+        self.events = EventRecorder(client, settings.events)
+        self.controllers: list[Controller] = []
+        self.ready = asyncio.Event()
+        self.bound: dict[str, tuple[str, int]] = {}
+        self._elector: LeaderElector | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elector is None or self._elector.is_leader
+
+    def add(self, controller: Controller) -> Controller:
+        self.controllers.append(controller)
+        return controller
+
+    def informer(self, resource: Resource, selector: Selector = Selector()) -> Informer:
+        return self.informers.get(resource, selector)
+
+    def watch(
+        self,
+        controller: Controller,
+        resource: Resource,
+        mapper: Mapper,
+        selector: Selector = Selector(),
+    ) -> Informer:
+        """Enqueue into ``controller`` what ``mapper`` names for each event of ``resource``."""
+        informer = self.informer(resource, selector)
+
+        def handle(event: Event) -> None:
+            for request in mapper(event):
+                controller.enqueue(request)
+
+        informer.add_handler(handle)
+        return informer
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        async with self._servers():
+            self.informers.start()
+            self.events.start()
+            try:
+                await self.informers.wait_synced()
+                self.ready.set()
+                _log.info("caches synced", informers=len(self.informers.all()))
+                if self.settings.leader_election is None:
+                    await self._run_controllers()
+                else:
+                    self._elector = LeaderElector(self.client, self.settings.leader_election)
+                    await self._elector.run(self._run_controllers)
+            finally:
+                self.ready.clear()
+                await self.events.stop()
+                await self.informers.stop()
+
+    async def _run_controllers(self) -> None:
+        grace = self.settings.grace_period
+        async with asyncio.TaskGroup() as group:
+            for controller in self.controllers:
+                group.create_task(controller.run(grace_period=grace))
+
+    @contextlib.asynccontextmanager
+    async def _servers(self) -> AsyncIterator[None]:
+        runners = []
+        try:
+            if self.settings.health_address is not None:
+                app = web.Application()
+                app.router.add_get("/healthz", self._healthz)
+                app.router.add_get("/readyz", self._readyz)
+                runners.append(await self._serve("health", app, self.settings.health_address))
+            if self.settings.metrics_address is not None:
+                app = web.Application()
+                app.router.add_get("/metrics", self._metrics)
+                runners.append(await self._serve("metrics", app, self.settings.metrics_address))
+            yield
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    async def _serve(self, name: str, app: web.Application, address: str) -> web.AppRunner:
+        host, _, port = address.rpartition(":")
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host or "0.0.0.0", int(port))  # noqa: S104 - user-chosen
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[:2] if sockets else (host, int(port))
+        self.bound[name] = (str(bound[0]), int(bound[1]))
+        _log.info("serving", endpoint=name, address=f"{bound[0]}:{bound[1]}")
+        return runner
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.ready.is_set():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="caches not synced")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
