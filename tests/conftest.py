@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures_controlplane",
     "tests.fixtures_hosts",
+    "tests.fixtures_provider",
 ]

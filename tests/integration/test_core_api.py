@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.events import EVENTS, EventRecorder
 from capi_remote.kube.leader import LEASES, LeaderElectionSettings, LeaderElector, LeadershipLost
@@ -17,13 +15,6 @@ pytestmark = pytest.mark.integration
 
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(control_plane.kubeconfig))
-    yield client
-    await client.close()
 
 
 def _settings(namespace: str, identity: str) -> LeaderElectionSettings:

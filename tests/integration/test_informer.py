@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,13 +20,6 @@ CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 # The test control plane serves PodTemplates without a watch cache (see controlplane.py), so an
 # etcd compaction really expires an old resourceVersion for them.
 PODTEMPLATES = Resource("", "v1", "podtemplates", "PodTemplate")
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(control_plane.kubeconfig))
-    yield client
-    await client.close()
 
 
 class Recorder:

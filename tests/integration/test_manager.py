@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,13 +20,6 @@ from capi_remote.kube.reconcile import Request
 from tests.support.stamp_manager import CONFIGMAPS, STAMP, build
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(control_plane.kubeconfig))
-    yield client
-    await client.close()
 
 
 def _cm(namespace: str, name: str, **data: str) -> dict[str, object]:
@@ -51,7 +43,7 @@ async def _stamped(kube: KubeClient, namespace: str, name: str, within: float) -
 
 async def _called_again(calls: dict[str, int], name: str, before: int) -> None:
     async with asyncio.timeout(10):
-        while calls[name] == before:  # noqa: ASYNC110 - polling a plain counter
+        while calls[name] == before:
             await asyncio.sleep(0.05)
 
 

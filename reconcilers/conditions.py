@@ -1,0 +1,48 @@
+"""Condition types and reasons shared by the reconcilers: what `kubectl describe` shows.
+
+Each wait and each outcome has its own reason, so a user can tell "waiting for the pool" from
+"host unreachable" without reading controller logs. docs/troubleshooting.md explains each one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Condition types
+READY: Final = "Ready"
+PAUSED: Final = "Paused"
+BOOTSTRAP_SUCCEEDED: Final = "BootstrapExecSucceeded"  # the reference provider's name
+HOST_HEALTHY: Final = "HostHealthy"
+ENDPOINT_VALID: Final = "ControlPlaneEndpointValid"
+
+# Reasons: waits
+WAITING_FOR_MACHINE_OWNER: Final = "WaitingForMachineOwner"
+WAITING_FOR_CLUSTER: Final = "WaitingForCluster"
+WAITING_FOR_CLUSTER_INFRASTRUCTURE: Final = "WaitingForClusterInfrastructure"
+WAITING_FOR_BOOTSTRAP_DATA: Final = "WaitingForBootstrapData"
+WAITING_FOR_POOL_MACHINE: Final = "WaitingForPoolMachine"
+WAITING_FOR_SECRET: Final = "WaitingForSecret"  # noqa: S105 - a reason, not a secret
+WAITING_FOR_HOST_LOCK: Final = "WaitingForHostLock"
+
+# Reasons: progress and outcomes
+PROVISIONING: Final = "Provisioning"
+PROVISIONED: Final = "Provisioned"
+ALREADY_BOOTSTRAPPED: Final = "AlreadyBootstrapped"
+BOOTSTRAP_FAILED: Final = "BootstrapFailed"
+BOOTSTRAP_CHANGED: Final = "BootstrapDataChanged"
+INVALID_BOOTSTRAP_DATA: Final = "InvalidBootstrapData"
+INVALID_SSH_KEY: Final = "InvalidSSHKey"
+HOST_KEY_MISMATCH: Final = "HostKeyMismatch"
+HOST_KEY_UNKNOWN: Final = "HostKeyUnknown"
+HOST_UNREACHABLE: Final = "HostUnreachable"
+AUTHENTICATION_FAILED: Final = "AuthenticationFailed"
+SUDO_FAILED: Final = "SudoFailed"
+ATTEMPTS_EXHAUSTED: Final = "AttemptsExhausted"
+DELETING: Final = "Deleting"
+CLEANUP_FAILED: Final = "CleanupFailed"
+
+# Reasons: pause and clusters
+PAUSED_REASON: Final = "Paused"
+NOT_PAUSED: Final = "NotPaused"
+ENDPOINT_MISMATCH: Final = "ControlPlaneEndpointMismatch"
+ENDPOINT_OK: Final = "ControlPlaneEndpointValid"
