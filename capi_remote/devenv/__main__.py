@@ -38,7 +38,9 @@ def _up(host_count: int) -> int:
         say(f"starting {host_count} namespaced sshd hosts ...")
         with HostFleet(host_count) as fleet:
             print(f"kubeconfig: {plane.kubeconfig}")
-            print(f"  try: kubectl --kubeconfig {plane.kubeconfig} get crd clusters.cluster.x-k8s.io")
+            print(
+                f"  try: kubectl --kubeconfig {plane.kubeconfig} get crd clusters.cluster.x-k8s.io"
+            )
             print("hosts:")
             for host in fleet.hosts:
                 print(f"  {host.name}  {host.address}:{host.port}  users: root, deploy, operator")
