@@ -1,0 +1,202 @@
+"""The controller: worker tasks draining a rate-limited queue of Requests into a Reconciler.
+
+Invariants:
+- A key is never reconciled by two workers at once (the queue's invariant): a reconciler never
+  races with itself on one object, while different keys run concurrently, up to ``workers``.
+- Every key a worker takes is marked ``done``, whatever the reconcile did (returned, raised, timed
+  out, was cancelled), so no key is ever stuck in "processing".
+- A worker never dies from a reconcile: exceptions are logged with their traceback and the key is
+  retried with backoff. Only ``stop`` ends workers.
+- Success forgets the key's backoff; ``requeue_after`` schedules the next look; ``TerminalError``
+  forgets and does not retry; a reconcile running past ``reconcile_timeout`` is cancelled and
+  counts as an error.
+- One event loop runs everything: workers are tasks, not threads. A blocking call in a reconciler
+  stalls every worker of every controller, so reconcilers offload blocking work
+  (``asyncio.to_thread``, the SSH runner) and only await here.
+- ``stop`` takes no new keys, gives in-flight reconciles a grace period, then cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from capi_remote.kube.metrics import (
+    RESULT_ERROR,
+    RESULT_REQUEUE,
+    RESULT_REQUEUE_AFTER,
+    RESULT_SUCCESS,
+    Metrics,
+)
+from capi_remote.kube.queue import ShutDown
+from capi_remote.kube.ratelimit import RateLimiter
+from capi_remote.kube.ratelimited import RateLimitingQueue
+from capi_remote.kube.reconcile import ReconcileContext, Reconciler, Request, Result, TerminalError
+
+DEFAULT_RECONCILE_TIMEOUT = 300.0
+DEFAULT_GRACE_PERIOD = 30.0
+
+
+class Controller:
+    """Runs ``reconciler`` for every Request enqueued, with ``workers`` concurrent reconciles.
+
+    ``reconcile_timeout`` (seconds, ``None`` for none) bounds one reconcile; ``rate_limiter``
+    defaults to controller-runtime's (5 ms..1000 s per key, 10 qps overall); ``metrics`` defaults
+    to a private registry (pass the manager's to export).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        reconciler: Reconciler,
+        *,
+        workers: int = 1,
+        reconcile_timeout: float | None = DEFAULT_RECONCILE_TIMEOUT,
+        rate_limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"a controller needs at least one worker, got {workers}")
+        metrics = metrics if metrics is not None else Metrics()
+        self.name = name
+        self.workers = workers
+        self.reconcile_timeout = reconcile_timeout
+        self.queue: RateLimitingQueue[Request] = RateLimitingQueue(
+            name, rate_limiter=rate_limiter, metrics=metrics
+        )
+        self._reconciler = reconciler
+        self._metrics = metrics.for_controller(name)
+        self._log: FilteringBoundLogger = (
+            logger if logger is not None else structlog.get_logger()
+        ).bind(controller=name)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    def enqueue(self, request: Request) -> None:
+        """Ask for ``request`` to be reconciled; call on the controller's loop."""
+        self.queue.add(request)
+
+    def enqueue_threadsafe(self, request: Request) -> None:
+        """``enqueue`` from any thread (e.g. an SSH job finishing); only once started."""
+        if self._loop is None:
+            raise RuntimeError(f"controller {self.name!r} is not started")
+        self._loop.call_soon_threadsafe(self.queue.add, request)
+
+    async def start(self) -> None:
+        """Start the workers on the running loop and return."""
+        if self._loop is not None:
+            raise RuntimeError(f"controller {self.name!r} was already started")
+        self._loop = asyncio.get_running_loop()
+        self._metrics.max_concurrent_reconciles.set(self.workers)
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"{self.name}-worker-{index}")
+            for index in range(self.workers)
+        ]
+        self._log.info("controller started", workers=self.workers)
+
+    async def run(self, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        """``start``, then wait for ``stop``; cancelling ``run`` stops gracefully first."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.stop(grace_period)
+
+    async def stop(self, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
+        """Take no new keys; give in-flight reconciles ``grace_period`` s, then cancel them.
+
+        Idempotent: later calls return once the workers are gone.
+        """
+        self.queue.shutdown()
+        if self._tasks:
+            _, running = await asyncio.wait(self._tasks, timeout=grace_period)
+            if running:
+                self._log.warning(
+                    "cancelling reconciles still running after the grace period",
+                    running=len(running),
+                    grace_period=grace_period,
+                )
+                for task in running:
+                    task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._log.info("controller stopped")
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                request = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                await self._reconcile(request)
+            finally:
+                self.queue.done(request)
+
+    async def _reconcile(self, request: Request) -> None:
+        reconcile_id = str(uuid.uuid4())
+        log = self._log.bind(
+            namespace=request.namespace, name=request.name, reconcile_id=reconcile_id
+        )
+        ctx = ReconcileContext(controller=self.name, reconcile_id=reconcile_id, log=log)
+        self._metrics.active_workers.inc()
+        started = time.perf_counter()
+        timeout = asyncio.timeout(self.reconcile_timeout)
+        try:
+            async with timeout:
+                result = await self._reconciler.reconcile(ctx, request)
+            self._apply(request, result)
+        except TerminalError:
+            log.error("reconcile failed terminally, not requeued", exc_info=True)
+            self.queue.forget(request)
+            self._metrics.terminal_reconcile_errors.inc()
+            self._count_error()
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                log.warning("reconcile cancelled")
+                raise
+            # A CancelledError nobody asked for (e.g. the reconciler awaited a future someone
+            # else cancelled) is a reconcile failure, not a reason for the worker to exit.
+            log.error("reconcile failed", exc_info=True)
+            self._retry_after_error(request)
+        except Exception:
+            if timeout.expired():
+                log.error("reconcile timed out", timeout=self.reconcile_timeout, exc_info=True)
+            else:
+                log.error("reconcile failed", exc_info=True)
+            self._retry_after_error(request)
+        finally:
+            self._metrics.active_workers.dec()
+            self._metrics.reconcile_time.observe(time.perf_counter() - started)
+
+    def _apply(self, request: Request, result: Result) -> None:
+        if result.requeue_after is not None:
+            self.queue.forget(request)
+            self.queue.add_after(request, result.requeue_after)
+            self._metrics.reconciled(RESULT_REQUEUE_AFTER)
+        elif result.requeue:
+            self.queue.add_rate_limited(request)
+            self._metrics.reconciled(RESULT_REQUEUE)
+        else:
+            self.queue.forget(request)
+            self._metrics.reconciled(RESULT_SUCCESS)
+
+    def _retry_after_error(self, request: Request) -> None:
+        self.queue.add_rate_limited(request)
+        self._count_error()
+
+    def _count_error(self) -> None:
+        self._metrics.reconcile_errors.inc()
+        self._metrics.reconciled(RESULT_ERROR)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
