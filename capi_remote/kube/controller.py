@@ -7,6 +7,7 @@ Invariants:
   out, was cancelled), so no key is ever stuck in "processing".
 - A worker never dies from a reconcile: exceptions are logged with their traceback and the key is
   retried with backoff. Only ``stop`` ends workers.
+- A write ``Conflict`` (stale read) is retried with backoff quietly, as a requeue, not an error.
 - Success forgets the key's backoff; ``requeue_after`` schedules the next look; ``TerminalError``
   forgets and does not retry; a reconcile running past ``reconcile_timeout`` is cancelled and
   counts as an error.
@@ -36,6 +37,7 @@ from capi_remote.kube.queue import ShutDown
 from capi_remote.kube.ratelimit import RateLimiter
 from capi_remote.kube.ratelimited import RateLimitingQueue
 from capi_remote.kube.reconcile import ReconcileContext, Reconciler, Request, Result, TerminalError
+from capi_remote.kube.status import Conflict
 
 DEFAULT_RECONCILE_TIMEOUT = 300.0
 DEFAULT_GRACE_PERIOD = 30.0
@@ -153,6 +155,10 @@ class Controller:
             async with timeout:
                 result = await self._reconciler.reconcile(ctx, request)
             self._apply(request, result)
+        except Conflict as conflict:
+            # A stale read, not a failure: the newer object is already on its way to the cache.
+            log.debug("write conflict, reconciling again", detail=str(conflict))
+            self._apply(request, Result(requeue=True))
         except TerminalError:
             log.error("reconcile failed terminally, not requeued", exc_info=True)
             self.queue.forget(request)

@@ -20,6 +20,7 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
+from capi_remote.kube.status import Conflict
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
 
@@ -251,6 +252,26 @@ async def test_requeue_retries_with_backoff_without_an_error() -> None:
     assert limiter.delays == [0.001, 0.002]
     assert reconciles(registry, "requeue") == 2
     assert reconciles(registry, "error") == 0
+
+
+async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
+    registry = CollectorRegistry()
+    limiter = RecordingRateLimiter()
+
+    async def stale(ctx: ReconcileContext, request: Request) -> Result:
+        raise Conflict("RemoteMachine a changed; retrying")
+
+    reconciler = ScriptedReconciler(stale, succeed)
+    controller = make_controller(reconciler, registry, limiter)
+    await controller.start()
+    with capture_logs() as logs:
+        controller.enqueue(A)
+        await reconciler.wait_finished(2)
+    await controller.stop()
+    assert limiter.delays == [0.001]
+    assert reconciles(registry, "requeue") == 1
+    assert reconciles(registry, "error") == 0
+    assert not [entry for entry in logs if entry["log_level"] == "error"]
 
 
 async def test_a_worker_survives_exceptions_and_stray_cancellations() -> None:
