@@ -1,0 +1,454 @@
+"""Runs a BootstrapPlan on one host so that each step takes effect exactly once.
+
+The sequence for a job, over one connection:
+
+1. ``begin`` (through sudo for non-root users: a refusal is ``SudoFailed``, fast): the success
+   sentinel exists → nothing to do. Otherwise take the host lock, create the
+   state dir, compare the recorded plan digest (another plan already ran → ``BootstrapChanged``)
+   and read which steps already finished.
+2. Each step not yet done: files and directories in one helper call; commands detached on the
+   host, awaited under the step deadline while the lock heartbeat is refreshed. A deadline,
+   cancellation, or a lost lock interrupts the wait; the first two kill the step's process group.
+3. ``finish``: release the lock and require the sentinel (``BootstrapIncomplete`` if missing).
+
+All decisions that depend on host state are taken on the host, inside the helpers of
+:mod:`capi_remote.ssh.hostscript`; this module sequences them and maps answers to results/errors.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal, TypeAlias
+
+import attrs
+import structlog
+
+from capi_remote.bootstrap.plan import BootstrapPlan, MakeDirectory, RunCommand, Step, WriteFile
+from capi_remote.ssh import hostscript
+from capi_remote.ssh.auth import Privilege, describe_sudo_error
+from capi_remote.ssh.errors import (
+    BootstrapChanged,
+    BootstrapIncomplete,
+    ConnectionLost,
+    HostLocked,
+    JobCancelled,
+    JobTimeout,
+    RemoteError,
+    SSHError,
+    StepFailed,
+    StepInterrupted,
+    StepTimeout,
+    SudoFailed,
+)
+from capi_remote.ssh.settings import SSHSettings
+from capi_remote.ssh.target import Target
+from capi_remote.ssh.transport import CommandTimedOut, Connection, ExecResult, Poll
+
+log = structlog.get_logger(__name__)
+
+_MACHINE_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: Room for the helpers' status lines on top of the output tail.
+_STATUS_BYTES = 4096
+#: How long the best-effort cleanups (lock release, kill) may take when a job fails.
+_CLEANUP_TIMEOUT = 15.0
+
+ProgressCallback: TypeAlias = Callable[[int, int, str], None]
+StepStatus: TypeAlias = Literal["ran", "resumed", "skipped"]
+
+
+def _check_machine_uid(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not _MACHINE_UID.fullmatch(value) or value in (".", ".."):
+        raise ValueError("machine_uid must be a plain name (letters, digits, '.', '_', '-')")
+
+
+@attrs.frozen
+class Job:
+    """One bootstrap of one machine.
+
+    ``machine_uid`` names the state directory on the host (use the Machine's UID: a new Machine on
+    the same host starts fresh). ``on_progress(step_index, steps_total, description)`` is called
+    from the worker thread before each step that is not already done (``step_index`` counts from
+    0). ``rerun_interrupted`` allows starting again a step whose process vanished without an exit
+    code; by default that is a :class:`StepInterrupted` error.
+    """
+
+    target: Target
+    plan: BootstrapPlan
+    machine_uid: str = attrs.field(validator=_check_machine_uid)
+    on_progress: ProgressCallback | None = attrs.field(default=None, eq=False)
+    rerun_interrupted: bool = False
+    step_timeout: float | None = None
+
+
+@attrs.frozen
+class StepOutcome:
+    """``ran``: started by this job; ``resumed``: already running, awaited; ``skipped``: done."""
+
+    index: int
+    description: str
+    status: StepStatus
+    exit_code: int | None = None
+    output_tail: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen
+class JobResult:
+    """What a job did. ``host_key_fingerprint`` is what to pin after trust-on-first-use."""
+
+    host: str
+    host_key_fingerprint: str
+    already_bootstrapped: bool
+    steps: tuple[StepOutcome, ...] = ()
+    lock_taken_over_from: str | None = None
+    duration_seconds: float = 0.0
+
+    @property
+    def output_tail(self) -> str:
+        """Output tail of the last step that ran in this job (for status and Events)."""
+        ran = [step for step in self.steps if step.status != "skipped"]
+        return ran[-1].output_tail if ran else ""
+
+
+def execute(
+    job: Job,
+    connection: Connection,
+    settings: SSHSettings,
+    *,
+    owner: str,
+    cancel: threading.Event | None = None,
+    started: float | None = None,
+) -> JobResult:
+    """Run ``job`` over an open ``connection``; ``owner`` identifies us in the host lock.
+
+    ``started`` (``time.monotonic()``) is when the job began, connecting included: the job
+    deadline counts from there.
+    """
+    started = time.monotonic() if started is None else started
+    return _Execution(job, connection, settings, owner, cancel or threading.Event(), started).run()
+
+
+def step_name(index: int, step: Step) -> str:
+    """The marker file stem of a step: index and digest, so a changed step never looks done."""
+    return f"{index:04d}-{step.digest}"
+
+
+class _Execution:
+    def __init__(
+        self,
+        job: Job,
+        connection: Connection,
+        settings: SSHSettings,
+        owner: str,
+        cancel: threading.Event,
+        started: float,
+    ) -> None:
+        self.job = job
+        self.conn = connection
+        self.settings = settings
+        self.owner = owner
+        self.cancel = cancel
+        self.privilege = Privilege.for_credentials(job.target.credentials)
+        self.started = started
+        self.deadline = started + settings.job_timeout
+        self.state = f"{settings.state_root}/{job.machine_uid}"
+        self.log = log.bind(host=connection.host, machine_uid=job.machine_uid)
+        self.locked = False
+        self.connected = True
+        self.next_heartbeat = 0.0
+
+    # -- the job ----------------------------------------------------------------------------------
+
+    def run(self) -> JobResult:
+        try:
+            return self._run()
+        except ConnectionLost:
+            self.connected = False
+            raise
+        finally:
+            if self.locked and self.connected:
+                self._release_lock()
+
+    def _run(self) -> JobResult:
+        self._check_cancel()
+        plan = self.job.plan
+        reply = self._helper(
+            hostscript.begin(
+                state_root=self.settings.state_root,
+                machine_uid=self.job.machine_uid,
+                plan_digest=plan.digest,
+                lock=self.settings.lock_path,
+                owner=self.owner,
+                stale_after=self.settings.lock_stale_after,
+                sentinel=self.settings.sentinel_path,
+            )
+        )
+        if reply.has("bootstrapped"):
+            self.log.info("already bootstrapped: sentinel present, nothing to do")
+            return self._result(already=True)
+        locked = reply.get("locked")
+        if locked is not None:
+            raise HostLocked(self.conn.host, locked[0], _int(locked[1]))
+        changed = reply.get("changed")
+        if changed is not None:
+            raise BootstrapChanged(self.conn.host, changed[0], plan.digest)
+        if not reply.has("ready"):
+            raise RemoteError(self.conn.host, "unexpected answer from the begin helper")
+        self.locked = True
+        self.next_heartbeat = time.monotonic() + self.settings.lock_heartbeat_interval
+        takeover = reply.get("takeover")
+        if takeover is not None:
+            self.log.warning("took over a stale host lock", previous_owner=takeover[0])
+        done = {args[0] for args in reply.all("rc") if args[1:] == ("0",)}
+
+        outcomes: list[StepOutcome] = []
+        total = len(plan.steps)
+        for index, step in enumerate(plan.steps):
+            self._check_cancel()
+            self._heartbeat_if_due()
+            if step_name(index, step) in done:
+                outcomes.append(StepOutcome(index, step.describe(), "skipped", 0))
+                continue
+            self._progress(index, total, step.describe())
+            outcomes.append(self._run_step(index, step))
+
+        reply = self._helper(
+            hostscript.finish(
+                lock=self.settings.lock_path, owner=self.owner, sentinel=self.settings.sentinel_path
+            )
+        )
+        self.locked = False
+        if not reply.has("complete"):
+            raise BootstrapIncomplete(self.conn.host, self.settings.sentinel_path)
+        self.log.info(
+            "bootstrap complete",
+            ran=sum(o.status != "skipped" for o in outcomes),
+            skipped=sum(o.status == "skipped" for o in outcomes),
+        )
+        return self._result(
+            already=False,
+            steps=tuple(outcomes),
+            taken_over_from=takeover[0] if takeover else None,
+        )
+
+    def _result(
+        self,
+        *,
+        already: bool,
+        steps: tuple[StepOutcome, ...] = (),
+        taken_over_from: str | None = None,
+    ) -> JobResult:
+        return JobResult(
+            host=self.conn.host,
+            host_key_fingerprint=self.conn.host_key_fingerprint,
+            already_bootstrapped=already,
+            steps=steps,
+            lock_taken_over_from=taken_over_from,
+            duration_seconds=time.monotonic() - self.started,
+        )
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _run_step(self, index: int, step: Step) -> StepOutcome:
+        base = f"{self.state}/steps/{step_name(index, step)}"
+        self.log.info("running step", step=index, description=step.describe())
+        if isinstance(step, RunCommand):
+            return self._run_command(index, step, base)
+        if isinstance(step, WriteFile):
+            command = hostscript.write_file(
+                base=base,
+                path=step.path,
+                mode=step.mode,
+                owner=step.owner,
+                append=step.append,
+                content_sha256=hostscript.sha256(step.content),
+            )
+            data = step.content
+        else:
+            assert isinstance(step, MakeDirectory)
+            command = hostscript.make_directory(
+                base=base, path=step.path, mode=step.mode, owner=step.owner
+            )
+            data = b""
+        result = self._exec(command, hostscript.payload(data), self.settings.command_timeout)
+        reply = self._parse(result)
+        if reply.has("failed"):
+            raise StepFailed(index, step.describe(), 1, _text(result.stderr))
+        if reply.has("truncated"):
+            raise ConnectionLost(self.conn.host, "file content did not arrive intact")
+        if reply.get("rc") != ("0",):
+            raise RemoteError(self.conn.host, f"unexpected answer for step {index + 1}")
+        return StepOutcome(index, step.describe(), "ran", 0)
+
+    def _run_command(self, index: int, step: RunCommand, base: str) -> StepOutcome:
+        script = (step.to_shell() + "\n").encode()
+        step_timeout = self.job.step_timeout or self.settings.step_timeout
+        timeout = min(step_timeout, self._remaining(step_timeout))
+        command = hostscript.run_step(
+            base=base,
+            script_sha256=hostscript.sha256(script),
+            rerun_interrupted=self.job.rerun_interrupted,
+            tail_bytes=self.settings.output_tail_bytes,
+        )
+        try:
+            result = self._exec(
+                command,
+                hostscript.payload(script),
+                timeout,
+                tail_bytes=self.settings.output_tail_bytes + _STATUS_BYTES,
+                poll=self._poll_step,
+            )
+        except CommandTimedOut:
+            tail = self._kill(base)
+            if timeout < step_timeout:
+                raise JobTimeout(self.conn.host, self.settings.job_timeout) from None
+            raise StepTimeout(index, step.describe(), step_timeout, tail) from None
+        except JobCancelled:
+            self._kill(base)
+            raise
+        reply = self._parse(result)
+        if reply.has("interrupted"):
+            raise StepInterrupted(index, step.describe())
+        if reply.has("busy"):
+            raise HostLocked(self.conn.host, "another job (it claimed this step)", None)
+        if reply.has("truncated"):
+            raise ConnectionLost(self.conn.host, "the step's command did not arrive intact")
+        rc = reply.get("rc")
+        if rc is None:
+            raise RemoteError(self.conn.host, f"unexpected answer for step {index + 1}")
+        tail = _text(reply.tail)
+        code = _int(rc[0])
+        if code != 0:
+            raise StepFailed(index, step.describe(), -1 if code is None else code, tail)
+        status: StepStatus = "resumed" if reply.has("attached") else "ran"
+        return StepOutcome(index, step.describe(), status, 0, tail)
+
+    def _poll_step(self) -> None:
+        """While a command step runs: honour cancellation and keep the lock's heartbeat fresh."""
+        self._check_cancel()
+        self._heartbeat_if_due()
+
+    def _heartbeat_if_due(self) -> None:
+        if time.monotonic() < self.next_heartbeat:
+            return
+        reply = self._helper(hostscript.heartbeat(lock=self.settings.lock_path, owner=self.owner))
+        lost = reply.get("lost")
+        if lost is not None:
+            self.locked = False
+            raise HostLocked(self.conn.host, lost[0], None)
+        self.next_heartbeat = time.monotonic() + self.settings.lock_heartbeat_interval
+
+    def _kill(self, base: str) -> str:
+        """Best effort: kill the step's process group so nothing is left running on the host.
+
+        Returns the tail of the step's log, for the error.
+        """
+        grace = self.settings.kill_grace
+        command = hostscript.kill_step(
+            base=base, grace=grace, tail_bytes=self.settings.output_tail_bytes
+        )
+        try:
+            result = self._exec(command, b"", grace + _CLEANUP_TIMEOUT, cleanup=True)
+        except (SSHError, CommandTimedOut) as exc:
+            self.log.warning("could not kill the step's processes", error=str(exc))
+            return ""
+        return _text(hostscript.Reply.parse(result.stdout).tail)
+
+    def _release_lock(self) -> None:
+        try:
+            command = hostscript.release(lock=self.settings.lock_path, owner=self.owner)
+            self._exec(command, b"", _CLEANUP_TIMEOUT, cleanup=True)
+        except (SSHError, CommandTimedOut) as exc:
+            self.log.warning("could not release the host lock", error=str(exc))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _helper(self, command: str) -> hostscript.Reply:
+        return self._parse(self._exec(command, b"", self.settings.command_timeout))
+
+    def _exec(
+        self,
+        command: str,
+        stdin: bytes,
+        timeout: float,
+        *,
+        tail_bytes: int = 65536,
+        poll: Poll | None = None,
+        cleanup: bool = False,
+    ) -> ExecResult:
+        """Run a helper as root, honouring cancellation and the job deadline.
+
+        Timeouts become :class:`JobTimeout` when the job deadline was the limit,
+        :class:`ConnectionLost` otherwise (a helper that hangs means a sick host or link), except
+        for command steps (``poll`` given) and ``cleanup`` calls, which see
+        :class:`CommandTimedOut` themselves. Cleanups run even when cancelled or out of time.
+        """
+        command, stdin = self.privilege.wrap(command, stdin)
+        limit = timeout if cleanup else self._remaining(timeout)
+        if limit <= 0:
+            raise JobTimeout(self.conn.host, self.settings.job_timeout)
+        try:
+            return self.conn.exec(
+                command,
+                stdin=stdin,
+                timeout=limit,
+                tail_bytes=tail_bytes,
+                poll=None if cleanup else poll or self._check_cancel,
+            )
+        except CommandTimedOut:
+            if cleanup or poll is not None:
+                raise
+            if limit < timeout:
+                raise JobTimeout(self.conn.host, self.settings.job_timeout) from None
+            raise ConnectionLost(
+                self.conn.host, f"no answer from a helper within {timeout:g} s"
+            ) from None
+
+    def _parse(self, result: ExecResult) -> hostscript.Reply:
+        reply = hostscript.Reply.parse(result.stdout)
+        if not reply.has("begin"):
+            # The helper never started: sudo refused, or no POSIX shell.
+            detail = _text(result.stderr).strip().splitlines()
+            if self.privilege.mode != "root":
+                raise SudoFailed(
+                    self.conn.host,
+                    self.job.target.credentials.user,
+                    describe_sudo_error(result.stderr),
+                )
+            raise RemoteError(self.conn.host, detail[0][:200] if detail else "no answer")
+        if result.exit_status != 0:
+            detail = _text(result.stderr).strip().splitlines()
+            raise RemoteError(
+                self.conn.host,
+                f"helper exited with {result.exit_status}: "
+                + (detail[-1][:200] if detail else "no message"),
+            )
+        return reply
+
+    def _remaining(self, timeout: float) -> float:
+        return max(0.0, min(timeout, self.deadline - time.monotonic()))
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled(f"job on {self.conn.host} was cancelled")
+
+    def _progress(self, index: int, total: int, description: str) -> None:
+        if self.job.on_progress is None:
+            return
+        try:
+            self.job.on_progress(index, total, description)
+        except Exception:
+            self.log.exception("progress callback failed")
+
+
+def _int(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

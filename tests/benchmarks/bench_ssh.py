@@ -1,0 +1,169 @@
+"""SSH runner benchmark: a trivial bootstrap on N namespaced hosts, against the CPU bound.
+
+For each fleet size: start a fleet (not timed), measure sequentially what one job costs in CPU
+(this process, including paramiko's threads, plus what the hosts' sshd spent: the listener's
+own and reaped children's CPU from /proc), then run all N jobs at once through the runner and
+compare the wall time with the bound ``N x cost / cores``. Prints one JSON object per size.
+
+Run as root: ``python -m tests.benchmarks.bench_ssh`` (``--sizes 50 200``). The measuring
+functions are importable for a larger suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from capi_remote.bootstrap import BootstrapPlan, RunCommand
+from capi_remote.devenv.hosts import Host, HostFleet
+from capi_remote.ssh import Credentials, HostKeyPolicy, Job, Runner, SSHSettings, Target
+from capi_remote.ssh.paramiko_transport import ParamikoConnector
+
+SENTINEL = "/run/cluster-api/bootstrap-success.complete"
+TRIVIAL = BootstrapPlan(steps=(RunCommand(shell=f"mkdir -p /run/cluster-api && touch {SENTINEL}"),))
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def target_for(host: Host) -> Target:
+    return Target(
+        address=host.address,
+        credentials=Credentials(private_key=host.fleet.client_key.private_openssh),
+        host_key=HostKeyPolicy.from_known_hosts(host.known_hosts_line + "\n"),
+    )
+
+
+def sshd_cpu_seconds(host: Host) -> float:
+    """CPU of the host's sshd listener plus every child it reaped (sessions and their shells).
+
+    Detached step processes are reparented to the host's PID 1 and not counted (they are the
+    bootstrap's own work, a few ms here).
+    """
+    children = Path(f"/proc/{host.init_pid}/task/{host.init_pid}/children").read_text().split()
+    for pid in children:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.split(" (", 1)[1].startswith("sshd)"):
+            fields = stat.rsplit(")", 1)[1].split()
+            return sum(int(v) for v in fields[11:15]) / _TICKS  # utime stime cutime cstime
+    raise RuntimeError(f"no sshd on {host.name}")
+
+
+def reset(host: Host) -> None:
+    """Forget a bootstrap so the host can be bootstrapped again."""
+    host.exec_inside(["rm", "-rf", "/var/lib/capi-remote", "/run/cluster-api"])
+
+
+def _settle() -> None:
+    time.sleep(0.3)  # let sshd reap its session children so their CPU shows up
+
+
+def measure_costs(hosts: Sequence[Host], settings: SSHSettings) -> dict[str, float]:
+    """Mean CPU seconds, measured one at a time: connect+exec+close, and a whole trivial job."""
+    connection_client, connection_sshd, job_client, job_sshd = [], [], [], []
+    connector = ParamikoConnector(settings)
+    with Runner(settings, identity="bench") as runner:
+        for host in hosts:
+            sshd_before, cpu_before = sshd_cpu_seconds(host), time.process_time()
+            connection = connector.connect(target_for(host))
+            connection.exec("true", timeout=30)
+            connection.close()
+            cpu_after = time.process_time()
+            _settle()
+            connection_client.append(cpu_after - cpu_before)
+            connection_sshd.append(sshd_cpu_seconds(host) - sshd_before)
+
+            sshd_before, cpu_before = sshd_cpu_seconds(host), time.process_time()
+            runner.run(Job(target=target_for(host), plan=TRIVIAL, machine_uid="bench"))
+            cpu_after = time.process_time()
+            _settle()
+            job_client.append(cpu_after - cpu_before)
+            job_sshd.append(sshd_cpu_seconds(host) - sshd_before)
+            reset(host)
+    return {
+        "connection_client_cpu_ms": 1000 * statistics.mean(connection_client),
+        "connection_sshd_cpu_ms": 1000 * statistics.mean(connection_sshd),
+        "job_client_cpu_ms": 1000 * statistics.mean(job_client),
+        "job_sshd_cpu_ms": 1000 * statistics.mean(job_sshd),
+    }
+
+
+async def measure_parallel(hosts: Sequence[Host], settings: SSHSettings) -> dict[str, float]:
+    """All hosts at once through the runner: wall time, and CPU spent by us and by the sshds."""
+    sshd_before = sum(sshd_cpu_seconds(h) for h in hosts)
+    cpu_before, start = time.process_time(), time.perf_counter()
+    runner = Runner(settings, identity="bench")
+    try:
+        jobs = [Job(target=target_for(h), plan=TRIVIAL, machine_uid="bench") for h in hosts]
+        results = await asyncio.gather(*(runner.submit(job) for job in jobs))
+    finally:
+        await runner.aclose()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_before
+    _settle()
+    assert all(not r.already_bootstrapped for r in results)
+    return {
+        "wall_s": wall,
+        "client_cpu_s": cpu,
+        "sshd_cpu_s": sum(sshd_cpu_seconds(h) for h in hosts) - sshd_before,
+    }
+
+
+def measure_fleet(size: int, samples: int, settings: SSHSettings) -> dict[str, Any]:
+    """One fleet of ``size`` hosts: per-job cost, the parallel run, and the bound.
+
+    ``load_1m`` is the machine's load before the run: other work on the box inflates the wall
+    time, not the CPU costs.
+    """
+    load = os.getloadavg()[0]
+    with HostFleet(size) as fleet:
+        costs = measure_costs(fleet.hosts[:samples], settings)
+        parallel = asyncio.run(measure_parallel(fleet.hosts, settings))
+    cores = os.cpu_count() or 1
+    job_cost_s = (costs["job_client_cpu_ms"] + costs["job_sshd_cpu_ms"]) / 1000
+    bound_s = size * job_cost_s / cores
+    return {
+        "benchmark": "ssh_trivial_bootstrap",
+        "hosts": size,
+        "workers": settings.max_workers,
+        "cores": cores,
+        "hosts_per_s": size / parallel["wall_s"],
+        **{k: round(v, 3) for k, v in parallel.items()},
+        **{k: round(v, 2) for k, v in costs.items()},
+        "bound_s": round(bound_s, 3),
+        "wall_over_bound": round(parallel["wall_s"] / bound_s, 2),
+        "cpu_per_job_in_parallel_ms": round(
+            1000 * (parallel["client_cpu_s"] + parallel["sshd_cpu_s"]) / size, 2
+        ),
+        "load_1m": round(load, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_ssh")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--samples", type=int, default=5, help="hosts for the sequential costs")
+    parser.add_argument("--workers", type=int, default=SSHSettings().max_workers)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (namespaced hosts)")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    settings = SSHSettings(max_workers=args.workers)
+    for size in args.sizes:
+        print(json.dumps(measure_fleet(size, args.samples, settings)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
