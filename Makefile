@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed
 # Debian packages the test bed needs: namespaced sshd hosts (debootstrap builds their rootfs) and
 # the tools to wire them up.
 APT_PACKAGES := debootstrap iproute2 iptables openssh-client sudo util-linux procps psmisc ca-certificates openssl debian-archive-keyring
+# podman (with runc: crun fails here) builds and runs the controller image (`make image`).
+APT_PACKAGES += podman runc
 
-.PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv manifests
+.PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv manifests docs
 
 run: deps
-	$(BIN)/python -m capi_remote.devenv up
+	$(BIN)/capi-remote dev up
 
 test: deps
 	$(BIN)/pytest -ra
@@ -25,6 +27,10 @@ lint: venv
 # CRDs (manifests/crds) and docs/api-reference.md, generated from the models in capi_remote/api.
 manifests: venv
 	$(BIN)/python -m capi_remote.api generate
+
+# The documentation site (mkdocs, material theme) into build/site; strict: any warning fails.
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 fmt: venv
 	$(BIN)/ruff format capi_remote reconcilers tests e2e
@@ -54,3 +60,33 @@ toolchain: venv
 
 clean-devenv: venv
 	$(BIN)/python -m capi_remote.devenv.hosts cleanup
+
+.PHONY: release-manifests image
+
+# clusterctl release assets, laid out as a clusterctl local repository:
+# $(RELEASE_DIR)/infrastructure-remote/<version>/{infrastructure-components.yaml, metadata.yaml,
+# cluster-template*.yaml, clusterclass-*.yaml}. The components are `kubectl kustomize
+# kustomize/default`; KUBECTL may name any kubectl >= 1.27 (default: the toolchain's pinned one).
+RELEASE_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+RELEASE_DIR ?= build/release
+KUBECTL ?=
+
+release-manifests: $(if $(KUBECTL),,venv)
+	@set -euo pipefail; \
+	kubectl="$(KUBECTL)"; \
+	if [ -z "$$kubectl" ]; then \
+	  kubectl=$$($(BIN)/python -m capi_remote.devenv.toolchain | sed -n 's/^kubectl: //p'); \
+	fi; \
+	out="$(RELEASE_DIR)/infrastructure-remote/$(RELEASE_VERSION)"; \
+	rm -rf "$$out" && mkdir -p "$$out"; \
+	"$$kubectl" kustomize kustomize/default > "$$out/infrastructure-components.yaml"; \
+	cp manifests/clusterctl/metadata.yaml manifests/clusterctl/templates/*.yaml "$$out/"; \
+	echo "wrote $$out"
+
+# The controller image, built with podman on a base made from Debian packages (no registry
+# needed); see docs/deployment.md. IMAGE_FLAGS: e.g. --offline, --base python:3.11-slim.
+IMAGE ?= localhost/capi-remote:dev
+IMAGE_FLAGS ?=
+
+image: system-deps venv
+	$(BIN)/python -m capi_remote.devenv.image build --tag $(IMAGE) $(IMAGE_FLAGS)

@@ -1,4 +1,5 @@
-"""Shared pytest configuration: fixtures for the real test bed live in plugin modules."""
+"""Shared pytest configuration for tests/ and e2e/: fixtures for the real test bed live in
+plugin modules."""
 
 pytest_plugins = [
     "tests.fixtures_controlplane",

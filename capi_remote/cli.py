@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from capi_remote import __version__
 from capi_remote.app import ProviderOptions, run_provider
@@ -26,11 +28,18 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input: one line saying what is wrong and where to look, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CAPI_REMOTE_{name}", default)
 
 
-def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
         help="run the controller manager",
@@ -168,6 +177,212 @@ def _run_until_signal(main: Callable[[], object]) -> int:
     return 0
 
 
+def _add_dev(commands: argparse._SubParsersAction[_Parser]) -> None:
+    dev = commands.add_parser(
+        "dev", help="the local environment: control plane, sshd hosts, controller, samples"
+    )
+    actions = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start it, show machines provisioning, stop on Ctrl-C")
+    up.add_argument("--hosts", type=int, default=4, help="namespaced sshd hosts (default 4)")
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="MachineDeployment replicas drawn from the pool (default 2)",
+    )
+    up.add_argument(
+        "--follow-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to show provisioning before just waiting (default 600)",
+    )
+    actions.add_parser("down", help="stop a running 'dev up' and clean everything up")
+    actions.add_parser("status", help="say whether 'dev up' runs, and where its pieces are")
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from capi_remote.devenv import environment
+
+    if args.action == "status":
+        state = environment.read_state()
+        if state is None:
+            print("no local environment is running (start one with: capi-remote dev up)")
+            return 1
+        print(json.dumps(state, indent=2))
+        return 0
+    if args.action == "down":
+        state = environment.read_state()
+        if state is None:
+            print("no local environment is running")
+            return 0
+        os.kill(int(state["pid"]), signal.SIGTERM)
+        print(f"asked 'dev up' (pid {state['pid']}) to stop; it cleans up before exiting")
+        return 0
+    if args.hosts < 2:
+        raise UserError("--hosts must be at least 2 (one standalone machine, one pool)")
+    if not 0 <= args.workers < args.hosts:
+        raise UserError(f"--workers must be between 0 and {args.hosts - 1} (the pool's size)")
+    if os.geteuid() != 0:
+        raise UserError("the local environment needs root (network namespaces for the hosts)")
+    if environment.read_state() is not None:
+        raise UserError("a local environment is already running (see: capi-remote dev status)")
+    return _dev_up(args)
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    import threading
+
+    from rich.console import Console
+
+    from capi_remote.devenv import environment
+    from capi_remote.devenv.follow import follow
+
+    console = Console(stderr=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    env = environment.LocalEnvironment(environment.Settings(hosts=args.hosts, workers=args.workers))
+    try:
+        with console.status("starting the local environment") as spinner:
+            env.start(progress=lambda line: spinner.update(line))
+    except Exception as error:  # every part already stopped; say what failed
+        raise RuntimeFailure(f"the local environment did not come up: {error}") from error
+    assert env.plane is not None and env.controller is not None
+    kubeconfig = env.plane.kubeconfig
+    try:
+        console.print(f"[bold]kubeconfig:[/bold] {kubeconfig}")
+        console.print(f"controller log: {env.controller.process.log}")
+        expected = 1 + args.workers
+        done = follow(env.plane, environment.NAMESPACE, expected, args.follow_timeout, console)
+        console.print(
+            "[green]all sample machines are Running[/green]"
+            if done
+            else "[yellow]not all machines are Running yet; see the conditions above[/yellow]"
+        )
+        console.print("next steps:")
+        for command in (
+            f"kubectl --kubeconfig {kubeconfig} get remotemachines,pooledremotemachines -A -w",
+            f"kubectl --kubeconfig {kubeconfig} describe remotemachine demo-cp-0 -n demo",
+            f"kubectl --kubeconfig {kubeconfig} scale machinedeployment demo-workers -n demo "
+            f"--replicas={args.workers + 1}",
+        ):
+            console.print(f"  {command}")
+        console.print("press Ctrl-C to stop and clean up")
+        stop.wait()
+    finally:
+        with console.status("stopping and cleaning up"):
+            env.stop()
+    return 0
+
+
+class RuntimeFailure(Exception):
+    """The command ran but failed (exit code 1), e.g. the environment did not start."""
+
+
+def _add_preflight(commands: argparse._SubParsersAction[_Parser]) -> None:
+    check = commands.add_parser(
+        "preflight",
+        help="check that a host is usable: reachability, host key, login, sudo, facts",
+        description="Secrets are never taken on the command line: name environment variables "
+        "that hold them (--passphrase-env, --password-env, --sudo-password-env).",
+    )
+    check.add_argument("--address", required=True)
+    check.add_argument("--port", type=int, default=22)
+    check.add_argument("--user", default="root")
+    check.add_argument("--key", type=Path, help="private key file (OpenSSH or PEM)")
+    check.add_argument("--passphrase-env", help="environment variable holding the key passphrase")
+    check.add_argument("--password-env", help="environment variable holding the login password")
+    check.add_argument("--sudo-password-env", help="environment variable holding the sudo password")
+    trust = check.add_mutually_exclusive_group()
+    trust.add_argument("--known-hosts", type=Path, help="known_hosts file with the host's key")
+    trust.add_argument("--fingerprint", help="pinned host key fingerprint (SHA256:...)")
+    trust.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="accept the key the host presents now (prints it for pinning)",
+    )
+    trust.add_argument(
+        "--insecure-skip-host-key-verification",
+        action="store_true",
+        help="do not verify the host key (throw-away labs only)",
+    )
+    check.add_argument("--bastion", metavar="[USER@]HOST[:PORT]", help="jump host to go through")
+    check.add_argument("--bastion-key", type=Path, help="private key for the bastion")
+    bastion_trust = check.add_mutually_exclusive_group()
+    bastion_trust.add_argument("--bastion-known-hosts", type=Path)
+    bastion_trust.add_argument("--bastion-fingerprint")
+    check.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds")
+
+
+def _secret_from_env(name: str | None) -> str | None:
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        raise UserError(f"environment variable {name} is not set")
+    return value
+
+
+def _read_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read key file {path}: {error.strerror}") from error
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from capi_remote import preflight
+    from capi_remote.ssh import Credentials, SSHSettings, Target
+
+    if not 1 <= args.port <= 65535:
+        raise UserError("--port must be within 1..65535")
+    for path in (args.known_hosts, args.bastion_known_hosts):
+        if path is not None and not path.is_file():
+            raise UserError(f"known_hosts file {path} does not exist")
+    try:
+        via = None
+        if args.bastion:
+            user, _, rest = args.bastion.rpartition("@")
+            host, _, port = rest.partition(":")
+            via = Target(
+                address=host,
+                port=int(port or 22),
+                credentials=Credentials(
+                    user=user or "root", private_key=_read_key(args.bastion_key or args.key)
+                ),
+                host_key=preflight.host_key_policy(
+                    args.bastion_known_hosts, args.bastion_fingerprint, False, False
+                ),
+            )
+        target = Target(
+            address=args.address,
+            port=args.port,
+            credentials=Credentials(
+                user=args.user,
+                private_key=_read_key(args.key),
+                passphrase=_secret_from_env(args.passphrase_env),
+                password=_secret_from_env(args.password_env),
+                sudo_password=_secret_from_env(args.sudo_password_env),
+            ),
+            host_key=preflight.host_key_policy(
+                args.known_hosts,
+                args.fingerprint,
+                args.trust_on_first_use,
+                args.insecure_skip_host_key_verification,
+            ),
+            via=via,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    result = preflight.run(target, SSHSettings(connect_timeout=args.timeout))
+    preflight.report(result, Console())
+    return 0 if result.ok else 1
+
+
 def _print_crds(_: argparse.Namespace) -> int:
     directory = Path(__file__).resolve().parent.parent / "manifests" / "crds"
     files = sorted(directory.glob("*.yaml"))
@@ -187,12 +402,14 @@ def _print_version(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="capi-remote",
         description="Cluster API infrastructure provider for Linux hosts reachable over SSH.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
+    _add_dev(commands)
+    _add_preflight(commands)
     commands.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     commands.add_parser("version", help="print the version")
     return parser
@@ -200,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
+    "dev": _dev,
+    "preflight": _preflight,
     "crds": _print_crds,
     "version": _print_version,
 }
@@ -213,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"capi-remote: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeFailure as error:
+        print(f"capi-remote: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

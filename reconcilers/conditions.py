@@ -21,7 +21,7 @@ WAITING_FOR_CLUSTER: Final = "WaitingForCluster"
 WAITING_FOR_CLUSTER_INFRASTRUCTURE: Final = "WaitingForClusterInfrastructure"
 WAITING_FOR_BOOTSTRAP_DATA: Final = "WaitingForBootstrapData"
 WAITING_FOR_POOL_MACHINE: Final = "WaitingForPoolMachine"
-WAITING_FOR_SECRET: Final = "WaitingForSecret"  # noqa: S105 - a reason, not a secret
+WAITING_FOR_SECRET: Final = "WaitingForSecret"
 WAITING_FOR_HOST_LOCK: Final = "WaitingForHostLock"
 
 # Reasons: progress and outcomes

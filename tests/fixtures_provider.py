@@ -1,78 +1,33 @@
 """Fixtures for our provider on the real control plane: CRDs installed, controller running as a
-real ``capi-remote run`` process (its log is printed on failure)."""
+real ``capi-remote run`` process (its log path is printed at the end)."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
-from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
+from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError
+from capi_remote.devenv.provider import ControllerProcess, start_controller
 from capi_remote.kube.client import KubeClient
 
-
-@attrs.frozen
-class RunningController:
-    process: ManagedProcess
-    health_port: int
-    metrics_port: int
-    webhook_port: int
-
-    def log_tail(self, lines: int = 60) -> str:
-        return log_tail(self.process.log, lines)
+RunningController = ControllerProcess
 
 
 @pytest.fixture(scope="session")
-def controller(control_plane: ControlPlane) -> Iterator[RunningController]:
+def controller(control_plane: ControlPlane) -> Iterator[ControllerProcess]:
     workdir = Path(tempfile.mkdtemp(prefix="capi-remote-controller-"))
-    webhook_port, health_port, metrics_port = free_port(), free_port(), free_port()
-    cert_dir = issue_webhook_certificate(control_plane, workdir / "certs")
-    install_crds(control_plane, webhook_port)
-    process = ManagedProcess(
-        "capi-remote",
-        [
-            sys.executable,
-            "-m",
-            "capi_remote.cli",
-            "run",
-            f"--kubeconfig={control_plane.kubeconfig}",
-            f"--webhook-port={webhook_port}",
-            f"--webhook-cert-dir={cert_dir}",
-            f"--health-addr=127.0.0.1:{health_port}",
-            f"--metrics-bind-address=127.0.0.1:{metrics_port}",
-            "--log-format=json",
-            "--log-level=debug",
-        ],
-        workdir / "controller.log",
-    )
-    process.start()
-    running = RunningController(process, health_port, metrics_port, webhook_port)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.exit_code() is not None:
-            pytest.fail(f"controller exited: {process.describe_failure()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"controller not ready: {process.describe_failure()}")
-        time.sleep(0.2)
+    try:
+        running = start_controller(control_plane, workdir, log_level="debug")
+    except ControlPlaneError as error:
+        pytest.fail(str(error))
     try:
         yield running
     finally:
-        process.stop()
-        print(f"\ncontroller log: {process.log}")
+        running.process.stop()
+        print(f"\ncontroller log: {running.process.log}")
 
 
 @pytest.fixture

@@ -8,12 +8,17 @@ CRDs' conversion webhook points at ``https://127.0.0.1:<port>/convert`` with our
 from __future__ import annotations
 
 import base64
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import attrs
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlane
+from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
+from capi_remote.devenv.processes import ManagedProcess, log_tail
 
 CRD_DIR = Path(__file__).resolve().parent.parent.parent / "manifests" / "crds"
 
@@ -52,3 +57,60 @@ def install_crds(plane: ControlPlane, webhook_port: int) -> None:
     plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
     )
+
+
+@attrs.frozen
+class ControllerProcess:
+    """A running ``capi-remote run`` against a local control plane."""
+
+    process: ManagedProcess
+    health_port: int
+    metrics_port: int
+    webhook_port: int
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.process.log, lines)
+
+
+def start_controller(
+    plane: ControlPlane,
+    workdir: Path,
+    *,
+    log_format: str = "json",
+    log_level: str = "info",
+    ready_timeout: float = 60.0,
+) -> ControllerProcess:
+    """Install our CRDs, then run the controller as a real process until its /readyz says so."""
+    webhook_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    cert_dir = issue_webhook_certificate(plane, workdir / "certs")
+    install_crds(plane, webhook_port)
+    process = ManagedProcess(
+        "capi-remote",
+        [
+            sys.executable, "-m", "capi_remote.cli", "run",
+            f"--kubeconfig={plane.kubeconfig}",
+            f"--webhook-port={webhook_port}",
+            f"--webhook-cert-dir={cert_dir}",
+            f"--health-addr=127.0.0.1:{health_port}",
+            f"--metrics-bind-address=127.0.0.1:{metrics_port}",
+            f"--log-format={log_format}",
+            f"--log-level={log_level}",
+        ],
+        workdir / "controller.log",
+    )  # fmt: skip
+    process.start()
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if process.exit_code() is not None:
+            raise ControlPlaneError(f"the controller exited: {process.describe_failure()}")
+        try:
+            url = f"http://127.0.0.1:{health_port}/readyz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return ControllerProcess(process, health_port, metrics_port, webhook_port)
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.stop()
+            raise ControlPlaneError(f"controller not ready: {process.describe_failure()}")
+        time.sleep(0.2)

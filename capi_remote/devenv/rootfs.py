@@ -30,6 +30,9 @@ PACKAGES: tuple[str, ...] = (
     "iproute2",
     "procps",
     "python3-minimal",
+    # Bootstrap scripts in the e2e suite talk to an API server, as real ones do.
+    "curl",
+    "ca-certificates",
 )
 #: Bump when the post-processing below changes, so old caches are not reused.
 RECIPE_VERSION = 1

@@ -105,6 +105,13 @@ class KubeClient:
             )
         return cls(k8s_client.ApiClient(configuration))
 
+    @classmethod
+    async def from_kubeconfig_dict(cls, config: dict[str, Any]) -> KubeClient:
+        """From kubeconfig content (e.g. a workload cluster's ``<cluster>-kubeconfig`` Secret)."""
+        configuration = k8s_client.Configuration()
+        await k8s_config.load_kube_config_from_dict(config, client_configuration=configuration)
+        return cls(k8s_client.ApiClient(configuration))
+
     async def close(self) -> None:
         await self.api.close()
 

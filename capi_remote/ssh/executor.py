@@ -73,6 +73,10 @@ class Job:
     from the worker thread before each step that is not already done (``step_index`` counts from
     0). ``rerun_interrupted`` allows starting again a step whose process vanished without an exit
     code; by default that is a :class:`StepInterrupted` error.
+
+    ``cleanup`` makes it a teardown: the sentinel is not consulted, and once every step succeeded
+    the machine is forgotten on the host (its state directories and the sentinel are removed), so
+    the host can be bootstrapped again by its next machine.
     """
 
     target: Target
@@ -81,6 +85,12 @@ class Job:
     on_progress: ProgressCallback | None = attrs.field(default=None, eq=False)
     rerun_interrupted: bool = False
     step_timeout: float | None = None
+    cleanup: bool = False
+
+    @property
+    def state_uid(self) -> str:
+        """A cleanup keeps its own markers beside the bootstrap's (``<uid>.cleanup``)."""
+        return f"{self.machine_uid}.cleanup" if self.cleanup else self.machine_uid
 
 
 @attrs.frozen
@@ -153,7 +163,7 @@ class _Execution:
         self.privilege = Privilege.for_credentials(job.target.credentials)
         self.started = started
         self.deadline = started + settings.job_timeout
-        self.state = f"{settings.state_root}/{job.machine_uid}"
+        self.state = f"{settings.state_root}/{job.state_uid}"
         self.log = log.bind(host=connection.host, machine_uid=job.machine_uid)
         self.locked = False
         self.connected = True
@@ -177,12 +187,12 @@ class _Execution:
         reply = self._helper(
             hostscript.begin(
                 state_root=self.settings.state_root,
-                machine_uid=self.job.machine_uid,
+                machine_uid=self.job.state_uid,
                 plan_digest=plan.digest,
                 lock=self.settings.lock_path,
                 owner=self.owner,
                 stale_after=self.settings.lock_stale_after,
-                sentinel=self.settings.sentinel_path,
+                sentinel="" if self.job.cleanup else self.settings.sentinel_path,
             )
         )
         if reply.has("bootstrapped"):
@@ -214,6 +224,8 @@ class _Execution:
             self._progress(index, total, step.describe())
             outcomes.append(self._run_step(index, step))
 
+        if self.job.cleanup:
+            return self._forget(tuple(outcomes))
         reply = self._helper(
             hostscript.finish(
                 lock=self.settings.lock_path, owner=self.owner, sentinel=self.settings.sentinel_path
@@ -232,6 +244,22 @@ class _Execution:
             steps=tuple(outcomes),
             taken_over_from=takeover[0] if takeover else None,
         )
+
+    def _forget(self, outcomes: tuple[StepOutcome, ...]) -> JobResult:
+        root = self.settings.state_root
+        reply = self._helper(
+            hostscript.forget(
+                lock=self.settings.lock_path,
+                owner=self.owner,
+                sentinel=self.settings.sentinel_path,
+                state_dirs=(f"{root}/{self.job.machine_uid}", f"{root}/{self.job.state_uid}"),
+            )
+        )
+        self.locked = False
+        if not reply.has("forgotten"):
+            raise RemoteError(self.conn.host, "unexpected answer from the forget helper")
+        self.log.info("cleanup complete; machine forgotten on the host", ran=len(outcomes))
+        return self._result(already=False, steps=outcomes)
 
     def _result(
         self,

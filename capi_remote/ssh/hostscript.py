@@ -163,6 +163,19 @@ lock_release
 if [ -e "$sentinel" ]; then say complete; else say incomplete; fi
 """
 
+# Teardown: after a cleanup job's steps, forget the machine on this host (its bootstrap state,
+# the cleanup's own state and the sentinel), so the next claimant bootstraps from scratch.
+_FORGET = r"""
+lock=$1 owner=$2 sentinel=$3
+shift 3
+say begin
+lock_open || exit 1
+for dir in "$@"; do rm -rf -- "$dir" || { lock_release; exit 1; }; done
+rm -f -- "$sentinel" || { lock_release; exit 1; }
+lock_release
+say forgotten
+"""
+
 _RELEASE = r"""
 lock=$1 owner=$2
 say begin
@@ -380,6 +393,11 @@ def heartbeat(*, lock: str, owner: str) -> str:
 
 def finish(*, lock: str, owner: str, sentinel: str) -> str:
     return _command("finish", _LOCK_FUNCTIONS + _FINISH, lock, owner, sentinel)
+
+
+def forget(*, lock: str, owner: str, sentinel: str, state_dirs: tuple[str, ...]) -> str:
+    """Remove the given state directories and the sentinel, then release the lock."""
+    return _command("forget", _LOCK_FUNCTIONS + _FORGET, lock, owner, sentinel, *state_dirs)
 
 
 def release(*, lock: str, owner: str) -> str:

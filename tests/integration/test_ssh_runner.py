@@ -552,3 +552,19 @@ def test_probe(hosts: HostsFactory) -> None:
     assert host.address in [a.address for a in facts.addresses]
     assert facts.privilege == "sudo-password"
     assert facts.host_key_fingerprint == host.host_key.fingerprint
+
+
+def test_cleanup_runs_once_then_forgets_the_machine_on_the_host(hosts: HostsFactory) -> None:
+    host = hosts(1)[0]
+    bootstrap = plan(count("bootstrap"))
+    assert run(target(host), bootstrap).already_bootstrapped is False
+    teardown = BootstrapPlan(steps=(count("cleanup"),), format="script")
+    run(target(host), teardown, cleanup=True)
+    assert counter(host, "cleanup") == 1
+    assert not host.path(SENTINEL).exists()
+    assert not host.path("/var/lib/capi-remote/m-1").exists()
+    assert not host.path("/var/lib/capi-remote/m-1.cleanup").exists()
+    # The host is fresh: the same plan runs again for the next machine, not "already done".
+    again = run(target(host), bootstrap)
+    assert again.already_bootstrapped is False
+    assert counter(host, "bootstrap") == 2

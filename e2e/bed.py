@@ -1,0 +1,144 @@
+"""The e2e test bed: Cluster API objects (from ``capi_remote.devenv.samples``) created on the
+control plane for a fleet of real hosts, plus waits and observations for assertions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from capi_remote.devenv import samples
+from capi_remote.devenv.controlplane import ControlPlane
+from capi_remote.devenv.hosts import Host, HostFleet
+from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.resources import (
+    CLUSTERS,
+    CONFIGMAPS,
+    MACHINES,
+    POOLED_REMOTE_MACHINES,
+    REMOTE_CLUSTERS,
+    REMOTE_MACHINE_TEMPLATES,
+    REMOTE_MACHINES,
+    SECRETS,
+)
+
+JSONDict = dict[str, Any]
+MACHINE_DEPLOYMENTS = Resource(
+    "cluster.x-k8s.io", "v1beta2", "machinedeployments", "MachineDeployment"
+)
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+_RESOURCES = {
+    r.kind: r
+    for r in (
+        CLUSTERS, CONFIGMAPS, MACHINES, POOLED_REMOTE_MACHINES, REMOTE_CLUSTERS,
+        REMOTE_MACHINE_TEMPLATES, REMOTE_MACHINES, SECRETS, MACHINE_DEPLOYMENTS,
+    )
+}  # fmt: skip
+
+
+@attrs.define
+class Bed:
+    kube: KubeClient
+    plane: ControlPlane
+    namespace: str
+    fleet: HostFleet
+    api_proxy_port: int
+
+    async def create(self, obj: JSONDict) -> JSONDict:
+        obj.setdefault("metadata", {}).setdefault("namespace", self.namespace)
+        return await self.kube.create(_RESOURCES[obj["kind"]], obj)
+
+    async def get(self, resource: Resource, name: str) -> JSONDict | None:
+        try:
+            return await self.kube.get(resource, self.namespace, name)
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+
+    async def list(self, resource: Resource, **kwargs: Any) -> list[JSONDict]:
+        return list((await self.kube.list(resource, self.namespace, **kwargs))["items"])
+
+    async def wait_for(
+        self,
+        what: str,
+        check: Callable[[], Awaitable[Any]],
+        within: float = 120.0,
+        diagnose: Callable[[], str] | None = None,
+    ) -> Any:
+        """Poll ``check`` until it returns something truthy; fail saying what was awaited."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            result = await check()
+            if result:
+                return result
+            if loop.time() > deadline:
+                detail = diagnose() if diagnose else ""
+                raise AssertionError(f"timed out after {within:.0f}s waiting for {what}\n{detail}")
+            await asyncio.sleep(0.5)
+
+    def describe(self, kind: str, name: str) -> str:
+        return self.plane.kubectl("describe", kind, name, "-n", self.namespace)
+
+    # -- objects -----------------------------------------------------------------------------
+
+    async def credentials(self) -> None:
+        for obj in samples.credentials(
+            self.namespace, self.fleet.client_key.private_openssh, self.fleet.known_hosts()
+        ):
+            await self.create(obj)
+
+    def host_spec(self, host: Host, **overrides: Any) -> JSONDict:
+        return samples.host_spec(host.address, host.port, **overrides)
+
+    async def cluster(self, name: str) -> None:
+        for obj in samples.cluster(name, self.namespace, self.plane.kubeconfig.read_bytes()):
+            await self.create(obj)
+
+    async def bootstrap_secret(self, name: str, script: str | None = None) -> str:
+        script = script or samples.node_registration_script(
+            self.api_proxy_port, self.fleet.gateway, self.plane.workdir / "pki"
+        )
+        await self.create(samples.bootstrap_secret(name, self.namespace, script))
+        return name
+
+    async def remote_machine(self, name: str, spec: JSONDict) -> None:
+        await self.create(samples.remote_machine(name, self.namespace, spec))
+
+    async def machine(
+        self, name: str, cluster: str, data_secret: str, *, control_plane: bool = True
+    ) -> None:
+        await self.create(
+            samples.machine(name, self.namespace, cluster, data_secret, control_plane=control_plane)
+        )
+
+    async def pooled(self, name: str, pool: str, host: Host) -> None:
+        await self.create(samples.pooled(name, self.namespace, pool, self.host_spec(host)))
+
+    async def machine_template(self, name: str, pool: str) -> None:
+        await self.create(samples.machine_template(name, self.namespace, pool))
+
+    async def machine_deployment(
+        self, name: str, cluster: str, data_secret: str, template: str, replicas: int
+    ) -> None:
+        await self.create(
+            samples.machine_deployment(
+                name, self.namespace, cluster, data_secret, template, replicas
+            )
+        )
+
+    # -- observations ------------------------------------------------------------------------
+
+    async def machine_phase(self, name: str) -> str:
+        machine = await self.get(MACHINES, name)
+        return str(((machine or {}).get("status") or {}).get("phase") or "")
+
+    async def condition(self, resource: Resource, name: str, type_: str) -> JSONDict:
+        obj = await self.get(resource, name) or {}
+        for condition in (obj.get("status") or {}).get("conditions", []):
+            if condition.get("type") == type_:
+                return dict(condition)
+        return {}

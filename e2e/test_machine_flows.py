@@ -1,0 +1,212 @@
+"""Cluster API flows on the real test bed: CAPI core, our controller process, sshd hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from capi_remote.devenv import samples
+from capi_remote.resources import (
+    CLUSTERS,
+    MACHINES,
+    POOLED_REMOTE_MACHINES,
+    REMOTE_MACHINES,
+)
+from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed
+from e2e.conftest import BedFactory
+
+pytestmark = pytest.mark.integration
+
+
+async def _running(bed: Bed, machine: str, within: float = 120.0) -> None:
+    async def check() -> bool:
+        return await bed.machine_phase(machine) == "Running"
+
+    await bed.wait_for(
+        f"Machine {machine} to be Running",
+        check,
+        within,
+        diagnose=lambda: bed.describe("remotemachine", machine) + bed.describe("machine", machine),
+    )
+
+
+async def test_cluster_with_one_machine_reaches_running(make_bed: BedFactory) -> None:
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    await bed.cluster("one")
+    data = await bed.bootstrap_secret("one-bootstrap")
+    await bed.remote_machine("one-cp-0", bed.host_spec(host))
+    await bed.machine("one-cp-0", "one", data)
+    await _running(bed, "one-cp-0")
+
+    rm = await bed.get(REMOTE_MACHINES, "one-cp-0")
+    assert rm is not None
+    assert rm["spec"]["providerID"] == f"remote-machine://{host.address}:22"
+    assert rm["status"]["initialization"]["provisioned"] is True
+    addresses = {(a["type"], a["address"]) for a in rm["status"]["addresses"]}
+    assert ("ExternalIP", host.address) in addresses
+    assert ("Hostname", host.name) in addresses
+    node = await bed.kube.get(NODES, None, "one-cp-0")
+    assert node["spec"]["providerID"] == rm["spec"]["providerID"]  # PROVIDER_ID substituted
+    machine = await bed.get(MACHINES, "one-cp-0")
+    assert machine is not None
+    assert machine["status"]["nodeRef"]["name"] == "one-cp-0"
+    described = bed.describe("remotemachine", "one-cp-0")
+    assert "Provisioned" in described
+    # The host ran the bootstrap: the sentinel exists inside the host only.
+    assert (
+        host.exec_inside(["test", "-f", "/run/cluster-api/bootstrap-success.complete"]).returncode
+        == 0
+    )
+
+
+async def test_a_node_registered_without_provider_id_gets_linked(make_bed: BedFactory) -> None:
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    await bed.cluster("link")
+    script = samples.node_registration_script(
+        bed.api_proxy_port, bed.fleet.gateway, bed.plane.workdir / "pki", with_provider_id=False
+    )
+    data = await bed.bootstrap_secret("link-bootstrap", script)
+    await bed.remote_machine("link-cp-0", bed.host_spec(host))
+    await bed.machine("link-cp-0", "link", data)
+    await _running(bed, "link-cp-0", within=180)
+    node = await bed.kube.get(NODES, None, "link-cp-0")
+    assert node["spec"]["providerID"] == f"remote-machine://{host.address}:22"
+    assert "NodeLinked" in bed.describe("remotemachine", "link-cp-0")
+
+
+async def _pool_free(bed: Bed, pool: str) -> int:
+    hosts = await bed.list(POOLED_REMOTE_MACHINES)
+    return sum(1 for h in hosts if h["spec"]["pool"] == pool and not h["spec"].get("claim"))
+
+
+async def _running_count(bed: Bed, deployment: str) -> int:
+    machines = await bed.list(
+        MACHINES, label_selector=f"e2e.capi-remote.dev/deployment={deployment}"
+    )
+    return sum(1 for m in machines if (m.get("status") or {}).get("phase") == "Running")
+
+
+async def _scale(bed: Bed, deployment: str, replicas: int) -> None:
+    await bed.kube.patch(
+        MACHINE_DEPLOYMENTS, bed.namespace, deployment, {"spec": {"replicas": replicas}}
+    )
+
+
+async def test_machine_deployment_on_a_pool_scales_waits_for_hosts_and_returns_them(
+    make_bed: BedFactory,
+) -> None:
+    bed = await make_bed(7)  # 5 pooled, 1 for the control-plane machine, 1 added later
+    pool, hosts = "workers", bed.fleet.hosts
+    for host in hosts[:5]:
+        await bed.pooled(host.name, pool, host)
+    await bed.machine_template("workers", pool)
+    await bed.cluster("md")
+    data = await bed.bootstrap_secret("md-bootstrap")
+    await bed.machine("md-cp-0", "md", data)  # a control-plane machine initialises the cluster
+    await bed.remote_machine("md-cp-0", bed.host_spec(hosts[5]))
+    await _running(bed, "md-cp-0")
+
+    await bed.machine_deployment("md-workers", "md", data, "workers", replicas=3)
+
+    def running(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await _running_count(bed, "md-workers") == n
+
+        return check
+
+    await bed.wait_for("3 workers Running", running(3), 180)
+    assert await _pool_free(bed, pool) == 2
+    await _scale(bed, "md-workers", 5)
+    await bed.wait_for("5 workers Running", running(5), 180)
+    assert await _pool_free(bed, pool) == 0
+
+    # A 6th worker has no host: it waits, visibly, and proceeds once a host joins the pool.
+    await _scale(bed, "md-workers", 6)
+
+    async def one_waiting() -> str:
+        for rm in await bed.list(REMOTE_MACHINES):
+            if rm["spec"].get("pool") == pool and not rm["spec"].get("address"):
+                ready = await bed.condition(REMOTE_MACHINES, rm["metadata"]["name"], "Ready")
+                if ready.get("reason") == "WaitingForPoolMachine":
+                    return str(rm["metadata"]["name"])
+        return ""
+
+    waiting = await bed.wait_for("a worker WaitingForPoolMachine", one_waiting, 120)
+    assert "WaitingForPoolMachine" in bed.describe("remotemachine", waiting)
+    await bed.pooled(hosts[6].name, pool, hosts[6])
+    await bed.wait_for("6 workers Running", running(6), 180)
+
+    await _scale(bed, "md-workers", 2)
+    await bed.wait_for("2 workers Running", running(2), 240)
+
+    async def four_free() -> bool:
+        return await _pool_free(bed, pool) == 4
+
+    await bed.wait_for("4 hosts back in the pool", four_free, 240)
+    for pooled in await bed.list(POOLED_REMOTE_MACHINES):
+        if pooled["spec"].get("claim"):
+            continue
+        host = next(h for h in hosts if h.address == pooled["spec"]["machine"]["address"])
+        sentinel = host.exec_inside(["test", "-e", "/run/cluster-api/bootstrap-success.complete"])
+        assert sentinel.returncode != 0, f"{host.name} was returned without being cleaned"
+
+
+async def test_host_key_mismatch_and_unreachable_host_show_in_describe(
+    make_bed: BedFactory,
+) -> None:
+    bed = await make_bed(2)
+    changed, down = bed.fleet.hosts
+    changed.regenerate_host_key()  # known_hosts still has the old key: a possible MITM
+    down.stop_sshd()
+    await bed.cluster("faults")
+    data = await bed.bootstrap_secret("faults-bootstrap")
+    for name, host in (("faults-mitm", changed), ("faults-down", down)):
+        await bed.remote_machine(name, {**bed.host_spec(host), "maxAttempts": 2})
+        await bed.machine(name, "faults", data)
+
+    def reason(name: str, wanted: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            ready = await bed.condition(REMOTE_MACHINES, name, "Ready")
+            return ready.get("reason") == wanted
+
+        return check
+
+    await bed.wait_for("HostKeyMismatch", reason("faults-mitm", "HostKeyMismatch"), 120)
+    described = bed.describe("remotemachine", "faults-mitm")
+    assert "HostKeyMismatch" in described
+    assert "does not match" in described
+    # Nothing ran on the host whose key changed.
+    assert changed.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0
+
+    await bed.wait_for("HostUnreachable", reason("faults-down", "HostUnreachable"), 120)
+    assert "HostUnreachable" in bed.describe("remotemachine", "faults-down")
+
+
+async def test_deleting_the_cluster_releases_everything(make_bed: BedFactory) -> None:
+    bed = await make_bed(2)
+    pool = "gone"
+    for host in bed.fleet.hosts:
+        await bed.pooled(host.name, pool, host)
+    await bed.cluster("gone")
+    data = await bed.bootstrap_secret("gone-bootstrap")
+    for index in range(2):
+        name = f"gone-{index}"
+        await bed.remote_machine(name, {"pool": pool})
+        await bed.machine(name, "gone", data)
+    for index in range(2):
+        await _running(bed, f"gone-{index}")
+    await bed.kube.delete(CLUSTERS, bed.namespace, "gone")
+
+    async def all_gone() -> bool:
+        return not await bed.list(REMOTE_MACHINES) and not await bed.list(MACHINES)
+
+    await bed.wait_for("Machines and RemoteMachines to be gone", all_gone, 240)
+
+    async def cluster_gone() -> bool:
+        return await bed.get(CLUSTERS, "gone") is None
+
+    await bed.wait_for("the Cluster to be gone", cluster_gone, 120)
+    assert await _pool_free(bed, pool) == 2

@@ -1,0 +1,717 @@
+"""RemoteMachine: the InfraMachine of the contract. Waits for its owners and bootstrap data, runs
+the bootstrap on the host over SSH (off the reconcile path, exactly once), reports providerID,
+addresses and readiness; on deletion cleans the host and gives it back to its pool.
+
+Level-triggered: each reconcile reads the cache, works out the single next step, writes status
+only if it changed, and returns. Every wait has a condition reason and is ended by a watch
+(Machine, Cluster, Secrets, pool hosts), never by polling.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+import structlog
+
+from capi_remote.app import Provider
+from capi_remote.bootstrap import (
+    BootstrapParseError,
+    BootstrapPlan,
+    InstanceMetadata,
+    parse_bootstrap,
+    substitute_provider_id,
+)
+from capi_remote.kube.cache import Store
+from capi_remote.kube.client import ApiError
+from capi_remote.kube.controller import Controller
+from capi_remote.kube.events import EventRecorder
+from capi_remote.kube.handler import own_object, request_for
+from capi_remote.kube.informer import Event, Informer, Selector
+from capi_remote.kube.reconcile import ReconcileContext, Request, Result
+from capi_remote.kube.status import patch_object, patch_status, set_condition
+from capi_remote.resources import (
+    CAPI_GROUP,
+    CLUSTERS,
+    CONFIGMAPS,
+    MACHINES,
+    POOLED_REMOTE_MACHINES,
+    REMOTE_MACHINES,
+    SECRETS,
+)
+from capi_remote.ssh import Runner
+from reconcilers import conditions as c
+from reconcilers import pool as pools
+from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, owner_name
+from reconcilers.hostjobs import HostJobs, JobState
+from reconcilers.remote import HostAccess, MissingSecret, cleanup_commands
+from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
+from reconcilers.workload import WorkloadClients, link_node
+
+JSONDict = dict[str, Any]
+FINALIZER = "remotemachine.k0smotron.io/finalizer"  # the reference's, so its objects just work
+FORCE_RELEASE_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/force-release"
+DEFAULT_MAX_ATTEMPTS = 5
+CLEANUP_ATTEMPTS = 3
+NODE_LINK_INTERVAL = 20.0
+SECRET_REF_INDEX = "secret-refs"
+DATA_SECRET_INDEX = "data-secret"
+
+_log = structlog.get_logger("capi_remote.machine")
+
+
+def provider_id(address: str, port: int) -> str:
+    try:
+        host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        host = address
+    return f"remote-machine://{host}:{port}"
+
+
+def referenced_secrets(rm: JSONDict) -> list[str]:
+    """``namespace/name`` of every Secret a RemoteMachine's spec names (for the secret watch)."""
+    spec = rm.get("spec", {})
+    namespace = rm["metadata"].get("namespace", "")
+    names = set()
+    for holder in (spec, spec.get("bastion") or {}):
+        key = holder.get("sshKeyRef") or {}
+        for ref in (
+            key,
+            key.get("passphraseRef"),
+            holder.get("passwordRef"),
+            holder.get("sudoPasswordRef"),
+        ):
+            if ref and ref.get("name"):
+                names.add(ref["name"])
+        known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
+        if known.get("kind") == "Secret" and known.get("name"):
+            names.add(known["name"])
+    return [f"{namespace}/{n}" for n in sorted(names)]
+
+
+def _backoff(attempts: int) -> float:
+    return float(min(300, 10 * 2 ** max(0, attempts - 1)))
+
+
+class RemoteMachineReconciler:
+    def __init__(
+        self,
+        provider: Provider,
+        informers: dict[str, Informer],
+        secrets: ObjectSource,
+        access: HostAccess,
+        events: EventRecorder,
+    ) -> None:
+        self.client = provider.client
+        self.machines: Store = informers["remote"].store
+        self.capi_machines: Store = informers["machine"].store
+        self.clusters: Store = informers["cluster"].store
+        self.pooled: Store = informers["pooled"].store
+        self.secrets = secrets
+        self.access = access
+        self.events = events
+        self.jobs: HostJobs | None = None  # set by setup once the controller exists
+        self.workloads = WorkloadClients(secrets)
+        self._cleanup_attempts: dict[str, int] = {}
+
+    # -- entry -----------------------------------------------------------------------------
+
+    async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
+        rm = self.machines.get_by_name(request.namespace, request.name)
+        if rm is None:
+            return Result()
+        if rm["metadata"].get("deletionTimestamp"):
+            return await self._delete(rm, request)
+        if FINALIZER not in rm["metadata"].get("finalizers", []):
+            desired = copy.deepcopy(rm)
+            desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
+            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+            return Result()  # the update event brings us back with the fresh object
+        return await self._converge(rm, request)
+
+    # -- normal path -----------------------------------------------------------------------
+
+    async def _converge(self, rm: JSONDict, request: Request) -> Result:
+        status = copy_status(rm)
+        owner = owner_name(rm, CAPI_GROUP, "Machine")
+        machine = self.capi_machines.get_by_name(request.namespace, owner) if owner else None
+        if machine is None:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_MACHINE_OWNER,
+                "waiting for a Machine to own this RemoteMachine",
+            )
+        cluster_name = machine["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL) or (
+            machine.get("spec", {}).get("clusterName")
+        )
+        cluster = self.clusters.get_by_name(request.namespace, cluster_name or "")
+        if cluster is None:
+            return await self._wait(
+                rm, status, c.WAITING_FOR_CLUSTER, f"waiting for Cluster {cluster_name!r}"
+            )
+        if is_paused(rm, cluster):
+            status["conditions"] = set_condition(
+                status.get("conditions", []),
+                c.PAUSED,
+                True,
+                c.PAUSED_REASON,
+                "reconciliation is paused",
+                observed_generation=rm["metadata"].get("generation"),
+            )
+            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            return Result()
+        status["conditions"] = set_condition(
+            status.get("conditions", []),
+            c.PAUSED,
+            False,
+            c.NOT_PAUSED,
+            "",
+            observed_generation=rm["metadata"].get("generation"),
+        )
+        provisioned = bool((status.get("initialization") or {}).get("provisioned"))
+        if provisioned and rm.get("spec", {}).get("providerID"):
+            return await self._steady(rm, status, machine, cluster_name or "")
+        infra = (cluster.get("status") or {}).get("initialization") or {}
+        if not infra.get("infrastructureProvisioned"):
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_CLUSTER_INFRASTRUCTURE,
+                f"waiting for Cluster {cluster_name} infrastructure",
+            )
+        spec = rm.get("spec", {})
+        if spec.get("pool") and not spec.get("address"):
+            return await self._claim(rm, status, machine)
+        data_name = (machine.get("spec", {}).get("bootstrap") or {}).get("dataSecretName")
+        if not data_name:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_BOOTSTRAP_DATA,
+                "waiting for the bootstrap provider's data secret",
+            )
+        data_secret = self.secrets.get(request.namespace, data_name)
+        if data_secret is None:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_BOOTSTRAP_DATA,
+                f"waiting for bootstrap data Secret {data_name}",
+            )
+        return await self._provision(rm, status, machine, data_secret, request)
+
+    async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
+        generation = rm["metadata"].get("generation")
+        conditions = status.get("conditions", [])
+        conditions = set_condition(
+            conditions, c.READY, False, reason, message, observed_generation=generation
+        )
+        status["conditions"] = conditions
+        status["phase"] = "Pending"
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        return Result()
+
+    async def _steady(
+        self, rm: JSONDict, status: JSONDict, machine: JSONDict, cluster: str
+    ) -> Result:
+        """Provisioned: keep the conditions true (never decaying to Unknown), and make sure the
+        host's Node carries our providerID so Cluster API can link it to the Machine."""
+        generation = rm["metadata"].get("generation")
+        conditions = set_condition(
+            status.get("conditions", []),
+            c.READY,
+            True,
+            c.PROVISIONED,
+            "",
+            observed_generation=generation,
+        )
+        conditions = set_condition(
+            conditions,
+            c.BOOTSTRAP_SUCCEEDED,
+            True,
+            c.PROVISIONED,
+            "",
+            observed_generation=generation,
+        )
+        status["conditions"] = conditions
+        status["phase"] = "Provisioned"
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        if (machine.get("status") or {}).get("nodeRef"):
+            return Result()
+        return await self._link_node(rm, status, machine, cluster)
+
+    async def _link_node(
+        self, rm: JSONDict, status: JSONDict, machine: JSONDict, cluster: str
+    ) -> Result:
+        """The Node may register without a providerID (no cloud provider on remote hosts):
+        set ours on it. Nodes are in the workload cluster, which we do not watch: look again
+        every little while until Cluster API reports the Machine's nodeRef."""
+        client = await self.workloads.get(rm["metadata"]["namespace"], cluster)
+        if client is None:
+            return Result(requeue_after=NODE_LINK_INTERVAL)
+        recorded = status.get("addresses") or []
+        names = [a["address"] for a in recorded if a.get("type") == "Hostname"]
+        names.append(machine["metadata"]["name"])
+        addresses = {
+            a["address"] for a in recorded if a.get("type") in ("InternalIP", "ExternalIP")
+        }
+        try:
+            outcome = await link_node(client, names, addresses, rm["spec"]["providerID"])
+        except (ApiError, OSError, TimeoutError) as error:
+            _log.debug("workload cluster not reachable yet", cluster=cluster, error=str(error))
+            return Result(requeue_after=NODE_LINK_INTERVAL)
+        if outcome == "linked":
+            self.events.record(rm, "Normal", "NodeLinked", "set the Node's providerID")
+        elif outcome.startswith("conflict"):
+            self.events.record(
+                rm,
+                "Warning",
+                "ProviderIDConflict",
+                f"the Node of this host already has providerID {outcome.partition(': ')[2]}",
+            )
+        return Result(requeue_after=NODE_LINK_INTERVAL)
+
+    async def _claim(self, rm: JSONDict, status: JSONDict, machine: JSONDict) -> Result:
+        pooled = await pools.find_or_claim(self.client, self.pooled, rm)
+        if pooled is None:
+            pool = rm["spec"]["pool"]
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_POOL_MACHINE,
+                f"no free PooledRemoteMachine in pool {pool!r}; add one and this machine proceeds",
+            )
+        host = pooled["spec"]["machine"]
+        desired = copy.deepcopy(rm)
+        # The pooled host says how to reach it (port, user, key...): its fields win over the
+        # defaults the template-made RemoteMachine got from the CRD, as in the reference.
+        desired["spec"].update(copy.deepcopy(host))
+        meta = desired["metadata"]
+        for field in ("labels", "annotations"):
+            extra = pooled["metadata"].get(field) or {}
+            merged = {k: v for k, v in extra.items() if k != pools.RECHECK_ANNOTATION}
+            merged.update(meta.get(field) or {})
+            if merged:
+                meta[field] = merged
+        await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+        await self._propagate_to_machine(machine, pooled)
+        self.events.record(
+            rm,
+            "Normal",
+            "Claimed",
+            f"claimed PooledRemoteMachine {pooled['metadata']['name']} ({host['address']})",
+        )
+        return Result()
+
+    async def _propagate_to_machine(self, machine: JSONDict, pooled: JSONDict) -> None:
+        labels = {
+            k: v
+            for k, v in (pooled["metadata"].get("labels") or {}).items()
+            if not k.startswith("cluster.x-k8s.io/")
+        }
+        if not labels or all(
+            machine["metadata"].get("labels", {}).get(k) == v for k, v in labels.items()
+        ):
+            return
+        meta = machine["metadata"]
+        await self.client.patch(
+            MACHINES, meta["namespace"], meta["name"], {"metadata": {"labels": labels}}
+        )
+
+    async def _provision(
+        self,
+        rm: JSONDict,
+        status: JSONDict,
+        machine: JSONDict,
+        data_secret: JSONDict,
+        request: Request,
+    ) -> Result:
+        jobs = self.jobs
+        assert jobs is not None
+        uid = rm["metadata"]["uid"]
+        generation = rm["metadata"].get("generation")
+        job = jobs.state(uid)
+        if job is not None and job.kind == "provision" and not job.running:
+            return await self._record_outcome(rm, status, job, request)
+        if job is not None:
+            return await self._progress(rm, status, job)
+        bootstrap = status.get("bootstrap") or {}
+        attempts = int(bootstrap.get("attempts") or 0)
+        ready: JSONDict = next(
+            (x for x in status.get("conditions", []) if x.get("type") == c.READY), {}
+        )
+        if attempts and ready.get("observedGeneration") not in (None, generation):
+            attempts = 0  # the spec changed since the last failure: a fresh budget
+        max_attempts = int(rm["spec"].get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
+        if attempts >= max_attempts:
+            return Result()  # terminal until the spec or bootstrap data changes (see _record)
+        spec = rm["spec"]
+        pid = provider_id(spec["address"], int(spec.get("port", 22)))
+        try:
+            plan = self._plan(rm, machine, data_secret, pid)
+        except BootstrapParseError as error:
+            status["conditions"] = set_condition(
+                status.get("conditions", []),
+                c.READY,
+                False,
+                c.INVALID_BOOTSTRAP_DATA,
+                f"{error.key}: {error.message}",
+                observed_generation=generation,
+            )
+            status["phase"] = "Failed"
+            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            self.events.record(
+                rm, "Warning", c.INVALID_BOOTSTRAP_DATA, f"{error.key}: {error.message}"
+            )
+            return Result()
+        try:
+            target = self.access.target(rm)
+        except MissingSecret as missing:
+            return await self._wait(rm, status, c.WAITING_FOR_SECRET, str(missing))
+        except ValueError as invalid:
+            return await self._wait(rm, status, c.INVALID_SSH_KEY, str(invalid))
+        jobs.start(
+            uid,
+            "provision",
+            request,
+            lambda job: self.access.provision(target, plan, uid, job, jobs),
+        )
+        status["bootstrap"] = {
+            **bootstrap,
+            "attempts": attempts + 1,
+            "stepsTotal": len(plan.steps),
+            "stepsDone": 0,
+        }
+        status["conditions"] = set_condition(
+            status.get("conditions", []),
+            c.READY,
+            False,
+            c.PROVISIONING,
+            f"attempt {attempts + 1} of {max_attempts}: connecting to {spec['address']}",
+            observed_generation=generation,
+        )
+        status["phase"] = "Provisioning"
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        self.events.record(
+            rm,
+            "Normal",
+            c.PROVISIONING,
+            f"bootstrapping {spec['address']} ({len(plan.steps)} steps, attempt {attempts + 1})",
+        )
+        return Result()
+
+    def _plan(self, rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str) -> BootstrapPlan:
+        import base64
+
+        data = base64.b64decode((secret.get("data") or {}).get("value", ""))
+        if not data:
+            raise BootstrapParseError("value", "the bootstrap data Secret has no 'value' key")
+        fmt_raw = (secret.get("data") or {}).get("format")
+        fmt = base64.b64decode(fmt_raw).decode() if fmt_raw else None
+        data = substitute_provider_id(data, pid)
+        meta = rm["metadata"]
+        hostname = machine["metadata"]["name"]
+        metadata = InstanceMetadata(
+            instance_id=meta["uid"],
+            local_hostname=hostname,
+            hostname=hostname,
+            local_ipv4=rm["spec"]["address"] if ":" not in rm["spec"]["address"] else None,
+        )
+        return parse_bootstrap(
+            data,
+            fmt,
+            metadata=metadata,
+            commands_as_script=bool(rm["spec"].get("commandsAsScript")),
+        )
+
+    async def _progress(self, rm: JSONDict, status: JSONDict, job: JobState) -> Result:
+        bootstrap = dict(status.get("bootstrap") or {})
+        bootstrap.update(
+            stepsDone=job.steps_done, stepsTotal=job.steps_total or bootstrap.get("stepsTotal", 0)
+        )
+        status["bootstrap"] = bootstrap
+        message = (
+            f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
+            if job.step
+            else ("connecting")
+        )
+        status["conditions"] = set_condition(
+            status.get("conditions", []),
+            c.READY,
+            False,
+            c.PROVISIONING,
+            message,
+            observed_generation=rm["metadata"].get("generation"),
+        )
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        return Result()
+
+    async def _record_outcome(
+        self, rm: JSONDict, status: JSONDict, job: JobState, request: Request
+    ) -> Result:
+        assert self.jobs is not None and job.outcome is not None
+        outcome = job.outcome
+        uid = rm["metadata"]["uid"]
+        generation = rm["metadata"].get("generation")
+        spec = rm["spec"]
+        if outcome.ok:
+            pid = provider_id(spec["address"], int(spec.get("port", 22)))
+            if spec.get("providerID") != pid:
+                desired = copy.deepcopy(rm)
+                desired["spec"]["providerID"] = pid
+                rm = await patch_object(self.client, REMOTE_MACHINES, rm, desired) or rm
+            status["addresses"] = outcome.details.get("addresses") or [
+                {"type": "ExternalIP", "address": spec["address"]}
+            ]
+            status["initialization"] = {"provisioned": True}
+            status["bootstrap"] = {
+                **(status.get("bootstrap") or {}),
+                "stepsDone": job.steps_total,
+                "lastOutputTail": None,
+            }
+            status["bootstrap"] = {k: v for k, v in status["bootstrap"].items() if v is not None}
+            if outcome.details.get("fingerprint"):
+                status["hostKeyFingerprint"] = outcome.details["fingerprint"]
+            status["conditions"] = set_condition(
+                status.get("conditions", []),
+                c.BOOTSTRAP_SUCCEEDED,
+                True,
+                outcome.reason,
+                "",
+                observed_generation=generation,
+            )
+            status["conditions"] = set_condition(
+                status["conditions"],
+                c.READY,
+                True,
+                c.PROVISIONED,
+                outcome.message,
+                observed_generation=generation,
+            )
+            status["phase"] = "Provisioned"
+            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            self.events.record(
+                rm, "Normal", c.PROVISIONED, outcome.message or f"{spec['address']} bootstrapped"
+            )
+            self.jobs.forget(uid)
+            return Result()
+        bootstrap = dict(status.get("bootstrap") or {})
+        attempts = int(bootstrap.get("attempts") or 1)
+        max_attempts = int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
+        bootstrap["lastOutputTail"] = outcome.output_tail[-1024:] if outcome.output_tail else None
+        status["bootstrap"] = {k: v for k, v in bootstrap.items() if v is not None}
+        terminal = not outcome.retryable or attempts >= max_attempts
+        reason = outcome.reason
+        message = outcome.message
+        if outcome.retryable and attempts >= max_attempts:
+            message = f"{message} (gave up after {attempts} attempts)"
+        status["conditions"] = set_condition(
+            status.get("conditions", []),
+            c.BOOTSTRAP_SUCCEEDED,
+            False,
+            reason,
+            message,
+            observed_generation=generation,
+        )
+        status["conditions"] = set_condition(
+            status["conditions"], c.READY, False, reason, message, observed_generation=generation
+        )
+        status["phase"] = "Failed" if terminal else "Provisioning"
+        if terminal:
+            status["bootstrap"]["attempts"] = max(attempts, max_attempts)
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        self.events.record(rm, "Warning", reason, message)
+        self.jobs.forget(uid)
+        if terminal:
+            return Result()
+        return Result(requeue_after=_backoff(attempts))
+
+    # -- deletion --------------------------------------------------------------------------
+
+    async def _delete(self, rm: JSONDict, request: Request) -> Result:
+        assert self.jobs is not None
+        meta = rm["metadata"]
+        uid = meta["uid"]
+        if FINALIZER not in meta.get("finalizers", []):
+            return Result()
+        job = self.jobs.state(uid)
+        if job is not None and job.kind == "provision":
+            await self.jobs.cancel(uid)
+            self.jobs.forget(uid)
+            job = None
+        forced = FORCE_RELEASE_ANNOTATION in meta.get("annotations", {})
+        touched = bool((rm.get("status") or {}).get("bootstrap"))
+        if touched and rm["spec"].get("address") and not forced:
+            done = await self._cleanup(rm, request, job)
+            if not done:
+                return Result()
+        self._cleanup_attempts.pop(uid, None)
+        claimed = self.pooled.by_index(
+            pools.CLAIM_INDEX, pools.claimant_key(meta["namespace"], meta["name"])
+        )
+        for pooled in claimed:
+            await pools.release(
+                self.client, meta["namespace"], pooled["metadata"]["name"], meta["name"]
+            )
+        desired = copy.deepcopy(rm)
+        desired["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != FINALIZER]
+        try:
+            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+        except ApiError as error:
+            if not error.not_found:
+                raise
+        self.events.record(rm, "Normal", "Released", "host cleaned up and released")
+        return Result()
+
+    async def _cleanup(self, rm: JSONDict, request: Request, job: JobState | None) -> bool:
+        """Run the cleanup job; True once it succeeded or was given up on (with a reason)."""
+        assert self.jobs is not None
+        uid = rm["metadata"]["uid"]
+        status = copy_status(rm)
+        generation = rm["metadata"].get("generation")
+        if job is None:
+            try:
+                target = self.access.target(rm)
+            except (MissingSecret, ValueError) as missing:
+                self.events.record(
+                    rm, "Warning", c.CLEANUP_FAILED, f"skipping host cleanup: {missing}"
+                )
+                return True
+            commands = cleanup_commands(rm, self._bootstrap_kind(rm))
+            self.jobs.start(
+                uid, "cleanup", request, lambda job: self.access.cleanup(target, commands, uid, job)
+            )
+            status["conditions"] = set_condition(
+                status.get("conditions", []),
+                c.READY,
+                False,
+                c.DELETING,
+                "cleaning up the host",
+                observed_generation=generation,
+            )
+            status["phase"] = "Deleting"
+            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            return False
+        if job.running:
+            return False
+        assert job.outcome is not None
+        self.jobs.forget(uid)
+        if job.outcome.ok:
+            return True
+        attempts = self._cleanup_attempts.get(uid, 0) + 1
+        self._cleanup_attempts[uid] = attempts
+        message = f"cleanup attempt {attempts} of {CLEANUP_ATTEMPTS} failed: {job.outcome.message}"
+        self.events.record(rm, "Warning", c.CLEANUP_FAILED, message)
+        if attempts >= CLEANUP_ATTEMPTS:
+            return True
+        status["conditions"] = set_condition(
+            status.get("conditions", []),
+            c.READY,
+            False,
+            c.CLEANUP_FAILED,
+            message,
+            observed_generation=generation,
+        )
+        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        return False
+
+    def _bootstrap_kind(self, rm: JSONDict) -> str:
+        name = owner_name(rm, CAPI_GROUP, "Machine")
+        machine = self.capi_machines.get_by_name(rm["metadata"]["namespace"], name or "")
+        ref = ((machine or {}).get("spec", {}).get("bootstrap") or {}).get("configRef") or {}
+        return str(ref.get("kind") or "")
+
+
+def setup(provider: Provider, runner: Runner) -> HostAccess:
+    """Register the RemoteMachine controller; returns the HostAccess it built (pools probe
+    through it too)."""
+    manager = provider.manager
+    remote = manager.informer(REMOTE_MACHINES)
+    remote.store.add_indexer(SECRET_REF_INDEX, referenced_secrets)
+    capi_machines = manager.informer(MACHINES)
+    capi_machines.store.add_indexer(
+        DATA_SECRET_INDEX,
+        lambda m: (
+            [f"{m['metadata'].get('namespace', '')}/{n}"]
+            if (n := (m.get("spec", {}).get("bootstrap") or {}).get("dataSecretName"))
+            else []
+        ),
+    )
+    informers = {
+        "remote": remote,
+        "machine": capi_machines,
+        "cluster": manager.informer(CLUSTERS),
+        "pooled": pools.pool_informer(provider),
+    }
+    controller_box: list[Controller] = []
+
+    def on_referenced_object(event: Event) -> None:
+        if not controller_box:
+            return
+        key = f"{event.obj['metadata'].get('namespace', '')}/{event.obj['metadata']['name']}"
+        for rm in remote.store.by_index(SECRET_REF_INDEX, key):
+            controller_box[0].enqueue(request_for(rm))
+        for machine in capi_machines.store.by_index(DATA_SECRET_INDEX, key):
+            for req in _machine_to_remote(machine):
+                controller_box[0].enqueue(req)
+
+    secrets = ObjectSource(
+        manager,
+        SECRETS,
+        on_referenced_object,
+        shared_selector=Selector(field_selector=f"type={BOOTSTRAP_SECRET_TYPE}"),
+    )
+    configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object)
+    access = HostAccess(runner, secrets, configmaps)
+    reconciler = RemoteMachineReconciler(provider, informers, secrets, access, manager.events)
+    controller = manager.add(
+        Controller(
+            "remotemachine",
+            reconciler,
+            workers=provider.options.machine_workers,
+            metrics=manager.metrics,
+        )
+    )
+    controller_box.append(controller)
+    reconciler.jobs = HostJobs(controller.enqueue_threadsafe)
+    manager.watch(controller, REMOTE_MACHINES, own_object)
+    manager.watch(controller, MACHINES, lambda e: _machine_to_remote(e.obj))
+
+    def cluster_to_remote(event: Event) -> list[Request]:
+        meta = event.obj["metadata"]
+        requests = []
+        for machine in capi_machines.store.values():
+            labels = machine["metadata"].get("labels", {})
+            if (
+                machine["metadata"].get("namespace") == meta.get("namespace")
+                and labels.get(CLUSTER_NAME_LABEL) == meta["name"]
+            ):
+                requests.extend(_machine_to_remote(machine))
+        return requests
+
+    manager.watch(controller, CLUSTERS, cluster_to_remote)
+
+    def free_host_to_waiting(event: Event) -> list[Request]:
+        if not pools.is_free(event.obj):
+            return []
+        namespace = event.obj["metadata"].get("namespace", "")
+        pool = event.obj.get("spec", {}).get("pool")
+        return [
+            request_for(rm)
+            for rm in remote.store.values()
+            if rm["metadata"].get("namespace") == namespace
+            and rm.get("spec", {}).get("pool") == pool
+            and not rm["spec"].get("address")
+        ]
+
+    manager.watch(controller, POOLED_REMOTE_MACHINES, free_host_to_waiting)
+    return access
+
+
+def _machine_to_remote(machine: JSONDict) -> list[Request]:
+    ref = machine.get("spec", {}).get("infrastructureRef") or {}
+    if ref.get("kind") != "RemoteMachine":
+        return []
+    return [Request(machine["metadata"].get("namespace", ""), str(ref["name"]))]

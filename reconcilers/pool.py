@@ -1,0 +1,290 @@
+"""Pools: the claim protocol RemoteMachines use, and the PooledRemoteMachine reconciler.
+
+Claim protocol (safe with any number of controller replicas):
+- A claim lives in ``spec.claim`` of the PooledRemoteMachine ({name, namespace, uid} of the
+  RemoteMachine), so ``clusterctl move`` keeps it; ``status.reserved``/``machineRef`` only mirror
+  it for the reference's printer columns.
+- To claim, a RemoteMachine reads each candidate fresh from the API server (never from the
+  cache) and patches ``spec.claim`` with that read's resourceVersion as precondition: of two
+  claimants racing for one host exactly one wins, the other gets 409 and tries the next host.
+  The CRD's transition rule also refuses moving a claim to another claimant.
+- A RemoteMachine first looks for a host already claimed by its UID (or by its name after a
+  move), so a crash between claiming and recording the host never claims a second one.
+- Releasing clears the claim with a precondition too, and marks the host for a re-check.
+- A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
+  reconciler: nothing stays reserved for nobody.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
+from capi_remote.app import Provider
+from capi_remote.kube.cache import Store
+from capi_remote.kube.client import ApiError, KubeClient
+from capi_remote.kube.controller import Controller
+from capi_remote.kube.handler import own_object
+from capi_remote.kube.informer import Event, Informer
+from capi_remote.kube.reconcile import ReconcileContext, Request, Result
+from capi_remote.kube.status import Conflict, patch_status
+from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
+from capi_remote.ssh import SSHError
+from reconcilers.remote import HostAccess, MissingSecret
+
+JSONDict = dict[str, Any]
+RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
+CLAIM_INDEX = "claimant"
+POOL_INDEX = "pool"
+PROBE_INTERVAL = 300.0
+
+_log = structlog.get_logger("capi_remote.pool")
+
+
+def claimant_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def index_by_claimant(obj: JSONDict) -> list[str]:
+    claim = obj.get("spec", {}).get("claim")
+    return [claimant_key(claim["namespace"], claim["name"])] if claim else []
+
+
+def index_by_pool(obj: JSONDict) -> list[str]:
+    meta = obj["metadata"]
+    return [f"{meta.get('namespace', '')}/{obj.get('spec', {}).get('pool', '')}"]
+
+
+def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
+    return store.by_index(POOL_INDEX, f"{namespace}/{pool}")
+
+
+def is_free(pooled: JSONDict) -> bool:
+    health = (pooled.get("status") or {}).get("health") or {}
+    return (
+        not pooled.get("spec", {}).get("claim")
+        and not pooled["metadata"].get("deletionTimestamp")
+        and health.get("state") != "Unreachable"
+    )
+
+
+async def find_or_claim(client: KubeClient, store: Store, machine: JSONDict) -> JSONDict | None:
+    """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
+    meta = machine["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    held = store.by_index(CLAIM_INDEX, claimant_key(namespace, name))
+    if held:
+        return held[0]
+    pool = machine["spec"]["pool"]
+    for candidate in pool_members(store, namespace, pool):
+        if not is_free(candidate):
+            continue
+        try:
+            fresh = await client.get(
+                POOLED_REMOTE_MACHINES, namespace, candidate["metadata"]["name"]
+            )
+        except ApiError as error:
+            if error.not_found:
+                continue
+            raise
+        fresh_claim = fresh.get("spec", {}).get("claim") or {}
+        if (fresh_claim.get("namespace"), fresh_claim.get("name")) == (namespace, name):
+            return fresh  # ours already; the cache had not caught up
+        if not is_free(fresh):
+            continue
+        patch = {
+            "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
+            "spec": {"claim": {"name": name, "namespace": namespace, "uid": uid}},
+        }
+        try:
+            claimed = await client.patch(
+                POOLED_REMOTE_MACHINES, namespace, fresh["metadata"]["name"], patch
+            )
+        except ApiError as error:
+            if error.conflict or error.status == 422:
+                continue  # someone else was faster
+            raise
+        _log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
+        return claimed
+    return None
+
+
+async def release(client: KubeClient, namespace: str, pooled_name: str, claimant: str) -> None:
+    """Clear the claim if ``claimant`` (a RemoteMachine name) still holds it; mark for re-check."""
+    try:
+        fresh = await client.get(POOLED_REMOTE_MACHINES, namespace, pooled_name)
+    except ApiError as error:
+        if error.not_found:
+            return
+        raise
+    claim = fresh.get("spec", {}).get("claim") or {}
+    if claim.get("name") != claimant or claim.get("namespace") != namespace:
+        return
+    patch = {
+        "metadata": {
+            "resourceVersion": fresh["metadata"]["resourceVersion"],
+            "annotations": {RECHECK_ANNOTATION: "true"},
+        },
+        "spec": {"claim": None},
+    }
+    try:
+        await client.patch(POOLED_REMOTE_MACHINES, namespace, pooled_name, patch)
+    except ApiError as error:
+        if error.conflict:
+            raise Conflict(f"PooledRemoteMachine {pooled_name} changed while releasing") from error
+        raise
+    _log.info("released pooled machine", pooled=pooled_name, machine=claimant)
+
+
+Prober = Callable[[JSONDict], Awaitable[JSONDict]]
+"""Probe a pooled host; returns a ``status.health`` dict (state, reachable, message, facts)."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(timestamp: str | None) -> float:
+    if not timestamp:
+        return float("inf")
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
+
+
+class PooledRemoteMachineReconciler:
+    """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims."""
+
+    def __init__(
+        self, client: KubeClient, pooled: Informer, machines: Informer, prober: Prober
+    ) -> None:
+        self.client = client
+        self.pooled = pooled.store
+        self.machines = machines.store
+        self.prober = prober
+
+    async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
+        obj = self.pooled.get_by_name(request.namespace, request.name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return Result()
+        claim = obj.get("spec", {}).get("claim")
+        if claim and await self._claimant_gone(claim):
+            await release(self.client, request.namespace, request.name, claim["name"])
+            return Result()  # the release's own event brings us back
+        status = copy.deepcopy(obj.get("status") or {})
+        status["reserved"] = bool(claim)
+        if claim:
+            status["machineRef"] = {"name": claim["name"], "namespace": claim["namespace"]}
+        else:
+            status.pop("machineRef", None)
+        health = status.get("health") or {}
+        recheck = RECHECK_ANNOTATION in obj["metadata"].get("annotations", {})
+        due = _age(health.get("lastProbeTime")) >= PROBE_INTERVAL
+        # A claimed host is the RemoteMachine's business: probing it would compete for sshd.
+        if (recheck or due) and not claim:
+            status["health"] = {**await self.prober(obj), "lastProbeTime": _now()}
+        await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
+        if recheck:
+            annotations = {RECHECK_ANNOTATION: None}
+            await self.client.patch(
+                POOLED_REMOTE_MACHINES,
+                request.namespace,
+                request.name,
+                {"metadata": {"annotations": annotations}},
+            )
+        return Result(requeue_after=PROBE_INTERVAL)
+
+    async def _claimant_gone(self, claim: JSONDict) -> bool:
+        if self.machines.get_by_name(claim["namespace"], claim["name"]) is not None:
+            return False
+        try:  # the cache may lag a just-created RemoteMachine: ask the server
+            await self.client.get(REMOTE_MACHINES, claim["namespace"], claim["name"])
+        except ApiError as error:
+            if error.not_found:
+                return True
+            raise
+        return False
+
+
+_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def probe_with(access: HostAccess) -> Prober:
+    """A prober that logs into the pooled host and reports its health and facts."""
+
+    async def prober(pooled: JSONDict) -> JSONDict:
+        meta = pooled["metadata"]
+        recorded = (meta.get("annotations") or {}).get(HOST_KEY_FINGERPRINT_ANNOTATION)
+        try:
+            target = access.target_for(meta["namespace"], pooled["spec"]["machine"], recorded)
+        except (MissingSecret, ValueError) as error:
+            return {"state": "Unknown", "reachable": False, "message": str(error)}
+        try:
+            facts = await access.probe(target)
+        except SSHError as error:
+            return {
+                "state": "Unreachable",
+                "reachable": False,
+                "message": f"{error.reason}: {error.message}",
+            }
+        return {
+            "state": "Healthy",
+            "reachable": True,
+            "message": f"logged in as {target.credentials.user}",
+            "facts": {
+                "os": facts.os_pretty_name,
+                "kernel": facts.kernel,
+                "arch": _ARCH.get(facts.arch, facts.arch),
+                "cpus": facts.cpus,
+                "memory": f"{facts.memory_bytes // 2**20}Mi",
+                "hostname": facts.hostname,
+                "addresses": [a.address for a in facts.addresses if a.scope == "global"],
+            },
+        }
+
+    return prober
+
+
+def pool_informer(provider: Provider) -> Informer:
+    informer = provider.manager.informer(POOLED_REMOTE_MACHINES)
+    informer.store.add_indexer(CLAIM_INDEX, index_by_claimant)
+    informer.store.add_indexer(POOL_INDEX, index_by_pool)
+    return informer
+
+
+def setup(provider: Provider, prober: Prober) -> None:
+    manager = provider.manager
+    pooled = pool_informer(provider)
+    machines = manager.informer(REMOTE_MACHINES)
+    controller = manager.add(
+        Controller(
+            "pooledremotemachine",
+            PooledRemoteMachineReconciler(provider.client, pooled, machines, prober),
+            workers=provider.options.pool_workers,
+            metrics=manager.metrics,
+        )
+    )
+    manager.watch(controller, POOLED_REMOTE_MACHINES, own_object)
+
+    def deleted_machine_to_claimed_host(event: Event) -> list[Request]:
+        if event.type != "DELETED":
+            return []
+        meta = event.obj["metadata"]
+        key = claimant_key(meta["namespace"], meta["name"])
+        return [
+            Request(meta["namespace"], p["metadata"]["name"])
+            for p in pooled.store.by_index(CLAIM_INDEX, key)
+        ]
+
+    manager.watch(controller, REMOTE_MACHINES, deleted_machine_to_claimed_host)

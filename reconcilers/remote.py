@@ -1,0 +1,209 @@
+"""From a RemoteMachine to SSH work: the target (address, credentials from Secrets, host-key
+policy, bastion) and the provision/cleanup jobs, with SSH errors turned into condition terms."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
+from capi_remote.bootstrap import BootstrapPlan, RunCommand
+from capi_remote.ssh import (
+    Credentials,
+    HostFacts,
+    HostKeyPolicy,
+    Job,
+    Runner,
+    SSHError,
+    Target,
+)
+from reconcilers import conditions as c
+from reconcilers.hostjobs import HostJobs, JobState, Outcome
+from reconcilers.secrets import ObjectSource
+
+JSONDict = dict[str, Any]
+
+# Cleanup defaults by bootstrap config kind (Machine.spec.bootstrap.configRef.kind), used when
+# the machine has no cleanUpCommands; unknown kinds get only our own state removed.
+DEFAULT_CLEANUP: dict[str, tuple[str, ...]] = {
+    "K0sWorkerConfig": ("k0s stop || true", "k0s reset"),
+    "K0sControllerConfig": ("k0s etcd leave || true", "k0s stop || true", "k0s reset"),
+    "KubeadmConfig": ("kubeadm reset --force",),
+}
+
+
+class MissingSecret(Exception):
+    """A Secret (or ConfigMap) the spec names is not there (yet); a watch on it is in place."""
+
+
+def cleanup_commands(rm: JSONDict, bootstrap_kind: str) -> tuple[str, ...]:
+    custom = rm.get("spec", {}).get("cleanUpCommands")
+    if custom:
+        return tuple(custom)
+    return DEFAULT_CLEANUP.get(bootstrap_kind, ())
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+class HostAccess:
+    """Builds targets from specs and runs jobs on the shared SSH runner."""
+
+    def __init__(self, runner: Runner, secrets: ObjectSource, configmaps: ObjectSource) -> None:
+        self.runner = runner
+        self.secrets = secrets
+        self.configmaps = configmaps
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def target(self, rm: JSONDict) -> Target:
+        """The SSH target of a RemoteMachine; raises MissingSecret or ValueError (bad spec)."""
+        namespace = rm["metadata"]["namespace"]
+        spec = rm["spec"]
+        annotations = rm["metadata"].get("annotations") or {}
+        return self.target_for(namespace, spec, annotations.get(HOST_KEY_FINGERPRINT_ANNOTATION))
+
+    def target_for(self, namespace: str, spec: JSONDict, recorded: str | None = None) -> Target:
+        """The target described by a host spec (a RemoteMachine's or a pooled host's)."""
+        bastion = None
+        if spec.get("bastion"):
+            bastion = self._target(namespace, spec["bastion"], None)
+        return self._target(namespace, spec, recorded, via=bastion)
+
+    def _target(
+        self, namespace: str, spec: JSONDict, recorded: str | None, via: Target | None = None
+    ) -> Target:
+        key_ref = spec.get("sshKeyRef") or {}
+        private_key = passphrase = password = sudo_password = None
+        if key_ref.get("name"):
+            private_key = _text(self._secret(namespace, key_ref["name"], "value"))
+            phrase = key_ref.get("passphraseRef")
+            if phrase:
+                passphrase = _text(self._secret(namespace, phrase["name"], phrase["key"]))
+        if spec.get("passwordRef"):
+            ref = spec["passwordRef"]
+            password = _text(self._secret(namespace, ref["name"], ref["key"]))
+        if spec.get("sudoPasswordRef"):
+            ref = spec["sudoPasswordRef"]
+            sudo_password = _text(self._secret(namespace, ref["name"], ref["key"]))
+        credentials = Credentials(
+            user=spec.get("user") or "root",
+            private_key=private_key,
+            passphrase=passphrase,
+            password=password,
+            sudo_password=sudo_password,
+        )
+        return Target(
+            address=spec["address"],
+            port=int(spec.get("port") or 22),
+            credentials=credentials,
+            host_key=self._policy(namespace, spec.get("hostKeyPolicy") or {}, recorded),
+            via=via,
+        )
+
+    def _secret(self, namespace: str, name: str, key: str) -> bytes:
+        value = self.secrets.value(namespace, name, key)
+        if value is None:
+            raise MissingSecret(f"Secret {namespace}/{name} (key {key!r}) not found")
+        return value
+
+    def _policy(self, namespace: str, policy: JSONDict, recorded: str | None) -> HostKeyPolicy:
+        if policy.get("insecureSkipVerification"):
+            return HostKeyPolicy.skip_verification()
+        if policy.get("fingerprint"):
+            return HostKeyPolicy.pinned(policy["fingerprint"])
+        if policy.get("knownHostsRef"):
+            ref = policy["knownHostsRef"]
+            source = self.configmaps if ref.get("kind") == "ConfigMap" else self.secrets
+            key = ref.get("key") or "known_hosts"
+            text = source.value(namespace, ref["name"], key)
+            if text is None:
+                raise MissingSecret(
+                    f"{ref.get('kind')} {namespace}/{ref['name']} (key {key!r}) not found"
+                )
+            return HostKeyPolicy.from_known_hosts(text.decode())
+        if policy.get("trustOnFirstUse"):
+            return HostKeyPolicy.trust_on_first_use(recorded)
+        # No policy: verification is still required; an empty known_hosts makes the first
+        # connection fail with HostKeyUnknown, which tells the user what to configure.
+        return HostKeyPolicy.from_known_hosts("")
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def provision(
+        self, target: Target, plan: BootstrapPlan, uid: str, job: JobState, jobs: HostJobs
+    ) -> Outcome:
+        def progress(index: int, total: int, description: str) -> None:
+            jobs.progress(uid, index, total, description)
+
+        try:
+            result = await self.runner.submit(
+                Job(target=target, plan=plan, machine_uid=uid, on_progress=progress)
+            )
+        except SSHError as error:
+            return _failure(error)
+        details: JSONDict = {"fingerprint": result.host_key_fingerprint}
+        try:
+            facts = await self.runner.probe(target)
+            details["addresses"] = machine_addresses(target.address, facts)
+        except SSHError:
+            pass  # the bootstrap succeeded; addresses fall back to the spec's address
+        if result.already_bootstrapped:
+            return Outcome(
+                True,
+                c.ALREADY_BOOTSTRAPPED,
+                f"{target.address} was already bootstrapped; nothing ran",
+                details=details,
+            )
+        ran = sum(1 for step in result.steps if step.status != "skipped")
+        return Outcome(
+            True,
+            c.PROVISIONED,
+            f"{target.address} bootstrapped ({ran} of {len(plan.steps)} steps ran, "
+            f"{result.duration_seconds:.1f}s)",
+            details=details,
+        )
+
+    async def cleanup(
+        self, target: Target, commands: tuple[str, ...], uid: str, job: JobState
+    ) -> Outcome:
+        plan = BootstrapPlan(
+            steps=tuple(RunCommand(shell=command) for command in commands), format="script"
+        )
+        try:
+            await self.runner.submit(
+                Job(target=target, plan=plan, machine_uid=f"{uid}-cleanup", cleanup=True)
+            )
+        except SSHError as error:
+            return _failure(error)
+        return Outcome(True, "CleanedUp", f"{target.address} cleaned up")
+
+    async def probe(self, target: Target) -> HostFacts:
+        return await self.runner.probe(target)
+
+
+def _failure(error: SSHError) -> Outcome:
+    return Outcome(
+        False,
+        error.reason,
+        error.message,
+        retryable=error.retryable,
+        output_tail=str(getattr(error, "output_tail", "") or ""),
+    )
+
+
+def machine_addresses(address: str, facts: HostFacts) -> list[JSONDict]:
+    """status.addresses: the address we reach it on, its global IPs and its hostname."""
+    addresses: list[JSONDict] = []
+    try:
+        ipaddress.ip_address(address)
+        addresses.append({"type": "ExternalIP", "address": address})
+    except ValueError:
+        addresses.append({"type": "ExternalDNS", "address": address})
+    for host_address in facts.addresses:
+        if host_address.scope == "global" and host_address.address != address:
+            addresses.append({"type": "InternalIP", "address": host_address.address})
+    if facts.hostname:
+        addresses.append({"type": "Hostname", "address": facts.hostname})
+    return addresses

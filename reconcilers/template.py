@@ -1,0 +1,104 @@
+"""RemoteMachineTemplate: publishes what its pool offers, for people and for the autoscaler.
+
+``status.capacity`` and ``status.nodeInfo`` (string quantities) let the cluster-autoscaler scale a
+MachineDeployment from zero; ``available``/``total`` say how many hosts the pool has free.
+Capacity is that of the smallest healthy host, so a scale-up never promises more than any host has.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from capi_remote.app import Provider
+from capi_remote.kube.controller import Controller
+from capi_remote.kube.handler import own_object
+from capi_remote.kube.informer import Event, Informer
+from capi_remote.kube.reconcile import ReconcileContext, Request, Result
+from capi_remote.kube.status import patch_status
+from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINE_TEMPLATES
+from reconcilers.pool import is_free, pool_informer, pool_members
+
+JSONDict = dict[str, Any]
+TEMPLATE_POOL_INDEX = "pool"
+
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _bytes(quantity: str) -> int:
+    for suffix, factor in _UNITS.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+def _template_pool(obj: JSONDict) -> str:
+    return str(obj.get("spec", {}).get("template", {}).get("spec", {}).get("pool") or "")
+
+
+def summarize(hosts: list[JSONDict]) -> JSONDict:
+    """Availability and autoscaler hints of a pool, as a template status."""
+    facts = [
+        h["status"]["health"]["facts"]
+        for h in hosts
+        if ((h.get("status") or {}).get("health") or {}).get("state") == "Healthy"
+        and h["status"]["health"].get("facts")
+    ]
+    status: JSONDict = {"total": len(hosts), "available": sum(1 for h in hosts if is_free(h))}
+    sized = [f for f in facts if f.get("cpus") and f.get("memory")]
+    if sized:
+        smallest = min(sized, key=lambda f: (int(f["cpus"]), _bytes(str(f["memory"]))))
+        status["capacity"] = {"cpu": str(smallest["cpus"]), "memory": str(smallest["memory"])}
+    if facts:
+        status["nodeInfo"] = {
+            "architecture": facts[0].get("arch") or "amd64",
+            "operatingSystem": "linux",
+        }
+    return status
+
+
+class RemoteMachineTemplateReconciler:
+    def __init__(self, provider: Provider, templates: Informer, pooled: Informer) -> None:
+        self.client = provider.client
+        self.templates = templates.store
+        self.pooled = pooled.store
+
+    async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
+        obj = self.templates.get_by_name(request.namespace, request.name)
+        if obj is None:
+            return Result()
+        pool = _template_pool(obj)
+        status = copy.deepcopy(obj.get("status") or {})
+        if pool:
+            status.update(summarize(pool_members(self.pooled, request.namespace, pool)))
+        await patch_status(self.client, REMOTE_MACHINE_TEMPLATES, obj, status)
+        return Result()
+
+
+def setup(provider: Provider) -> None:
+    manager = provider.manager
+    templates = manager.informer(REMOTE_MACHINE_TEMPLATES)
+    templates.store.add_indexer(
+        TEMPLATE_POOL_INDEX,
+        lambda t: [f"{t['metadata'].get('namespace', '')}/{_template_pool(t)}"],
+    )
+    pooled = pool_informer(provider)
+    controller = manager.add(
+        Controller(
+            "remotemachinetemplate",
+            RemoteMachineTemplateReconciler(provider, templates, pooled),
+            workers=2,
+            metrics=manager.metrics,
+        )
+    )
+    manager.watch(controller, REMOTE_MACHINE_TEMPLATES, own_object)
+
+    def host_to_templates(event: Event) -> list[Request]:
+        meta = event.obj["metadata"]
+        key = f"{meta.get('namespace', '')}/{event.obj.get('spec', {}).get('pool', '')}"
+        return [
+            Request(t["metadata"]["namespace"], t["metadata"]["name"])
+            for t in templates.store.by_index(TEMPLATE_POOL_INDEX, key)
+        ]
+
+    manager.watch(controller, POOLED_REMOTE_MACHINES, host_to_templates)

@@ -1,0 +1,125 @@
+"""The controller image, built with podman the way `make image` does (local Debian base, pip
+behind the host's CAs), then run: `capi-remote version`, and the controller itself against the test
+control plane with host networking, as a non-root user on a read-only root filesystem like the
+Deployment's securityContext.
+
+Slow (a cold base image is a debootstrap, ~1-2 min; warm builds reuse the cached base and layers):
+deselect with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from capi_remote.devenv import image as image_module
+from capi_remote.devenv.controlplane import ControlPlane, free_port
+from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TAG = "localhost/capi-remote:test"
+UID = "65532"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (`make system-deps` installs podman and runc)")
+    info = image_module.podman("info", check=False)
+    if info.returncode != 0:
+        pytest.skip(f"podman cannot run on this machine: {info.stderr.strip()}")
+    return image_module.build_image(TAG, ca_bundle=image_module.default_ca_bundle())
+
+
+def test_image_runs_as_non_root_with_the_cli_as_entrypoint(image: str) -> None:
+    version = image_module.podman("run", "--rm", image, "version").stdout
+    assert version.startswith("capi-remote ")
+    (inspected,) = json.loads(image_module.podman("image", "inspect", image).stdout)
+    config = inspected["Config"]
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"] == ["capi-remote"]
+    assert config["Cmd"] == ["run"]
+    assert (
+        image_module.podman("run", "--rm", "--entrypoint", "id", image, "-u").stdout == f"{UID}\n"
+    )
+
+
+def test_build_time_ca_stays_out_of_the_image(image: str) -> None:
+    """The machine's extra CAs reach pip as a build secret, never a file in the image."""
+    extra = sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
+    if not extra:
+        pytest.skip("this machine trusts no extra CAs")
+    # A line of the certificate's base64 body: unique to it, whatever file it might be copied to.
+    needle = extra[0].read_text().splitlines()[1]
+    found = image_module.podman(
+        "run", "--rm", "--user", "0", "--entrypoint", "grep",
+        image, "-rlF", needle, "/etc", "/opt", "/usr/local",
+        check=False,
+    )  # fmt: skip
+    assert found.returncode == 1, found.stdout
+
+
+@pytest.fixture
+def container_files(control_plane: ControlPlane, tmp_path: Path) -> Path:
+    """Kubeconfig and webhook certificate, readable by the image's non-root user."""
+    files = tmp_path / "mounted"
+    files.mkdir()
+    shutil.copy(control_plane.kubeconfig, files / "kubeconfig")
+    issue_webhook_certificate(control_plane, files / "certs")
+    for path in [files, *files.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return files
+
+
+def test_image_runs_the_controller(
+    image: str, control_plane: ControlPlane, container_files: Path
+) -> None:
+    crds = control_plane.kubectl("get", "crd", "-o", "name")
+    if "remotemachines.infrastructure.cluster.x-k8s.io" not in crds:
+        install_crds(control_plane, free_port())
+    health, metrics = free_port(), free_port()
+    name = f"capi-remote-test-{uuid.uuid4().hex[:8]}"
+    image_module.podman(
+        "run", "--detach", "--name", name,
+        "--network", "host",
+        "--read-only", "--tmpfs", "/tmp",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--volume", f"{container_files}:/config:ro",
+        image, "run",
+        "--kubeconfig=/config/kubeconfig",
+        "--webhook-cert-dir=/config/certs",
+        f"--webhook-port={free_port()}",
+        f"--health-addr=127.0.0.1:{health}",
+        f"--metrics-bind-address=127.0.0.1:{metrics}",
+        # Reconcile nothing: other tests' objects belong to their own controller.
+        f"--watch-filter={name}",
+        "--log-format=json",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _ok(f"http://127.0.0.1:{health}/readyz"):
+            state = image_module.podman("inspect", "--format", "{{.State.Status}}", name)
+            output = image_module.podman("logs", name)
+            logs = output.stdout + output.stderr
+            assert state.stdout.strip() == "running", logs
+            assert time.monotonic() < deadline, f"not ready after 60 s: {logs}"
+            time.sleep(0.5)
+        assert _ok(f"http://127.0.0.1:{metrics}/metrics")
+    finally:
+        image_module.podman("rm", "--force", "--time", "5", name, check=False)
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
