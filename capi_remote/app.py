@@ -85,6 +85,8 @@ def build_provider(client: KubeClient, options: ProviderOptions) -> Provider:
             health_address=options.health_address,
             metrics_address=options.metrics_address,
             leader_election=election,
+            namespace=options.namespace,
+            watch_filter=options.watch_filter,
         ),
     )
     webhooks = None

@@ -43,8 +43,9 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
         help="run the controller manager",
-        description="Run the controller manager. Every flag also reads CAPI_REMOTE_<FLAG> "
-        "(upper case, dashes as underscores).",
+        description="Run the controller manager. Flags default to environment variables: "
+        "CAPI_REMOTE_<FLAG> (upper case, dashes as underscores; --diagnostics-address reads "
+        "CAPI_REMOTE_METRICS_ADDRESS) and KUBECONFIG for --kubeconfig.",
     )
     run.add_argument(
         "--kubeconfig",
@@ -88,20 +89,20 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument(
         "--machine-concurrency",
         type=int,
-        default=int(_env("MACHINE_CONCURRENCY", "10")),
+        default=_env("MACHINE_CONCURRENCY", "10"),
         help="RemoteMachine reconcile workers (SSH work runs on the SSH pool)",
     )
-    run.add_argument("--pool-concurrency", type=int, default=int(_env("POOL_CONCURRENCY", "4")))
+    run.add_argument("--pool-concurrency", type=int, default=_env("POOL_CONCURRENCY", "4"))
     run.add_argument(
         "--ssh-concurrency",
         type=int,
-        default=int(_env("SSH_CONCURRENCY", "64")),
+        default=_env("SSH_CONCURRENCY", "64"),
         help="SSH jobs running at once (threads)",
     )
     run.add_argument(
         "--webhook-port",
         type=int,
-        default=int(_env("WEBHOOK_PORT", "9443")),
+        default=_env("WEBHOOK_PORT", "9443"),
         help="port of the conversion webhook server (0 disables)",
     )
     run.add_argument(
@@ -384,11 +385,10 @@ def _preflight(args: argparse.Namespace) -> int:
 
 
 def _print_crds(_: argparse.Namespace) -> int:
-    directory = Path(__file__).resolve().parent.parent / "manifests" / "crds"
-    files = sorted(directory.glob("*.yaml"))
-    if not files:
-        raise UserError(f"no CRDs found in {directory}")
-    sys.stdout.write("---\n".join(path.read_text() for path in files))
+    """From the models themselves, so it works from a wheel or the image, not only a checkout."""
+    from capi_remote.api import crdgen
+
+    sys.stdout.write("".join(crdgen.render(kind) for kind in crdgen.KINDS))
     return 0
 
 

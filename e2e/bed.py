@@ -29,6 +29,9 @@ MACHINE_DEPLOYMENTS = Resource(
     "cluster.x-k8s.io", "v1beta2", "machinedeployments", "MachineDeployment"
 )
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+# Every Node a test's hosts register carries this label (value: the test's namespace), so the
+# test can delete them: they live in the shared "workload" API server, outside any namespace.
+NODE_OWNER_LABEL = "e2e.capi-remote.dev/namespace"
 _RESOURCES = {
     r.kind: r
     for r in (
@@ -99,11 +102,23 @@ class Bed:
             await self.create(obj)
 
     async def bootstrap_secret(self, name: str, script: str | None = None) -> str:
-        script = script or samples.node_registration_script(
-            self.api_proxy_port, self.fleet.gateway, self.plane.workdir / "pki"
-        )
+        script = script or self.registration_script()
         await self.create(samples.bootstrap_secret(name, self.namespace, script))
         return name
+
+    def registration_script(self, *, with_provider_id: bool = True) -> str:
+        return samples.node_registration_script(
+            self.api_proxy_port,
+            self.fleet.gateway,
+            self.plane.workdir / "pki",
+            with_provider_id=with_provider_id,
+            labels={NODE_OWNER_LABEL: self.namespace},
+        )
+
+    async def delete_nodes(self) -> None:
+        nodes = await self.kube.list(NODES, label_selector=f"{NODE_OWNER_LABEL}={self.namespace}")
+        for node in nodes.get("items", []):
+            await self.kube.delete(NODES, None, node["metadata"]["name"])
 
     async def remote_machine(self, name: str, spec: JSONDict) -> None:
         await self.create(samples.remote_machine(name, self.namespace, spec))

@@ -26,6 +26,7 @@ async def make_bed(
     hosts: HostsFactory,
 ) -> AsyncIterator[BedFactory]:
     proxies: list[TcpProxy] = []
+    beds: list[Bed] = []
 
     async def make(count: int) -> Bed:
         fleet = hosts(count)[0].fleet
@@ -34,8 +35,11 @@ async def make_bed(
         proxies.append(proxy)
         bed = Bed(kube, control_plane, namespace, fleet, proxy.port)
         await bed.credentials()
+        beds.append(bed)
         return bed
 
     yield make
+    for bed in beds:
+        await bed.delete_nodes()
     for proxy in proxies:
         proxy.close()

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from capi_remote.devenv import samples
 from capi_remote.resources import (
     CLUSTERS,
     MACHINES,
@@ -65,10 +64,9 @@ async def test_a_node_registered_without_provider_id_gets_linked(make_bed: BedFa
     bed = await make_bed(1)
     host = bed.fleet.hosts[0]
     await bed.cluster("link")
-    script = samples.node_registration_script(
-        bed.api_proxy_port, bed.fleet.gateway, bed.plane.workdir / "pki", with_provider_id=False
+    data = await bed.bootstrap_secret(
+        "link-bootstrap", bed.registration_script(with_provider_id=False)
     )
-    data = await bed.bootstrap_secret("link-bootstrap", script)
     await bed.remote_machine("link-cp-0", bed.host_spec(host))
     await bed.machine("link-cp-0", "link", data)
     await _running(bed, "link-cp-0", within=180)

@@ -21,7 +21,7 @@ def setup(provider: Provider) -> None:
         SSHSettings(max_workers=provider.options.ssh_workers),
         identity=provider.options.identity,
     )
-    provider.on_close.append(runner.close)
+    provider.on_close.append(runner.detach)
     access = machine.setup(provider, runner)
     pool.setup(provider, pool.probe_with(access))
     template.setup(provider)

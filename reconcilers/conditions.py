@@ -12,8 +12,6 @@ from typing import Final
 READY: Final = "Ready"
 PAUSED: Final = "Paused"
 BOOTSTRAP_SUCCEEDED: Final = "BootstrapExecSucceeded"  # the reference provider's name
-HOST_HEALTHY: Final = "HostHealthy"
-ENDPOINT_VALID: Final = "ControlPlaneEndpointValid"
 
 # Reasons: waits
 WAITING_FOR_MACHINE_OWNER: Final = "WaitingForMachineOwner"
@@ -22,22 +20,19 @@ WAITING_FOR_CLUSTER_INFRASTRUCTURE: Final = "WaitingForClusterInfrastructure"
 WAITING_FOR_BOOTSTRAP_DATA: Final = "WaitingForBootstrapData"
 WAITING_FOR_POOL_MACHINE: Final = "WaitingForPoolMachine"
 WAITING_FOR_SECRET: Final = "WaitingForSecret"
-WAITING_FOR_HOST_LOCK: Final = "WaitingForHostLock"
 
 # Reasons: progress and outcomes
 PROVISIONING: Final = "Provisioning"
 PROVISIONED: Final = "Provisioned"
 ALREADY_BOOTSTRAPPED: Final = "AlreadyBootstrapped"
-BOOTSTRAP_FAILED: Final = "BootstrapFailed"
-BOOTSTRAP_CHANGED: Final = "BootstrapDataChanged"
 INVALID_BOOTSTRAP_DATA: Final = "InvalidBootstrapData"
+BOOTSTRAP_WARNINGS: Final = "BootstrapWarnings"
 INVALID_SSH_KEY: Final = "InvalidSSHKey"
 HOST_KEY_MISMATCH: Final = "HostKeyMismatch"
 HOST_KEY_UNKNOWN: Final = "HostKeyUnknown"
 HOST_UNREACHABLE: Final = "HostUnreachable"
 AUTHENTICATION_FAILED: Final = "AuthenticationFailed"
 SUDO_FAILED: Final = "SudoFailed"
-ATTEMPTS_EXHAUSTED: Final = "AttemptsExhausted"
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"
 
@@ -45,4 +40,3 @@ CLEANUP_FAILED: Final = "CleanupFailed"
 PAUSED_REASON: Final = "Paused"
 NOT_PAUSED: Final = "NotPaused"
 ENDPOINT_MISMATCH: Final = "ControlPlaneEndpointMismatch"
-ENDPOINT_OK: Final = "ControlPlaneEndpointValid"

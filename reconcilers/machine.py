@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import time
 from typing import Any
 
 import structlog
 
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION, parse_duration
 from capi_remote.app import Provider
 from capi_remote.bootstrap import (
     BootstrapParseError,
@@ -90,6 +92,18 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
     return [f"{namespace}/{n}" for n in sorted(names)]
 
 
+def _ipv4_or_none(address: str) -> str | None:
+    try:
+        return address if ipaddress.ip_address(address).version == 4 else None
+    except ValueError:
+        return None  # a DNS name
+
+
+def step_timeout_of(spec: JSONDict) -> float | None:
+    command = (spec.get("timeouts") or {}).get("command")
+    return parse_duration(command).total_seconds() if command else None
+
+
 def _backoff(attempts: int) -> float:
     return float(min(300, 10 * 2 ** max(0, attempts - 1)))
 
@@ -113,7 +127,9 @@ class RemoteMachineReconciler:
         self.events = events
         self.jobs: HostJobs | None = None  # set by setup once the controller exists
         self.workloads = WorkloadClients(secrets)
+        # In memory on purpose: after a restart one early retry is harmless, and both are bounded.
         self._cleanup_attempts: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -339,14 +355,20 @@ class RemoteMachineReconciler:
             return await self._progress(rm, status, job)
         bootstrap = status.get("bootstrap") or {}
         attempts = int(bootstrap.get("attempts") or 0)
-        ready: JSONDict = next(
-            (x for x in status.get("conditions", []) if x.get("type") == c.READY), {}
+        # Only outcomes write BootstrapExecSucceeded: its generation says which spec failed.
+        outcome: JSONDict = next(
+            (x for x in status.get("conditions", []) if x.get("type") == c.BOOTSTRAP_SUCCEEDED),
+            {},
         )
-        if attempts and ready.get("observedGeneration") not in (None, generation):
+        if attempts and outcome.get("observedGeneration") not in (None, generation):
             attempts = 0  # the spec changed since the last failure: a fresh budget
+            self._retry_at.pop(uid, None)
         max_attempts = int(rm["spec"].get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
         if attempts >= max_attempts:
-            return Result()  # terminal until the spec or bootstrap data changes (see _record)
+            return Result()  # terminal until the spec changes (a new generation resets it)
+        wait = self._retry_at.get(uid, 0.0) - time.monotonic()
+        if wait > 0:
+            return Result(requeue_after=wait)  # back off between attempts
         spec = rm["spec"]
         pid = provider_id(spec["address"], int(spec.get("port", 22)))
         try:
@@ -372,11 +394,14 @@ class RemoteMachineReconciler:
             return await self._wait(rm, status, c.WAITING_FOR_SECRET, str(missing))
         except ValueError as invalid:
             return await self._wait(rm, status, c.INVALID_SSH_KEY, str(invalid))
+        if plan.warnings:
+            self.events.record(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
+        step_timeout = step_timeout_of(spec)
         jobs.start(
             uid,
             "provision",
             request,
-            lambda job: self.access.provision(target, plan, uid, job, jobs),
+            lambda job: self.access.provision(target, plan, uid, job, jobs, step_timeout),
         )
         status["bootstrap"] = {
             **bootstrap,
@@ -417,7 +442,7 @@ class RemoteMachineReconciler:
             instance_id=meta["uid"],
             local_hostname=hostname,
             hostname=hostname,
-            local_ipv4=rm["spec"]["address"] if ":" not in rm["spec"]["address"] else None,
+            local_ipv4=_ipv4_or_none(rm["spec"]["address"]),
         )
         return parse_bootstrap(
             data,
@@ -457,11 +482,16 @@ class RemoteMachineReconciler:
         generation = rm["metadata"].get("generation")
         spec = rm["spec"]
         if outcome.ok:
+            self._retry_at.pop(uid, None)
             pid = provider_id(spec["address"], int(spec.get("port", 22)))
-            if spec.get("providerID") != pid:
-                desired = copy.deepcopy(rm)
-                desired["spec"]["providerID"] = pid
-                rm = await patch_object(self.client, REMOTE_MACHINES, rm, desired) or rm
+            desired = copy.deepcopy(rm)
+            desired["spec"]["providerID"] = pid
+            fingerprint = outcome.details.get("fingerprint")
+            if fingerprint and (spec.get("hostKeyPolicy") or {}).get("trustOnFirstUse"):
+                # Pin what we trusted on first use where clusterctl move keeps it.
+                annotations = desired["metadata"].setdefault("annotations", {})
+                annotations.setdefault(HOST_KEY_FINGERPRINT_ANNOTATION, fingerprint)
+            rm = await patch_object(self.client, REMOTE_MACHINES, rm, desired) or rm
             status["addresses"] = outcome.details.get("addresses") or [
                 {"type": "ExternalIP", "address": spec["address"]}
             ]
@@ -526,7 +556,9 @@ class RemoteMachineReconciler:
         self.jobs.forget(uid)
         if terminal:
             return Result()
-        return Result(requeue_after=_backoff(attempts))
+        delay = _backoff(attempts)
+        self._retry_at[uid] = time.monotonic() + delay
+        return Result(requeue_after=delay)
 
     # -- deletion --------------------------------------------------------------------------
 

@@ -172,6 +172,8 @@ class PooledRemoteMachineReconciler:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return Result()
         claim = obj.get("spec", {}).get("claim")
+        if not claim and await self._adopt_status_reservation(obj):
+            return Result()  # the claim's own event brings us back
         if claim and await self._claimant_gone(claim):
             await release(self.client, request.namespace, request.name, claim["name"])
             return Result()  # the release's own event brings us back
@@ -197,6 +199,44 @@ class PooledRemoteMachineReconciler:
                 {"metadata": {"annotations": annotations}},
             )
         return Result(requeue_after=PROBE_INTERVAL)
+
+    async def _adopt_status_reservation(self, obj: JSONDict) -> bool:
+        """k0smotron's provider kept reservations in status only (``reserved``/``machineRef``).
+        Adopt one into ``spec.claim`` when its RemoteMachine really uses this host, so hosts in
+        use never look free after switching providers. Our own mirror of a released claim does
+        not qualify: its RemoteMachine is gone or deleting."""
+        status = obj.get("status") or {}
+        ref = status.get("machineRef") or {}
+        if not status.get("reserved") or not ref.get("name"):
+            return False
+        namespace = ref.get("namespace") or obj["metadata"]["namespace"]
+        machine = self.machines.get_by_name(namespace, ref["name"])
+        address = obj.get("spec", {}).get("machine", {}).get("address")
+        if (
+            machine is None
+            or machine["metadata"].get("deletionTimestamp")
+            or machine.get("spec", {}).get("address") != address
+        ):
+            return False
+        claim = {"name": ref["name"], "namespace": namespace, "uid": machine["metadata"]["uid"]}
+        patch = {
+            "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+            "spec": {"claim": claim},
+        }
+        try:
+            await self.client.patch(
+                POOLED_REMOTE_MACHINES, obj["metadata"]["namespace"], obj["metadata"]["name"], patch
+            )
+        except ApiError as error:
+            if error.conflict:
+                raise Conflict(
+                    "PooledRemoteMachine changed while adopting its reservation"
+                ) from error
+            raise
+        _log.info(
+            "adopted a status-only reservation", pooled=obj["metadata"]["name"], machine=ref["name"]
+        )
+        return True
 
     async def _claimant_gone(self, claim: JSONDict) -> bool:
         if self.machines.get_by_name(claim["namespace"], claim["name"]) is not None:

@@ -132,14 +132,26 @@ class HostAccess:
     # -- jobs ------------------------------------------------------------------------------
 
     async def provision(
-        self, target: Target, plan: BootstrapPlan, uid: str, job: JobState, jobs: HostJobs
+        self,
+        target: Target,
+        plan: BootstrapPlan,
+        uid: str,
+        job: JobState,
+        jobs: HostJobs,
+        step_timeout: float | None = None,
     ) -> Outcome:
         def progress(index: int, total: int, description: str) -> None:
             jobs.progress(uid, index, total, description)
 
         try:
             result = await self.runner.submit(
-                Job(target=target, plan=plan, machine_uid=uid, on_progress=progress)
+                Job(
+                    target=target,
+                    plan=plan,
+                    machine_uid=uid,
+                    on_progress=progress,
+                    step_timeout=step_timeout,
+                )
             )
         except SSHError as error:
             return _failure(error)

@@ -38,7 +38,7 @@ class ObjectSource:
         self._on_change = on_change
         self._shared: Informer | None = None
         if shared_selector is not None:
-            self._shared = manager.informer(resource, shared_selector)
+            self._shared = manager.informer(resource, shared_selector, filtered=False)
             self._shared.add_handler(on_change)
         self._by_name: dict[tuple[str, str], Informer] = {}
 
@@ -53,6 +53,7 @@ class ObjectSource:
             informer = self._manager.informer(
                 self._resource,
                 Selector(namespace=namespace, field_selector=f"metadata.name={name}"),
+                filtered=False,
             )
             informer.add_handler(self._on_change)
             self._by_name[(namespace, name)] = informer

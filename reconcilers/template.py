@@ -70,6 +70,8 @@ class RemoteMachineTemplateReconciler:
         pool = _template_pool(obj)
         status = copy.deepcopy(obj.get("status") or {})
         if pool:
+            for derived in ("capacity", "nodeInfo"):  # only what the current hosts support
+                status.pop(derived, None)
             status.update(summarize(pool_members(self.pooled, request.namespace, pool)))
         await patch_status(self.client, REMOTE_MACHINE_TEMPLATES, obj, status)
         return Result()

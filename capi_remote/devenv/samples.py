@@ -30,7 +30,12 @@ def b64(data: bytes | str) -> str:
 
 
 def node_registration_script(
-    api_port: int, gateway: str, pki: Path, *, with_provider_id: bool = True
+    api_port: int,
+    gateway: str,
+    pki: Path,
+    *,
+    with_provider_id: bool = True,
+    labels: dict[str, str] | None = None,
 ) -> str:
     """A kubeadm-style cloud-config (jinja header) that registers this host as a Node, with the
     ``PROVIDER_ID`` placeholder as its providerID (or none, as a kubelet without cloud provider
@@ -39,7 +44,7 @@ def node_registration_script(
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": "{{ ds.meta_data.local_hostname }}"},
+            "metadata": {"name": "{{ ds.meta_data.local_hostname }}", "labels": labels or {}},
             "spec": {"providerID": "PROVIDER_ID"} if with_provider_id else {},
         }
     )

@@ -31,6 +31,7 @@ from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
 from capi_remote.kube.metrics import Metrics
 
 _log = structlog.get_logger("capi_remote.manager")
+WATCH_FILTER_LABEL = "cluster.x-k8s.io/watch-filter"
 
 
 @attrs.frozen
@@ -41,6 +42,10 @@ class ManagerSettings:
     metrics_address: str | None = "127.0.0.1:8080"
     leader_election: LeaderElectionSettings | None = None
     grace_period: float = 30.0
+    # Sharding, as in CAPI providers: watch one namespace, and/or only objects labelled
+    # cluster.x-k8s.io/watch-filter=<value> (for informers of the kinds we reconcile).
+    namespace: str | None = None
+    watch_filter: str | None = None
     informers: InformerSettings = InformerSettings()
     events: EventSettings = EventSettings()
 
@@ -65,8 +70,22 @@ class Manager:
         self.controllers.append(controller)
         return controller
 
-    def informer(self, resource: Resource, selector: Selector = Selector()) -> Informer:
-        return self.informers.get(resource, selector)
+    def informer(
+        self, resource: Resource, selector: Selector = Selector(), *, filtered: bool = True
+    ) -> Informer:
+        """The shared informer for ``resource``, scoped to the manager's namespace; with
+        ``filtered`` also to its watch filter (leave it off for Secrets and other objects that
+        users do not label)."""
+        labels = selector.label_selector
+        if filtered and self.settings.watch_filter:
+            wanted = f"{WATCH_FILTER_LABEL}={self.settings.watch_filter}"
+            labels = f"{labels},{wanted}" if labels else wanted
+        scoped = attrs.evolve(
+            selector,
+            namespace=selector.namespace or self.settings.namespace,
+            label_selector=labels,
+        )
+        return self.informers.get(resource, scoped)
 
     def watch(
         self,
@@ -74,9 +93,11 @@ class Manager:
         resource: Resource,
         mapper: Mapper,
         selector: Selector = Selector(),
+        *,
+        filtered: bool = True,
     ) -> Informer:
         """Enqueue into ``controller`` what ``mapper`` names for each event of ``resource``."""
-        informer = self.informer(resource, selector)
+        informer = self.informer(resource, selector, filtered=filtered)
 
         def handle(event: Event) -> None:
             for request in mapper(event):

@@ -216,6 +216,21 @@ class JobCancelled(SSHError):
     retryable = True
 
 
+class JobDetached(SSHError):
+    """The runner detached (graceful shutdown): it stopped waiting, but the running step keeps
+    running on the host, its markers stay, and the next job for the machine awaits it."""
+
+    reason = "JobDetached"
+    retryable = True
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"stopped waiting for the job on {host} (the controller is shutting down); a running "
+            "step keeps running there and the next attempt resumes it"
+        )
+
+
 class RemoteError(SSHError):
     """The host-side helper could not do its work (missing tool, full disk, read-only fs)."""
 

@@ -9,6 +9,8 @@ The sequence for a job, over one connection:
 2. Each step not yet done: files and directories in one helper call; commands detached on the
    host, awaited under the step deadline while the lock heartbeat is refreshed. A deadline,
    cancellation, or a lost lock interrupts the wait; the first two kill the step's process group.
+   Detaching (a graceful shutdown of the runner) interrupts the wait and kills nothing: the lock is
+   released and the step's markers stay, so the next job awaits the still-running step.
 3. ``finish``: release the lock and require the sentinel (``BootstrapIncomplete`` if missing).
 
 All decisions that depend on host state are taken on the host, inside the helpers of
@@ -35,6 +37,7 @@ from capi_remote.ssh.errors import (
     ConnectionLost,
     HostLocked,
     JobCancelled,
+    JobDetached,
     JobTimeout,
     RemoteError,
     SSHError,
@@ -54,6 +57,9 @@ _MACHINE_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _STATUS_BYTES = 4096
 #: How long the best-effort cleanups (lock release, kill) may take when a job fails.
 _CLEANUP_TIMEOUT = 15.0
+#: The lock release on detach is bounded tighter: a shutting-down process must not linger (if the
+#: release fails, the lock goes stale after ``lock_stale_after`` instead).
+_DETACH_CLEANUP_TIMEOUT = 1.0
 
 ProgressCallback: TypeAlias = Callable[[int, int, str], None]
 StepStatus: TypeAlias = Literal["ran", "resumed", "skipped"]
@@ -130,14 +136,26 @@ def execute(
     owner: str,
     cancel: threading.Event | None = None,
     started: float | None = None,
+    detach: threading.Event | None = None,
 ) -> JobResult:
     """Run ``job`` over an open ``connection``; ``owner`` identifies us in the host lock.
 
     ``started`` (``time.monotonic()``) is when the job began, connecting included: the job
-    deadline counts from there.
+    deadline counts from there. Setting ``cancel`` kills a running step (:class:`JobCancelled`);
+    setting ``detach`` only stops waiting for it (:class:`JobDetached`): the step keeps running
+    on the host, its markers stay and the lock is released, so a later job (any owner) awaits it.
+    Both are checked before each step and while a command step runs, ``cancel`` first.
     """
     started = time.monotonic() if started is None else started
-    return _Execution(job, connection, settings, owner, cancel or threading.Event(), started).run()
+    return _Execution(
+        job,
+        connection,
+        settings,
+        owner,
+        cancel or threading.Event(),
+        detach or threading.Event(),
+        started,
+    ).run()
 
 
 def step_name(index: int, step: Step) -> str:
@@ -153,6 +171,7 @@ class _Execution:
         settings: SSHSettings,
         owner: str,
         cancel: threading.Event,
+        detach: threading.Event,
         started: float,
     ) -> None:
         self.job = job
@@ -160,6 +179,7 @@ class _Execution:
         self.settings = settings
         self.owner = owner
         self.cancel = cancel
+        self.detach = detach
         self.privilege = Privilege.for_credentials(job.target.credentials)
         self.started = started
         self.deadline = started + settings.job_timeout
@@ -182,7 +202,7 @@ class _Execution:
                 self._release_lock()
 
     def _run(self) -> JobResult:
-        self._check_cancel()
+        self._check_stop()
         plan = self.job.plan
         reply = self._helper(
             hostscript.begin(
@@ -216,7 +236,7 @@ class _Execution:
         outcomes: list[StepOutcome] = []
         total = len(plan.steps)
         for index, step in enumerate(plan.steps):
-            self._check_cancel()
+            self._check_stop()
             self._heartbeat_if_due()
             if step_name(index, step) in done:
                 outcomes.append(StepOutcome(index, step.describe(), "skipped", 0))
@@ -336,6 +356,7 @@ class _Execution:
         except JobCancelled:
             self._kill(base)
             raise
+        # JobDetached propagates as is: the step keeps running, its .start/.pid stay.
         reply = self._parse(result)
         if reply.has("interrupted"):
             raise StepInterrupted(index, step.describe())
@@ -354,8 +375,8 @@ class _Execution:
         return StepOutcome(index, step.describe(), status, 0, tail)
 
     def _poll_step(self) -> None:
-        """While a command step runs: honour cancellation and keep the lock's heartbeat fresh."""
-        self._check_cancel()
+        """While a command step runs: honour cancel/detach and keep the lock's heartbeat fresh."""
+        self._check_stop()
         self._heartbeat_if_due()
 
     def _heartbeat_if_due(self) -> None:
@@ -385,9 +406,10 @@ class _Execution:
         return _text(hostscript.Reply.parse(result.stdout).tail)
 
     def _release_lock(self) -> None:
+        timeout = _DETACH_CLEANUP_TIMEOUT if self.detach.is_set() else _CLEANUP_TIMEOUT
         try:
             command = hostscript.release(lock=self.settings.lock_path, owner=self.owner)
-            self._exec(command, b"", _CLEANUP_TIMEOUT, cleanup=True)
+            self._exec(command, b"", timeout, cleanup=True)
         except (SSHError, CommandTimedOut) as exc:
             self.log.warning("could not release the host lock", error=str(exc))
 
@@ -461,6 +483,16 @@ class _Execution:
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise JobCancelled(f"job on {self.conn.host} was cancelled")
+
+    def _check_stop(self) -> None:
+        """At safe points (before each step, while a command step runs): cancel, then detach.
+
+        Helper calls themselves are only interrupted by cancel: they are short, and letting them
+        finish keeps the job's view of the lock exact for the release on the way out.
+        """
+        self._check_cancel()
+        if self.detach.is_set():
+            raise JobDetached(self.conn.host)
 
     def _progress(self, index: int, total: int, description: str) -> None:
         if self.job.on_progress is None:

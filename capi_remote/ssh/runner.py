@@ -8,6 +8,12 @@ Cancelling the future returned by :meth:`Runner.submit` sets the job's cancel fl
 stops before the next step, or kills the running step's process group on the host and ends with
 :class:`~capi_remote.ssh.errors.JobCancelled`. The future itself is cancelled at once; the kill
 happens in the background.
+
+:meth:`Runner.detach` is the graceful shutdown of a controller that will be replaced (a rolling
+update): running jobs stop waiting and fail with :class:`~capi_remote.ssh.errors.JobDetached`, but
+their steps keep running on the hosts, exactly as if the controller had crashed. The host lock is
+released, so the next controller (whatever its identity) starts at once and awaits those steps.
+Only an explicit cancel (or :meth:`Runner.close`) kills remote processes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from types import TracebackType
 
 import structlog
 
-from capi_remote.ssh.errors import HostLocked, JobCancelled
+from capi_remote.ssh.errors import HostLocked, JobCancelled, JobDetached
 from capi_remote.ssh.executor import Job, JobResult, execute
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
 from capi_remote.ssh.probe import HostFacts, probe
@@ -44,7 +50,8 @@ def default_identity() -> str:
 
 
 class Runner:
-    """Runs :class:`Job` s and probes on a bounded pool; use as a context manager or ``close()``.
+    """Runs :class:`Job` s and probes on a bounded pool; use as a context manager or ``close()``
+    (or ``detach()`` to shut down leaving running steps to the next controller).
 
     ``identity`` is written into host locks: it must be unique per live controller. A job for a
     host this runner is already working on fails at once with ``HostLocked``.
@@ -68,6 +75,7 @@ class Runner:
         self._lock = threading.Lock()
         self._busy: set[tuple[tuple[str, int], ...]] = set()
         self._cancels: set[threading.Event] = set()
+        self._detached = threading.Event()
 
     def submit(self, job: Job) -> asyncio.Future[JobResult]:
         """Queue ``job``; await the returned future for its :class:`JobResult` (or error).
@@ -79,7 +87,8 @@ class Runner:
         future = loop.run_in_executor(self._pool, self.run, job, cancel)
 
         def on_done(done: asyncio.Future[JobResult]) -> None:
-            if done.cancelled():
+            # Once detached, a cancelled future (the event loop shutting down) kills nothing.
+            if done.cancelled() and not self._detached.is_set():
                 cancel.set()
 
         future.add_done_callback(on_done)
@@ -103,6 +112,8 @@ class Runner:
         try:
             if cancel.is_set():
                 raise JobCancelled(f"job on {job.target.display} was cancelled")
+            if self._detached.is_set():
+                raise JobDetached(job.target.display)
             connection = self._connector.connect(job.target)
             try:
                 return execute(
@@ -112,6 +123,7 @@ class Runner:
                     owner=self.identity,
                     cancel=cancel,
                     started=started,
+                    detach=self._detached,
                 )
             finally:
                 connection.close()
@@ -120,9 +132,26 @@ class Runner:
                 self._busy.discard(endpoint)
                 self._cancels.discard(cancel)
 
+    def detach(self) -> None:
+        """Stop accepting work and leave running steps to the next controller; returns at once.
+
+        Queued jobs are cancelled. Running jobs stop waiting within a poll interval (~0.2 s) and
+        fail with :class:`JobDetached`: their steps are not killed, their markers stay, and their
+        host locks are released (a bounded, best-effort call), so a successor of any identity
+        resumes at once and awaits the still-running steps. A short helper call in flight is let
+        finish, and a job still connecting stops once its handshake ends. The workers then exit,
+        so they do not hold up interpreter exit; ``close()`` afterwards waits for them and kills
+        nothing.
+        """
+        self._detached.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def close(self, *, cancel_jobs: bool = True) -> None:
-        """Stop accepting work; cancel running jobs (their steps are killed) and wait for them."""
-        if cancel_jobs:
+        """Stop accepting work; cancel running jobs (their steps are killed) and wait for them.
+
+        After :meth:`detach`, only waits for the workers to exit.
+        """
+        if cancel_jobs and not self._detached.is_set():
             with self._lock:
                 for cancel in self._cancels:
                     cancel.set()

@@ -181,3 +181,26 @@ async def test_standby_takes_over_within_20s_of_a_killed_leader(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+async def test_watch_filter_limits_reconciles_to_labelled_objects(
+    kube: KubeClient, namespace: str
+) -> None:
+    manager, reconciler, _ = build(kube, namespace, "shard-a", leader_election=False,
+                                   watch_filter="shard-a")  # fmt: skip
+    run = asyncio.create_task(manager.run())
+    try:
+        await asyncio.wait_for(manager.ready.wait(), 20)
+        mine = _cm(namespace, "mine")
+        mine["metadata"]["labels"]["cluster.x-k8s.io/watch-filter"] = "shard-a"  # type: ignore[index]
+        theirs = _cm(namespace, "theirs")
+        theirs["metadata"]["labels"]["cluster.x-k8s.io/watch-filter"] = "shard-b"  # type: ignore[index]
+        await kube.create(CONFIGMAPS, theirs)
+        await kube.create(CONFIGMAPS, _cm(namespace, "unlabelled"))
+        await kube.create(CONFIGMAPS, mine)
+        assert await _stamped(kube, namespace, "mine", 20) == "shard-a"
+        await asyncio.sleep(2.0)
+        assert set(reconciler.calls) == {"mine"}
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

@@ -47,7 +47,12 @@ class StampReconciler:
 
 
 def build(
-    client: KubeClient, namespace: str, identity: str, *, leader_election: bool
+    client: KubeClient,
+    namespace: str,
+    identity: str,
+    *,
+    leader_election: bool,
+    watch_filter: str | None = None,
 ) -> tuple[Manager, StampReconciler, Controller]:
     election = (
         LeaderElectionSettings(namespace=namespace, name="stamp", identity=identity)
@@ -57,7 +62,10 @@ def build(
     manager = Manager(
         client,
         ManagerSettings(
-            health_address="127.0.0.1:0", metrics_address="127.0.0.1:0", leader_election=election
+            health_address="127.0.0.1:0",
+            metrics_address="127.0.0.1:0",
+            leader_election=election,
+            watch_filter=watch_filter,
         ),
     )
     selector = Selector(namespace=namespace, label_selector="stamp=yes")

@@ -31,6 +31,7 @@ from capi_remote.ssh.errors import (
     BootstrapIncomplete,
     HostLocked,
     JobCancelled,
+    JobDetached,
     JobTimeout,
     StepFailed,
     StepInterrupted,
@@ -430,6 +431,45 @@ def test_cancel_kills_the_running_step(host: Host) -> None:
     found = subprocess.run(["pgrep", "-f", f"sleep 4{token}"], capture_output=True, check=False)
     assert found.stdout == b""
     assert not host.lock.exists()
+
+
+def test_detach_stops_waiting_but_leaves_the_step_to_the_next_owner(host: Host) -> None:
+    token = f"{os.getpid()}{time.monotonic_ns() % 1009}"
+    step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 2{token}; echo end")
+    job = Job(target=TARGET, plan=plan_of(step, host.count("b")), machine_uid="m1")
+    detach = threading.Event()
+    threading.Timer(0.7, detach.set).start()
+    with pytest.raises(JobDetached) as detached:
+        execute(job, LocalConnection(), host.settings, owner=OWNER, detach=detach)
+    assert detached.value.reason == "JobDetached" and detached.value.retryable
+    found = subprocess.run(["pgrep", "-f", f"sleep 2{token}"], capture_output=True, check=False)
+    assert found.stdout != b"", "the step was not killed"
+    base = host.state() / "steps" / step_name(0, step)
+    assert base.with_suffix(".start").exists() and base.with_suffix(".pid").exists()
+    assert not base.with_suffix(".rc").exists()
+    assert not host.lock.exists(), "the lock is released for the next owner"
+
+    # Another owner awaits the still-running step instead of starting it again.
+    result = execute(job, LocalConnection(), host.settings, owner="next-controller")
+    assert [s.status for s in result.steps] == ["resumed", "ran"]
+    assert result.steps[0].output_tail == "end\n"
+    assert (host.counter("a"), host.counter("b")) == (1, 1)
+
+
+def test_cancel_wins_over_detach(host: Host) -> None:
+    token = f"{os.getpid()}{time.monotonic_ns() % 1013}"
+    job = Job(target=TARGET, plan=plan_of(RunCommand(shell=f"sleep 4{token}")), machine_uid="m1")
+    cancel, detach = threading.Event(), threading.Event()
+
+    def both() -> None:
+        cancel.set()
+        detach.set()
+
+    threading.Timer(0.7, both).start()
+    with pytest.raises(JobCancelled):
+        execute(job, LocalConnection(), host.settings, owner=OWNER, cancel=cancel, detach=detach)
+    found = subprocess.run(["pgrep", "-f", f"sleep 4{token}"], capture_output=True, check=False)
+    assert found.stdout == b""
 
 
 def test_output_tail_is_bounded(host: Host) -> None:
