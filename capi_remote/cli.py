@@ -253,6 +253,10 @@ def _dev_up(args: argparse.Namespace) -> int:
     try:
         console.print(f"[bold]kubeconfig:[/bold] {kubeconfig}")
         console.print(f"controller log: {env.controller.process.log}")
+        assert env.fleet is not None
+        console.print(f"hosts (users root, deploy, operator; key {env.fleet.client_key_path}):")
+        for host in env.fleet.hosts:
+            console.print(f"  {host.name}  {host.address}:{host.port}")
         expected = 1 + args.workers
         done = follow(env.plane, environment.NAMESPACE, expected, args.follow_timeout, console)
         console.print(

@@ -37,6 +37,7 @@ _RESOURCES = {
     for r in (
         CLUSTERS, CONFIGMAPS, MACHINES, POOLED_REMOTE_MACHINES, REMOTE_CLUSTERS,
         REMOTE_MACHINE_TEMPLATES, REMOTE_MACHINES, SECRETS, MACHINE_DEPLOYMENTS,
+        Resource("cluster.x-k8s.io", "v1beta2", "machinehealthchecks", "MachineHealthCheck"),
     )
 }  # fmt: skip
 

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from capi_remote.devenv.samples import DEPLOYMENT_LABEL
 from capi_remote.resources import (
     CLUSTERS,
     MACHINES,
@@ -208,3 +209,72 @@ async def test_deleting_the_cluster_releases_everything(make_bed: BedFactory) ->
 
     await bed.wait_for("the Cluster to be gone", cluster_gone, 120)
     assert await _pool_free(bed, pool) == 2
+
+
+async def test_health_check_remediation_returns_the_host_to_the_pool(make_bed: BedFactory) -> None:
+    bed = await make_bed(3)  # one control-plane host, two pooled
+    pool, hosts = "mhc", bed.fleet.hosts
+    for host in hosts[1:]:
+        await bed.pooled(host.name, pool, host)
+    await bed.machine_template("mhc", pool)
+    await bed.cluster("mhc")
+    data = await bed.bootstrap_secret("mhc-bootstrap")
+    await bed.machine("mhc-cp-0", "mhc", data)
+    await bed.remote_machine("mhc-cp-0", bed.host_spec(hosts[0]))
+    await _running(bed, "mhc-cp-0")
+    await bed.machine_deployment("mhc-workers", "mhc", data, "mhc", replicas=1)
+
+    async def one_running() -> str:
+        machines = await bed.list(MACHINES, label_selector=f"{DEPLOYMENT_LABEL}=mhc-workers")
+        running = [m for m in machines if (m.get("status") or {}).get("phase") == "Running"]
+        return str(running[0]["metadata"]["name"]) if len(running) == 1 else ""
+
+    sick = await bed.wait_for("the worker to be Running", one_running, 180)
+    sick_rm = await bed.get(REMOTE_MACHINES, sick) or {}
+    sick_host = next(h for h in hosts if h.address == sick_rm["spec"]["address"])
+    sick_uid = sick_rm["metadata"]["uid"]
+    await bed.create(
+        {
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "kind": "MachineHealthCheck",
+            "metadata": {"name": "mhc-workers"},
+            "spec": {
+                "clusterName": "mhc",
+                "selector": {"matchLabels": {DEPLOYMENT_LABEL: "mhc-workers"}},
+                "checks": {
+                    "unhealthyNodeConditions": [
+                        {"type": "Ready", "status": "Unknown", "timeoutSeconds": 5}
+                    ]
+                },
+            },
+        }
+    )
+    # The worker's Node goes silent, as when its kubelet stops posting status.
+    await bed.kube.patch(
+        NODES,
+        None,
+        sick,
+        {"status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "Silent",
+                                     "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                                     "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+        subresource="status",
+    )  # fmt: skip
+
+    async def replaced() -> bool:
+        return await bed.get(MACHINES, sick) is None and bool(await one_running())
+
+    await bed.wait_for("the unhealthy worker to be replaced", replaced, 240)
+
+    async def sick_host_cleaned_and_returned() -> bool:
+        for pooled in await bed.list(POOLED_REMOTE_MACHINES):
+            if pooled["spec"]["machine"]["address"] == sick_host.address:
+                claim = pooled["spec"].get("claim") or {}
+                # Free again, or (after its re-check) claimed by the replacement: both mean
+                # it went back to the pool.
+                return claim.get("name") != sick
+        return False
+
+    await bed.wait_for("the remediated host back in the pool", sick_host_cleaned_and_returned, 120)
+    # Cleanup forgot the remediated machine on the host.
+    state = sick_host.exec_inside(["test", "-e", f"/var/lib/capi-remote/{sick_uid}"])
+    assert state.returncode != 0

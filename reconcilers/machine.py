@@ -130,6 +130,8 @@ class RemoteMachineReconciler:
         # In memory on purpose: after a restart one early retry is harmless, and both are bounded.
         self._cleanup_attempts: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        # Machines whose success we recorded but the cache may not show yet: no second job.
+        self._provisioned: set[str] = set()
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class RemoteMachineReconciler:
     ) -> Result:
         """Provisioned: keep the conditions true (never decaying to Unknown), and make sure the
         host's Node carries our providerID so Cluster API can link it to the Machine."""
+        self._provisioned.discard(rm["metadata"]["uid"])
         generation = rm["metadata"].get("generation")
         conditions = set_condition(
             status.get("conditions", []),
@@ -348,6 +351,8 @@ class RemoteMachineReconciler:
         assert jobs is not None
         uid = rm["metadata"]["uid"]
         generation = rm["metadata"].get("generation")
+        if uid in self._provisioned:
+            return Result()  # our "provisioned" write is on its way to the cache
         job = jobs.state(uid)
         if job is not None and job.kind == "provision" and not job.running:
             return await self._record_outcome(rm, status, job, request)
@@ -525,6 +530,7 @@ class RemoteMachineReconciler:
             self.events.record(
                 rm, "Normal", c.PROVISIONED, outcome.message or f"{spec['address']} bootstrapped"
             )
+            self._provisioned.add(uid)
             self.jobs.forget(uid)
             return Result()
         bootstrap = dict(status.get("bootstrap") or {})
@@ -580,6 +586,8 @@ class RemoteMachineReconciler:
             if not done:
                 return Result()
         self._cleanup_attempts.pop(uid, None)
+        self._provisioned.discard(uid)
+        self._retry_at.pop(uid, None)
         claimed = self.pooled.by_index(
             pools.CLAIM_INDEX, pools.claimant_key(meta["namespace"], meta["name"])
         )

@@ -42,6 +42,7 @@ RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
 PROBE_INTERVAL = 300.0
+PROBE_RETRY = 5.0
 
 _log = structlog.get_logger("capi_remote.pool")
 
@@ -65,10 +66,13 @@ def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
 
 
 def is_free(pooled: JSONDict) -> bool:
+    """Claimable: unclaimed, not deleting, not known unreachable, and not waiting for the
+    re-check a returned host gets before its next machine."""
     health = (pooled.get("status") or {}).get("health") or {}
     return (
         not pooled.get("spec", {}).get("claim")
         and not pooled["metadata"].get("deletionTimestamp")
+        and RECHECK_ANNOTATION not in (pooled["metadata"].get("annotations") or {})
         and health.get("state") != "Unreachable"
     )
 
@@ -184,13 +188,19 @@ class PooledRemoteMachineReconciler:
         else:
             status.pop("machineRef", None)
         health = status.get("health") or {}
-        recheck = RECHECK_ANNOTATION in obj["metadata"].get("annotations", {})
+        marked = RECHECK_ANNOTATION in obj["metadata"].get("annotations", {})
+        recheck = marked or health.get("state") in (None, "Unknown")
         due = _age(health.get("lastProbeTime")) >= PROBE_INTERVAL
         # A claimed host is the RemoteMachine's business: probing it would compete for sshd.
+        retry_soon = False
         if (recheck or due) and not claim:
-            status["health"] = {**await self.prober(obj), "lastProbeTime": _now()}
+            health = await self.prober(obj)
+            # "Unknown": the probe could not even start (a Secret or ConfigMap it needs is not
+            # there or not cached yet): look again soon instead of in PROBE_INTERVAL.
+            retry_soon = health.get("state") == "Unknown"
+            status["health"] = health if retry_soon else {**health, "lastProbeTime": _now()}
         await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
-        if recheck:
+        if marked and not claim:
             annotations = {RECHECK_ANNOTATION: None}
             await self.client.patch(
                 POOLED_REMOTE_MACHINES,
@@ -198,7 +208,7 @@ class PooledRemoteMachineReconciler:
                 request.name,
                 {"metadata": {"annotations": annotations}},
             )
-        return Result(requeue_after=PROBE_INTERVAL)
+        return Result(requeue_after=PROBE_RETRY if retry_soon else PROBE_INTERVAL)
 
     async def _adopt_status_reservation(self, obj: JSONDict) -> bool:
         """k0smotron's provider kept reservations in status only (``reserved``/``machineRef``).

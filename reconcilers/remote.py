@@ -185,7 +185,7 @@ class HostAccess:
         )
         try:
             await self.runner.submit(
-                Job(target=target, plan=plan, machine_uid=f"{uid}-cleanup", cleanup=True)
+                Job(target=target, plan=plan, machine_uid=uid, cleanup=True)
             )
         except SSHError as error:
             return _failure(error)

@@ -35,6 +35,7 @@ from capi_remote.ssh import (
     HostLocked,
     HostUnreachable,
     Job,
+    JobDetached,
     JobResult,
     Runner,
     SSHSettings,
@@ -540,6 +541,37 @@ def test_a_cancelled_job_kills_its_remote_process(hosts: HostsFactory) -> None:
     asyncio.run(scenario())
     assert counter(host, "b") == 0
     assert not host.path("/run/lock/capi-remote.lock").exists(), "the lock was released"
+
+
+def test_a_detached_job_keeps_running_and_the_next_controller_resumes_it(
+    hosts: HostsFactory,
+) -> None:
+    (host,) = hosts(1)
+    steps = plan(count("a", "; sleep 3"), count("b"))
+    job = Job(target=target(host), plan=steps, machine_uid="m-1")
+
+    async def shutdown_mid_step() -> float:
+        runner = Runner(FAST, identity="controller-old")
+        future = runner.submit(job)
+        await asyncio.to_thread(wait_for, lambda: counter(host, "a") == 1)
+        start = time.monotonic()
+        runner.detach()
+        with pytest.raises(JobDetached) as detached:
+            await future
+        elapsed = time.monotonic() - start
+        await runner.aclose()  # kills nothing after detach
+        assert detached.value.retryable
+        return elapsed
+
+    assert asyncio.run(shutdown_mid_step()) < 1.5, "the job stopped waiting promptly"
+    assert any("sleep 3" in p for p in live_processes(host)), "the step survived the shutdown"
+    assert not host.path("/run/lock/capi-remote.lock").exists(), "the lock was released"
+
+    with Runner(FAST, identity="controller-new") as successor:
+        result = successor.run(job)
+    assert [s.status for s in result.steps] == ["resumed", "ran", "ran"]
+    assert result.lock_taken_over_from is None, "no stale lock to wait for"
+    assert (counter(host, "a"), counter(host, "b")) == (1, 1)
 
 
 def test_probe(hosts: HostsFactory) -> None:

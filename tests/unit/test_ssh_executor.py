@@ -435,14 +435,17 @@ def test_cancel_kills_the_running_step(host: Host) -> None:
 
 def test_detach_stops_waiting_but_leaves_the_step_to_the_next_owner(host: Host) -> None:
     token = f"{os.getpid()}{time.monotonic_ns() % 1009}"
-    step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 2{token}; echo end")
-    job = Job(target=TARGET, plan=plan_of(step, host.count("b")), machine_uid="m1")
+    step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 2.{token}; echo end")
+    plan = plan_of(step, host.count("b"), host.finish_step())
+    job = Job(target=TARGET, plan=plan, machine_uid="m1")
     detach = threading.Event()
     threading.Timer(0.7, detach.set).start()
+    start = time.monotonic()
     with pytest.raises(JobDetached) as detached:
         execute(job, LocalConnection(), host.settings, owner=OWNER, detach=detach)
+    assert time.monotonic() - start < 1.5, "stopped waiting promptly"
     assert detached.value.reason == "JobDetached" and detached.value.retryable
-    found = subprocess.run(["pgrep", "-f", f"sleep 2{token}"], capture_output=True, check=False)
+    found = subprocess.run(["pgrep", "-f", f"sleep 2.{token}"], capture_output=True, check=False)
     assert found.stdout != b"", "the step was not killed"
     base = host.state() / "steps" / step_name(0, step)
     assert base.with_suffix(".start").exists() and base.with_suffix(".pid").exists()
@@ -451,7 +454,7 @@ def test_detach_stops_waiting_but_leaves_the_step_to_the_next_owner(host: Host) 
 
     # Another owner awaits the still-running step instead of starting it again.
     result = execute(job, LocalConnection(), host.settings, owner="next-controller")
-    assert [s.status for s in result.steps] == ["resumed", "ran"]
+    assert [s.status for s in result.steps] == ["resumed", "ran", "ran"]
     assert result.steps[0].output_tail == "end\n"
     assert (host.counter("a"), host.counter("b")) == (1, 1)
 

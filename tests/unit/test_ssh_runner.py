@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
-from capi_remote.ssh.errors import HostLocked, JobCancelled
+from capi_remote.ssh.errors import HostLocked, JobCancelled, JobDetached
 from capi_remote.ssh.executor import Job, JobResult
 from capi_remote.ssh.runner import Runner
 from tests.unit.test_ssh_executor import TARGET, Host, LocalConnector, make_host
@@ -36,8 +39,10 @@ def sleeper(token: str) -> RunCommand:
     return RunCommand(shell=f"sleep 5{token}")
 
 
-def gone(token: str) -> bool:
-    found = subprocess.run(["pgrep", "-f", f"sleep 5{token}"], capture_output=True, check=False)
+def gone(token: str, seconds: str = "5") -> bool:
+    found = subprocess.run(
+        ["pgrep", "-f", f"sleep {seconds}{token}"], capture_output=True, check=False
+    )
     return found.stdout == b""
 
 
@@ -96,6 +101,62 @@ def test_closing_the_runner_cancels_running_jobs(local: Host) -> None:
     with pytest.raises(JobCancelled):
         future.result()
     assert gone(token)
+
+
+async def test_detaching_leaves_the_running_step_to_the_next_runner(local: Host) -> None:
+    token = f"{os.getpid()}{time.monotonic_ns() % 983}"
+    slow = RunCommand(shell=f"echo ran >> {local.path('/counters/a')}; sleep 2.{token}")
+    runner = Runner(
+        attrs.evolve(local.settings, max_workers=1),
+        identity="unit-runner",
+        connector=LocalConnector(),
+    )
+    running = runner.submit(job(local, slow, local.count("b")))
+    queued = runner.submit(job(local, local.count("q"), uid="m2"))
+    await asyncio.to_thread(wait_until, lambda: local.counter("a") == 1)
+
+    start = time.monotonic()
+    runner.detach()
+    assert time.monotonic() - start < 0.1, "detach does not wait for anything"
+    with pytest.raises(JobDetached):
+        await running
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    threads = list(runner._pool._threads)
+    await asyncio.to_thread(wait_until, lambda: not any(t.is_alive() for t in threads), 1.5)
+    assert time.monotonic() - start < 1.5, "detached jobs and the workers end quickly"
+    assert not gone(token, "2."), "the step keeps running on the host"
+    assert not local.lock.exists(), "the lock is released for the next controller"
+    with pytest.raises(RuntimeError):
+        runner.submit(job(local, local.count("q")))
+
+    successor = Runner(local.settings, identity="unit-runner-2", connector=LocalConnector())
+    result = await successor.submit(job(local, slow, local.count("b")))
+    await successor.aclose()
+    await runner.aclose()  # after detach: only waits, kills nothing
+    assert [s.status for s in result.steps] == ["resumed", "ran", "ran"]
+    assert (local.counter("a"), local.counter("b"), local.counter("q")) == (1, 1, 0)
+
+
+async def test_cancelling_after_detach_kills_nothing(local: Host) -> None:
+    token = f"{os.getpid()}{time.monotonic_ns() % 977}"
+    runner = runner_for(local)
+    future = runner.submit(job(local, sleeper(token)))
+    await asyncio.to_thread(wait_until, lambda: not gone(token))
+    runner.detach()
+    future.cancel()  # what the event loop does to leftover tasks when it shuts down
+    await runner.aclose()
+    try:
+        assert not gone(token), "the step survived"
+    finally:
+        kill_steps(local)
+
+
+def kill_steps(host: Host) -> None:
+    """Kill the process groups of the steps recorded on ``host`` (test cleanup)."""
+    for pid_file in (host.state() / "steps").glob("*.pid"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
 
 
 def test_identity_must_be_a_plain_name(local: Host) -> None:

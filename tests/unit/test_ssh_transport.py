@@ -150,6 +150,7 @@ def test_every_error_has_a_condition_reason() -> None:
         "StepTimeout",
         "JobTimeout",
         "JobCancelled",
+        "JobDetached",
         "RemoteError",
     }
 
