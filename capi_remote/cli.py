@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -396,6 +398,30 @@ def _print_crds(_: argparse.Namespace) -> int:
     return 0
 
 
+def _print_manifests(args: argparse.Namespace) -> int:
+    """The provider's components (CRDs, RBAC, Deployment, webhook, cert-manager objects) as
+    kustomize renders them: what `kubectl apply -k kustomize/<overlay>` would apply."""
+    root = Path(__file__).resolve().parent.parent
+    overlay = root / "kustomize" / args.overlay
+    if not (overlay / "kustomization.yaml").is_file():
+        raise RuntimeFailure(
+            f"no kustomize/{args.overlay} next to this installation (it ships in the source "
+            "tree); use the release's infrastructure-components.yaml instead"
+        )
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        from capi_remote.devenv import toolchain
+
+        kubectl = str(toolchain.ensure(log=lambda line: print(line, file=sys.stderr)).kubectl)
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"kubectl kustomize failed: {proc.stderr.strip()}")
+    sys.stdout.write(proc.stdout)
+    return 0
+
+
 def _print_version(_: argparse.Namespace) -> int:
     try:
         installed = metadata.version("capi-remote")
@@ -415,6 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dev(commands)
     _add_preflight(commands)
     commands.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
+    manifests = commands.add_parser(
+        "manifests", help="print every component to deploy (kustomize output, YAML)"
+    )
+    manifests.add_argument(
+        "--overlay",
+        choices=("default", "dev"),
+        default="default",
+        help="kustomize overlay: default (cert-manager) or dev (local image)",
+    )
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -424,6 +459,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dev": _dev,
     "preflight": _preflight,
     "crds": _print_crds,
+    "manifests": _print_manifests,
     "version": _print_version,
 }
 

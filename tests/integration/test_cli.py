@@ -86,3 +86,12 @@ def test_crds_and_version() -> None:
     version = capi_remote("version")
     assert version.returncode == 0
     assert version.stdout.startswith("capi-remote ")
+
+
+def test_manifests_prints_the_components_to_deploy() -> None:
+    result = capi_remote("manifests")
+    assert result.returncode == 0, result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert kinds.count("CustomResourceDefinition") == 5
+    assert kinds.count("Namespace") == 1
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "Service"} <= set(kinds)
