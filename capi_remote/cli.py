@@ -412,7 +412,10 @@ def _print_manifests(args: argparse.Namespace) -> int:
     if kubectl is None:
         from capi_remote.devenv import toolchain
 
-        kubectl = str(toolchain.ensure(log=lambda line: print(line, file=sys.stderr)).kubectl)
+        try:
+            kubectl = str(toolchain.ensure(log=lambda line: print(line, file=sys.stderr)).kubectl)
+        except toolchain.ToolchainError as error:
+            raise RuntimeFailure(f"no kubectl on PATH and none could be built: {error}") from error
     proc = subprocess.run(
         [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False
     )

@@ -579,12 +579,14 @@ class RemoteMachineReconciler:
             await self.jobs.cancel(uid)
             self.jobs.forget(uid)
             job = None
+        if uid not in self._cleanup_attempts:
+            self._retry_at.pop(uid, None)  # a bootstrap's backoff does not delay the cleanup
         forced = FORCE_RELEASE_ANNOTATION in meta.get("annotations", {})
         touched = bool((rm.get("status") or {}).get("bootstrap"))
         if touched and rm["spec"].get("address") and not forced:
-            done = await self._cleanup(rm, request, job)
-            if not done:
-                return Result()
+            pending = await self._cleanup(rm, request, job)
+            if pending is not None:
+                return pending
         self._cleanup_attempts.pop(uid, None)
         self._provisioned.discard(uid)
         self._retry_at.pop(uid, None)
@@ -605,12 +607,17 @@ class RemoteMachineReconciler:
         self.events.record(rm, "Normal", "Released", "host cleaned up and released")
         return Result()
 
-    async def _cleanup(self, rm: JSONDict, request: Request, job: JobState | None) -> bool:
-        """Run the cleanup job; True once it succeeded or was given up on (with a reason)."""
+    async def _cleanup(self, rm: JSONDict, request: Request, job: JobState | None) -> Result | None:
+        """Run the cleanup job. None once it succeeded or was given up on (with a reason);
+        otherwise the Result to return meanwhile. Failed attempts back off, so a host still
+        busy with a just-cancelled bootstrap step is not declared dirty within a second."""
         assert self.jobs is not None
         uid = rm["metadata"]["uid"]
         status = copy_status(rm)
         generation = rm["metadata"].get("generation")
+        wait = self._retry_at.get(uid, 0.0) - time.monotonic()
+        if job is None and wait > 0:
+            return Result(requeue_after=wait)
         if job is None:
             try:
                 target = self.access.target(rm)
@@ -618,7 +625,7 @@ class RemoteMachineReconciler:
                 self.events.record(
                     rm, "Warning", c.CLEANUP_FAILED, f"skipping host cleanup: {missing}"
                 )
-                return True
+                return None
             commands = cleanup_commands(rm, self._bootstrap_kind(rm))
             self.jobs.start(
                 uid, "cleanup", request, lambda job: self.access.cleanup(target, commands, uid, job)
@@ -633,19 +640,21 @@ class RemoteMachineReconciler:
             )
             status["phase"] = "Deleting"
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
-            return False
+            return Result()
         if job.running:
-            return False
+            return Result()
         assert job.outcome is not None
         self.jobs.forget(uid)
         if job.outcome.ok:
-            return True
+            return None
         attempts = self._cleanup_attempts.get(uid, 0) + 1
         self._cleanup_attempts[uid] = attempts
         message = f"cleanup attempt {attempts} of {CLEANUP_ATTEMPTS} failed: {job.outcome.message}"
         self.events.record(rm, "Warning", c.CLEANUP_FAILED, message)
         if attempts >= CLEANUP_ATTEMPTS:
-            return True
+            return None
+        delay = _backoff(attempts)
+        self._retry_at[uid] = time.monotonic() + delay
         status["conditions"] = set_condition(
             status.get("conditions", []),
             c.READY,
@@ -655,7 +664,7 @@ class RemoteMachineReconciler:
             observed_generation=generation,
         )
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
-        return False
+        return Result(requeue_after=delay)
 
     def _bootstrap_kind(self, rm: JSONDict) -> str:
         name = owner_name(rm, CAPI_GROUP, "Machine")

@@ -200,7 +200,7 @@ class PooledRemoteMachineReconciler:
             retry_soon = health.get("state") == "Unknown"
             status["health"] = health if retry_soon else {**health, "lastProbeTime": _now()}
         await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
-        if marked and not claim:
+        if marked and not claim and not retry_soon:  # cleared only by a probe that ran
             annotations = {RECHECK_ANNOTATION: None}
             await self.client.patch(
                 POOLED_REMOTE_MACHINES,

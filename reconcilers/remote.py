@@ -68,7 +68,10 @@ class HostAccess:
         """The target described by a host spec (a RemoteMachine's or a pooled host's)."""
         bastion = None
         if spec.get("bastion"):
-            bastion = self._target(namespace, spec["bastion"], None)
+            hop = dict(spec["bastion"])
+            if not hop.get("sshKeyRef") and not hop.get("passwordRef"):
+                hop["sshKeyRef"] = spec.get("sshKeyRef")  # the machine's key, as documented
+            bastion = self._target(namespace, hop, None)
         return self._target(namespace, spec, recorded, via=bastion)
 
     def _target(
@@ -184,9 +187,7 @@ class HostAccess:
             steps=tuple(RunCommand(shell=command) for command in commands), format="script"
         )
         try:
-            await self.runner.submit(
-                Job(target=target, plan=plan, machine_uid=uid, cleanup=True)
-            )
+            await self.runner.submit(Job(target=target, plan=plan, machine_uid=uid, cleanup=True))
         except SSHError as error:
             return _failure(error)
         return Outcome(True, "CleanedUp", f"{target.address} cleaned up")

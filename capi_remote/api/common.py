@@ -204,12 +204,12 @@ class HostKeyPolicy:
     trust_on_first_use: bool | None = attrs.field(
         default=None,
         metadata=doc(
-            "Accept the key presented on the first successful connection and pin it: its"
-            f" fingerprint is recorded in the annotation `{HOST_KEY_FINGERPRINT_ANNOTATION}`"
-            f" (`{BASTION_HOST_KEY_FINGERPRINT_ANNOTATION}` for a bastion) of the object holding"
-            " this policy, which `clusterctl move` keeps, and mirrored in"
+            "Accept the key presented on the first successful bootstrap and pin it: its"
+            f" fingerprint is recorded in the annotation `{HOST_KEY_FINGERPRINT_ANNOTATION}` of"
+            " the RemoteMachine, which `clusterctl move` keeps, and mirrored in"
             " `status.hostKeyFingerprint`. Later connections must present the pinned key; delete"
-            " the annotation to learn a re-installed host's new key."
+            " the annotation to learn a re-installed host's new key. Bastion keys are not pinned"
+            " this way: give a bastion a known_hosts or fingerprint policy."
         ),
     )
     insecure_skip_verification: bool | None = attrs.field(
@@ -247,7 +247,8 @@ class Timeouts:
     connect: str = attrs.field(
         default="30s",
         metadata=doc(
-            "Deadline for TCP connect, SSH handshake and authentication (1s to 10m).",
+            "Deadline for TCP connect, SSH handshake and authentication (1s to 10m). Not"
+            " applied yet: the controller's connect deadlines are used.",
             pattern=DURATION_PATTERN,
             max_length=32,
             rules=[_duration_rule("connect", "1s", "10m")],
@@ -256,7 +257,8 @@ class Timeouts:
     command: str = attrs.field(
         default="10m",
         metadata=doc(
-            "Deadline for one remote command or file upload (1s to 24h).",
+            "Deadline for one remote command step (1s to 24h); file steps use the"
+            " controller's default.",
             pattern=DURATION_PATTERN,
             max_length=32,
             rules=[_duration_rule("command", "1s", "24h")],
@@ -265,7 +267,8 @@ class Timeouts:
     job: str = attrs.field(
         default="1h",
         metadata=doc(
-            "Deadline for one whole bootstrap or clean-up run, all steps together (1m to 48h).",
+            "Deadline for one whole bootstrap or clean-up run, all steps together (1m to 48h)."
+            " Not applied yet: the controller's job deadline (1h) is used.",
             pattern=DURATION_PATTERN,
             max_length=32,
             rules=[_duration_rule("job", "1m", "48h")],
@@ -331,7 +334,8 @@ class ConnectionSpec:
     max_attempts: int = attrs.field(
         default=5,
         metadata=doc(
-            "Attempts at a bootstrap step before the machine is reported failed.",
+            "Bootstrap attempts (whole runs; steps that completed never run again) before the"
+            " machine is reported failed.",
             fmt="int32",
             minimum=1,
             maximum=100,
