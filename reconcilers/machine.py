@@ -92,6 +92,20 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
     return [f"{namespace}/{n}" for n in sorted(names)]
 
 
+def _mark(
+    rm: JSONDict, status: JSONDict, type_: str, ok: bool, reason: str, message: str = ""
+) -> None:
+    """Set one condition in ``status`` for the RemoteMachine's current generation."""
+    status["conditions"] = set_condition(
+        status.get("conditions", []),
+        type_,
+        ok,
+        reason,
+        message,
+        observed_generation=rm["metadata"].get("generation"),
+    )
+
+
 def _ipv4_or_none(address: str) -> str | None:
     try:
         return address if ipaddress.ip_address(address).version == 4 else None
@@ -170,24 +184,10 @@ class RemoteMachineReconciler:
                 rm, status, c.WAITING_FOR_CLUSTER, f"waiting for Cluster {cluster_name!r}"
             )
         if is_paused(rm, cluster):
-            status["conditions"] = set_condition(
-                status.get("conditions", []),
-                c.PAUSED,
-                True,
-                c.PAUSED_REASON,
-                "reconciliation is paused",
-                observed_generation=rm["metadata"].get("generation"),
-            )
+            _mark(rm, status, c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
             return Result()
-        status["conditions"] = set_condition(
-            status.get("conditions", []),
-            c.PAUSED,
-            False,
-            c.NOT_PAUSED,
-            "",
-            observed_generation=rm["metadata"].get("generation"),
-        )
+        _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
         if provisioned and rm.get("spec", {}).get("providerID"):
             return await self._steady(rm, status, machine, cluster_name or "")
@@ -221,12 +221,7 @@ class RemoteMachineReconciler:
         return await self._provision(rm, status, machine, data_secret, request)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
-        generation = rm["metadata"].get("generation")
-        conditions = status.get("conditions", [])
-        conditions = set_condition(
-            conditions, c.READY, False, reason, message, observed_generation=generation
-        )
-        status["conditions"] = conditions
+        _mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         return Result()
@@ -237,24 +232,8 @@ class RemoteMachineReconciler:
         """Provisioned: keep the conditions true (never decaying to Unknown), and make sure the
         host's Node carries our providerID so Cluster API can link it to the Machine."""
         self._provisioned.discard(rm["metadata"]["uid"])
-        generation = rm["metadata"].get("generation")
-        conditions = set_condition(
-            status.get("conditions", []),
-            c.READY,
-            True,
-            c.PROVISIONED,
-            "",
-            observed_generation=generation,
-        )
-        conditions = set_condition(
-            conditions,
-            c.BOOTSTRAP_SUCCEEDED,
-            True,
-            c.PROVISIONED,
-            "",
-            observed_generation=generation,
-        )
-        status["conditions"] = conditions
+        _mark(rm, status, c.READY, True, c.PROVISIONED)
+        _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, c.PROVISIONED)
         status["phase"] = "Provisioned"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
@@ -379,13 +358,13 @@ class RemoteMachineReconciler:
         try:
             plan = self._plan(rm, machine, data_secret, pid)
         except BootstrapParseError as error:
-            status["conditions"] = set_condition(
-                status.get("conditions", []),
+            _mark(
+                rm,
+                status,
                 c.READY,
                 False,
                 c.INVALID_BOOTSTRAP_DATA,
                 f"{error.key}: {error.message}",
-                observed_generation=generation,
             )
             status["phase"] = "Failed"
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
@@ -414,13 +393,13 @@ class RemoteMachineReconciler:
             "stepsTotal": len(plan.steps),
             "stepsDone": 0,
         }
-        status["conditions"] = set_condition(
-            status.get("conditions", []),
+        _mark(
+            rm,
+            status,
             c.READY,
             False,
             c.PROVISIONING,
             f"attempt {attempts + 1} of {max_attempts}: connecting to {spec['address']}",
-            observed_generation=generation,
         )
         status["phase"] = "Provisioning"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
@@ -465,16 +444,9 @@ class RemoteMachineReconciler:
         message = (
             f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
             if job.step
-            else ("connecting")
+            else "connecting"
         )
-        status["conditions"] = set_condition(
-            status.get("conditions", []),
-            c.READY,
-            False,
-            c.PROVISIONING,
-            message,
-            observed_generation=rm["metadata"].get("generation"),
-        )
+        _mark(rm, status, c.READY, False, c.PROVISIONING, message)
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         return Result()
 
@@ -484,7 +456,6 @@ class RemoteMachineReconciler:
         assert self.jobs is not None and job.outcome is not None
         outcome = job.outcome
         uid = rm["metadata"]["uid"]
-        generation = rm["metadata"].get("generation")
         spec = rm["spec"]
         if outcome.ok:
             self._retry_at.pop(uid, None)
@@ -509,22 +480,8 @@ class RemoteMachineReconciler:
             status["bootstrap"] = {k: v for k, v in status["bootstrap"].items() if v is not None}
             if outcome.details.get("fingerprint"):
                 status["hostKeyFingerprint"] = outcome.details["fingerprint"]
-            status["conditions"] = set_condition(
-                status.get("conditions", []),
-                c.BOOTSTRAP_SUCCEEDED,
-                True,
-                outcome.reason,
-                "",
-                observed_generation=generation,
-            )
-            status["conditions"] = set_condition(
-                status["conditions"],
-                c.READY,
-                True,
-                c.PROVISIONED,
-                outcome.message,
-                observed_generation=generation,
-            )
+            _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, outcome.reason, "")
+            _mark(rm, status, c.READY, True, c.PROVISIONED, outcome.message)
             status["phase"] = "Provisioned"
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
             self.events.record(
@@ -543,17 +500,8 @@ class RemoteMachineReconciler:
         message = outcome.message
         if outcome.retryable and attempts >= max_attempts:
             message = f"{message} (gave up after {attempts} attempts)"
-        status["conditions"] = set_condition(
-            status.get("conditions", []),
-            c.BOOTSTRAP_SUCCEEDED,
-            False,
-            reason,
-            message,
-            observed_generation=generation,
-        )
-        status["conditions"] = set_condition(
-            status["conditions"], c.READY, False, reason, message, observed_generation=generation
-        )
+        _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, False, reason, message)
+        _mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Failed" if terminal else "Provisioning"
         if terminal:
             status["bootstrap"]["attempts"] = max(attempts, max_attempts)
@@ -614,7 +562,6 @@ class RemoteMachineReconciler:
         assert self.jobs is not None
         uid = rm["metadata"]["uid"]
         status = copy_status(rm)
-        generation = rm["metadata"].get("generation")
         wait = self._retry_at.get(uid, 0.0) - time.monotonic()
         if job is None and wait > 0:
             return Result(requeue_after=wait)
@@ -630,14 +577,7 @@ class RemoteMachineReconciler:
             self.jobs.start(
                 uid, "cleanup", request, lambda job: self.access.cleanup(target, commands, uid, job)
             )
-            status["conditions"] = set_condition(
-                status.get("conditions", []),
-                c.READY,
-                False,
-                c.DELETING,
-                "cleaning up the host",
-                observed_generation=generation,
-            )
+            _mark(rm, status, c.READY, False, c.DELETING, "cleaning up the host")
             status["phase"] = "Deleting"
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
             return Result()
@@ -655,14 +595,7 @@ class RemoteMachineReconciler:
             return None
         delay = _backoff(attempts)
         self._retry_at[uid] = time.monotonic() + delay
-        status["conditions"] = set_condition(
-            status.get("conditions", []),
-            c.READY,
-            False,
-            c.CLEANUP_FAILED,
-            message,
-            observed_generation=generation,
-        )
+        _mark(rm, status, c.READY, False, c.CLEANUP_FAILED, message)
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         return Result(requeue_after=delay)
 
