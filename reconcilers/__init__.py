@@ -7,8 +7,8 @@ conversion webhook.
 
 from __future__ import annotations
 
+from capi_remote import Provider
 from capi_remote.api import review_response
-from capi_remote.app import Provider
 from capi_remote.ssh import Runner, SSHSettings
 
 

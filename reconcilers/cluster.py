@@ -3,12 +3,19 @@ validates the control-plane endpoint against the Cluster, honours pause and repo
 
 from __future__ import annotations
 
-from capi_remote.app import Provider
-from capi_remote.kube.controller import Controller
-from capi_remote.kube.handler import own_object, request_for
-from capi_remote.kube.informer import Event, Informer
-from capi_remote.kube.reconcile import ReconcileContext, Request, Result
-from capi_remote.kube.status import patch_status, set_condition
+from capi_remote import (
+    Controller,
+    Event,
+    Informer,
+    Provider,
+    ReconcileContext,
+    Request,
+    Result,
+    own_object,
+    patch_status,
+    request_for,
+    set_condition,
+)
 from capi_remote.resources import CAPI_GROUP, CLUSTERS, REMOTE_CLUSTERS
 from reconcilers import conditions as c
 from reconcilers.common import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from capi_remote.kube.cache import Store
+from capi_remote import Store
 from reconcilers import conditions as c
 
 JSONDict = dict[str, Any]

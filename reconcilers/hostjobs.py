@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import attrs
 
-from capi_remote.kube.reconcile import Request
+from capi_remote import Request
 
 JobKind = Literal["provision", "cleanup"]
 PROGRESS_WAKE_INTERVAL = 2.0

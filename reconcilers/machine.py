@@ -16,8 +16,25 @@ from typing import Any
 
 import structlog
 
+from capi_remote import (
+    ApiError,
+    Controller,
+    Event,
+    EventRecorder,
+    Informer,
+    Provider,
+    ReconcileContext,
+    Request,
+    Result,
+    Selector,
+    Store,
+    own_object,
+    patch_object,
+    patch_status,
+    request_for,
+    set_condition,
+)
 from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION, parse_duration
-from capi_remote.app import Provider
 from capi_remote.bootstrap import (
     BootstrapParseError,
     BootstrapPlan,
@@ -25,14 +42,6 @@ from capi_remote.bootstrap import (
     parse_bootstrap,
     substitute_provider_id,
 )
-from capi_remote.kube.cache import Store
-from capi_remote.kube.client import ApiError
-from capi_remote.kube.controller import Controller
-from capi_remote.kube.events import EventRecorder
-from capi_remote.kube.handler import own_object, request_for
-from capi_remote.kube.informer import Event, Informer, Selector
-from capi_remote.kube.reconcile import ReconcileContext, Request, Result
-from capi_remote.kube.status import patch_object, patch_status, set_condition
 from capi_remote.resources import (
     CAPI_GROUP,
     CLUSTERS,

@@ -24,15 +24,22 @@ from typing import Any
 
 import structlog
 
+from capi_remote import (
+    ApiError,
+    Conflict,
+    Controller,
+    Event,
+    Informer,
+    KubeClient,
+    Provider,
+    ReconcileContext,
+    Request,
+    Result,
+    Store,
+    own_object,
+    patch_status,
+)
 from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
-from capi_remote.app import Provider
-from capi_remote.kube.cache import Store
-from capi_remote.kube.client import ApiError, KubeClient
-from capi_remote.kube.controller import Controller
-from capi_remote.kube.handler import own_object
-from capi_remote.kube.informer import Event, Informer
-from capi_remote.kube.reconcile import ReconcileContext, Request, Result
-from capi_remote.kube.status import Conflict, patch_status
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
 from reconcilers.remote import HostAccess, MissingSecret

@@ -15,9 +15,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from capi_remote.kube.client import Resource
-from capi_remote.kube.informer import Event, Informer, Selector
-from capi_remote.kube.manager import Manager
+from capi_remote import Event, Informer, Manager, Resource, Selector
 
 JSONDict = dict[str, Any]
 BOOTSTRAP_SECRET_TYPE = "cluster.x-k8s.io/secret"

@@ -10,12 +10,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from capi_remote.app import Provider
-from capi_remote.kube.controller import Controller
-from capi_remote.kube.handler import own_object
-from capi_remote.kube.informer import Event, Informer
-from capi_remote.kube.reconcile import ReconcileContext, Request, Result
-from capi_remote.kube.status import patch_status
+from capi_remote import (
+    Controller,
+    Event,
+    Informer,
+    Provider,
+    ReconcileContext,
+    Request,
+    Result,
+    own_object,
+    patch_status,
+)
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINE_TEMPLATES
 from reconcilers.pool import is_free, pool_informer, pool_members
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from capi_remote.kube.client import ApiError, KubeClient
+from capi_remote import ApiError, KubeClient
 from capi_remote.resources import NODES
 from reconcilers.secrets import ObjectSource
 
