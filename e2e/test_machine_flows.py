@@ -173,14 +173,24 @@ async def test_host_key_mismatch_and_unreachable_host_show_in_describe(
 
         return check
 
-    await bed.wait_for("HostKeyMismatch", reason("faults-mitm", "HostKeyMismatch"), 120)
+    await bed.wait_for(
+        "HostKeyMismatch",
+        reason("faults-mitm", "HostKeyMismatch"),
+        120,
+        diagnose=lambda: bed.describe("remotemachine", "faults-mitm"),
+    )
     described = bed.describe("remotemachine", "faults-mitm")
     assert "HostKeyMismatch" in described
     assert "does not match" in described
     # Nothing ran on the host whose key changed.
     assert changed.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0
 
-    await bed.wait_for("HostUnreachable", reason("faults-down", "HostUnreachable"), 120)
+    await bed.wait_for(
+        "HostUnreachable",
+        reason("faults-down", "HostUnreachable"),
+        120,
+        diagnose=lambda: bed.describe("remotemachine", "faults-down"),
+    )
     assert "HostUnreachable" in bed.describe("remotemachine", "faults-down")
 
 

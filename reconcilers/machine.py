@@ -81,7 +81,8 @@ def provider_id(address: str, port: int) -> str:
 
 
 def referenced_secrets(rm: JSONDict) -> list[str]:
-    """``namespace/name`` of every Secret a RemoteMachine's spec names (for the secret watch)."""
+    """``namespace/name`` of every Secret or ConfigMap a RemoteMachine's spec names, so their
+    watches wake it (a name shared by a Secret and a ConfigMap only costs a spare reconcile)."""
     spec = rm.get("spec", {})
     namespace = rm["metadata"].get("namespace", "")
     names = set()
@@ -96,7 +97,7 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
             if ref and ref.get("name"):
                 names.add(ref["name"])
         known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
-        if known.get("kind") == "Secret" and known.get("name"):
+        if known.get("name"):  # a Secret or a ConfigMap: both wake the machine when they change
             names.add(known["name"])
     return [f"{namespace}/{n}" for n in sorted(names)]
 
