@@ -90,3 +90,18 @@ IMAGE_FLAGS ?=
 
 image: system-deps venv
 	$(BIN)/python -m capi_remote.devenv.image build --tag $(IMAGE) $(IMAGE_FLAGS)
+
+.PHONY: bench chaos
+
+# Benchmarks: build/bench/report.{json,md} with machine info, numbers, targets and pass/fail (a
+# missed target is reported, not an error). Needs root for the SSH benchmark; see docs/benchmarks.md.
+BENCH_FLAGS ?=
+
+bench: deps
+	$(BIN)/python -m tests.benchmarks.report $(BENCH_FLAGS)
+
+# Fault injection at a larger scale than `make test` runs it (docs/reliability.md).
+CHAOS_SCALE ?= 12
+
+chaos: deps
+	CAPI_REMOTE_CHAOS_SCALE=$(CHAOS_SCALE) $(BIN)/pytest tests/chaos -ra -s --timeout=3600

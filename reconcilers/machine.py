@@ -358,7 +358,14 @@ class RemoteMachineReconciler:
             attempts = 0  # the spec changed since the last failure: a fresh budget
             self._retry_at.pop(uid, None)
         max_attempts = int(rm["spec"].get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
-        if attempts >= max_attempts:
+        # Status says a job was running, yet this process has none: the controller that ran it
+        # died. Its attempt had no outcome, so the next job resumes it (the host's markers make
+        # that exactly-once) instead of spending another attempt on the host.
+        ready: JSONDict = next(
+            (x for x in status.get("conditions", []) if x.get("type") == c.READY), {}
+        )
+        resuming = status.get("phase") == "Provisioning" and ready.get("reason") == c.PROVISIONING
+        if attempts >= max_attempts and not resuming:
             return Result()  # terminal until the spec changes (a new generation resets it)
         wait = self._retry_at.get(uid, 0.0) - time.monotonic()
         if wait > 0:
@@ -397,9 +404,10 @@ class RemoteMachineReconciler:
             request,
             lambda job: self.access.provision(target, plan, uid, job, jobs, step_timeout),
         )
+        attempt = attempts if resuming and attempts else attempts + 1
         status["bootstrap"] = {
             **bootstrap,
-            "attempts": attempts + 1,
+            "attempts": attempt,
             "stepsTotal": len(plan.steps),
             "stepsDone": 0,
         }
@@ -409,7 +417,7 @@ class RemoteMachineReconciler:
             c.READY,
             False,
             c.PROVISIONING,
-            f"attempt {attempts + 1} of {max_attempts}: connecting to {spec['address']}",
+            f"attempt {attempt} of {max_attempts}: connecting to {spec['address']}",
         )
         status["phase"] = "Provisioning"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
@@ -417,7 +425,7 @@ class RemoteMachineReconciler:
             rm,
             "Normal",
             c.PROVISIONING,
-            f"bootstrapping {spec['address']} ({len(plan.steps)} steps, attempt {attempts + 1})",
+            f"bootstrapping {spec['address']} ({len(plan.steps)} steps, attempt {attempt})",
         )
         return Result()
 
@@ -518,10 +526,12 @@ class RemoteMachineReconciler:
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         self.events.record(rm, "Warning", reason, message)
         self.jobs.forget(uid)
+        delay = _backoff(attempts)
+        # Also after a terminal failure: until the cache shows it, a stale "Provisioning" status
+        # must not look like a crashed job to resume.
+        self._retry_at[uid] = time.monotonic() + delay
         if terminal:
             return Result()
-        delay = _backoff(attempts)
-        self._retry_at[uid] = time.monotonic() + delay
         return Result(requeue_after=delay)
 
     # -- deletion --------------------------------------------------------------------------
