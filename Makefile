@@ -30,7 +30,7 @@ manifests: venv
 
 # The documentation site (mkdocs, material theme) into build/site; strict: any warning fails.
 docs: venv
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 fmt: venv
 	$(BIN)/ruff format capi_remote reconcilers tests e2e
