@@ -4,7 +4,8 @@ control plane for a fleet of real hosts, plus waits and observations for asserti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -12,6 +13,7 @@ import attrs
 from capi_remote.devenv import samples
 from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.devenv.hosts import Host, HostFleet
+from capi_remote.devenv.tcpproxy import TcpProxy
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.resources import (
     CLUSTERS,
@@ -158,3 +160,37 @@ class Bed:
             if condition.get("type") == type_:
                 return dict(condition)
         return {}
+
+
+BedFactory = Callable[[int], Awaitable[Bed]]
+
+
+@contextlib.asynccontextmanager
+async def bed_factory(
+    kube: KubeClient,
+    plane: ControlPlane,
+    namespace: str,
+    fleets: Callable[[int], HostFleet],
+) -> AsyncIterator[BedFactory]:
+    """``await make(n)``: a Bed with n fresh hosts, their route to the API server and the SSH
+    credentials stored; on exit the Nodes its hosts registered are deleted and routes closed."""
+    proxies: list[TcpProxy] = []
+    beds: list[Bed] = []
+
+    async def make(count: int) -> Bed:
+        fleet = fleets(count)
+        proxy = TcpProxy(("127.0.0.1", plane.apiserver_port), listen_host=fleet.gateway)
+        proxy.start()
+        proxies.append(proxy)
+        bed = Bed(kube, plane, namespace, fleet, proxy.port)
+        await bed.credentials()
+        beds.append(bed)
+        return bed
+
+    try:
+        yield make
+    finally:
+        for bed in beds:
+            await bed.delete_nodes()
+        for proxy in proxies:
+            proxy.close()

@@ -13,8 +13,7 @@ from capi_remote.resources import (
     POOLED_REMOTE_MACHINES,
     REMOTE_MACHINES,
 )
-from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed
-from e2e.conftest import BedFactory
+from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
 
 pytestmark = pytest.mark.integration
 

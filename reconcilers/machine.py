@@ -68,6 +68,7 @@ CLEANUP_ATTEMPTS = 3
 NODE_LINK_INTERVAL = 20.0
 SECRET_REF_INDEX = "secret-refs"
 DATA_SECRET_INDEX = "data-secret"
+CLUSTER_INDEX = "cluster"
 
 _log = structlog.get_logger("capi_remote.machine")
 
@@ -641,6 +642,14 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
             else []
         ),
     )
+    capi_machines.store.add_indexer(
+        CLUSTER_INDEX,
+        lambda m: (
+            [f"{m['metadata'].get('namespace', '')}/{name}"]
+            if (name := m["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL))
+            else []
+        ),
+    )
     informers = {
         "remote": remote,
         "machine": capi_machines,
@@ -683,15 +692,12 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
 
     def cluster_to_remote(event: Event) -> list[Request]:
         meta = event.obj["metadata"]
-        requests = []
-        for machine in capi_machines.store.values():
-            labels = machine["metadata"].get("labels", {})
-            if (
-                machine["metadata"].get("namespace") == meta.get("namespace")
-                and labels.get(CLUSTER_NAME_LABEL) == meta["name"]
-            ):
-                requests.extend(_machine_to_remote(machine))
-        return requests
+        key = f"{meta.get('namespace', '')}/{meta['name']}"
+        return [
+            request
+            for machine in capi_machines.store.by_index(CLUSTER_INDEX, key)
+            for request in _machine_to_remote(machine)
+        ]
 
     manager.watch(controller, CLUSTERS, cluster_to_remote)
 

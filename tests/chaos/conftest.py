@@ -32,10 +32,9 @@ from capi_remote.devenv import toolchain as toolchain_module
 from capi_remote.devenv.controlplane import ControlPlane, free_port
 from capi_remote.devenv.processes import ManagedProcess, log_tail
 from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
-from capi_remote.devenv.tcpproxy import TcpProxy
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import MACHINES
-from e2e.bed import Bed
+from e2e.bed import Bed, bed_factory
 from tests.fixtures_hosts import HostsFactory
 
 SCALE = max(1.0, float(os.environ.get("CAPI_REMOTE_CHAOS_SCALE", "1") or "1"))
@@ -219,24 +218,8 @@ async def chaos_bed(
     namespace = f"chaos-{uuid.uuid4().hex[:8]}"
     plane.kubectl("create", "namespace", namespace)
     chaos_env.controllers.namespace = namespace
-    proxies: list[TcpProxy] = []
-    beds: list[Bed] = []
-
-    async def make(count: int) -> Bed:
-        fleet = hosts(count)[0].fleet
-        proxy = TcpProxy(("127.0.0.1", plane.apiserver_port), listen_host=fleet.gateway)
-        proxy.start()
-        proxies.append(proxy)
-        bed = Bed(chaos_kube, plane, namespace, fleet, proxy.port)
-        await bed.credentials()
-        beds.append(bed)
-        return bed
-
-    yield make
-    for bed in beds:
-        await bed.delete_nodes()
-    for proxy in proxies:
-        proxy.close()
+    async with bed_factory(chaos_kube, plane, namespace, lambda n: hosts(n)[0].fleet) as make:
+        yield make
     chaos_env.controllers.namespace = ""
     plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
