@@ -34,7 +34,7 @@ from capi_remote import (
     request_for,
     set_condition,
 )
-from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION, parse_duration
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
 from capi_remote.bootstrap import (
     BootstrapParseError,
     BootstrapPlan,
@@ -56,7 +56,7 @@ from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, owner_name
 from reconcilers.hostjobs import HostJobs, JobState
-from reconcilers.remote import HostAccess, MissingSecret, cleanup_commands
+from reconcilers.remote import Deadlines, HostAccess, MissingSecret, cleanup_commands
 from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
 from reconcilers.workload import WorkloadClients, link_node
 
@@ -122,11 +122,6 @@ def _ipv4_or_none(address: str) -> str | None:
         return address if ipaddress.ip_address(address).version == 4 else None
     except ValueError:
         return None  # a DNS name
-
-
-def step_timeout_of(spec: JSONDict) -> float | None:
-    command = (spec.get("timeouts") or {}).get("command")
-    return parse_duration(command).total_seconds() if command else None
 
 
 def _backoff(attempts: int) -> float:
@@ -398,12 +393,12 @@ class RemoteMachineReconciler:
             return await self._wait(rm, status, c.INVALID_SSH_KEY, str(invalid))
         if plan.warnings:
             self.events.record(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
-        step_timeout = step_timeout_of(spec)
+        deadlines = Deadlines.of(spec)
         jobs.start(
             uid,
             "provision",
             request,
-            lambda job: self.access.provision(target, plan, uid, job, jobs, step_timeout),
+            lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines),
         )
         attempt = attempts if resuming and attempts else attempts + 1
         status["bootstrap"] = {
@@ -595,8 +590,12 @@ class RemoteMachineReconciler:
                 )
                 return None
             commands = cleanup_commands(rm, self._bootstrap_kind(rm))
+            deadlines = Deadlines.of(rm["spec"])
             self.jobs.start(
-                uid, "cleanup", request, lambda job: self.access.cleanup(target, commands, uid, job)
+                uid,
+                "cleanup",
+                request,
+                lambda job: self.access.cleanup(target, commands, uid, job, deadlines),
             )
             _mark(rm, status, c.READY, False, c.DELETING, "cleaning up the host")
             status["phase"] = "Deleting"

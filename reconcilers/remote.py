@@ -6,7 +6,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
+import attrs
+
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION, parse_duration
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
 from capi_remote.ssh import (
     Credentials,
@@ -43,6 +45,25 @@ def cleanup_commands(rm: JSONDict, bootstrap_kind: str) -> tuple[str, ...]:
     return DEFAULT_CLEANUP.get(bootstrap_kind, ())
 
 
+@attrs.frozen
+class Deadlines:
+    """spec.timeouts in seconds; ``None`` leaves the runner's default for that deadline."""
+
+    connect: float | None = None
+    command: float | None = None
+    job: float | None = None
+
+    @classmethod
+    def of(cls, spec: JSONDict) -> Deadlines:
+        timeouts = spec.get("timeouts") or {}
+
+        def seconds(name: str) -> float | None:
+            text = timeouts.get(name)
+            return parse_duration(text).total_seconds() if text else None
+
+        return cls(connect=seconds("connect"), command=seconds("command"), job=seconds("job"))
+
+
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -66,16 +87,22 @@ class HostAccess:
 
     def target_for(self, namespace: str, spec: JSONDict, recorded: str | None = None) -> Target:
         """The target described by a host spec (a RemoteMachine's or a pooled host's)."""
+        connect = Deadlines.of(spec).connect  # the bastion hop gets the same deadline
         bastion = None
         if spec.get("bastion"):
             hop = dict(spec["bastion"])
             if not hop.get("sshKeyRef") and not hop.get("passwordRef"):
                 hop["sshKeyRef"] = spec.get("sshKeyRef")  # the machine's key, as documented
-            bastion = self._target(namespace, hop, None)
-        return self._target(namespace, spec, recorded, via=bastion)
+            bastion = self._target(namespace, hop, None, connect)
+        return self._target(namespace, spec, recorded, connect, via=bastion)
 
     def _target(
-        self, namespace: str, spec: JSONDict, recorded: str | None, via: Target | None = None
+        self,
+        namespace: str,
+        spec: JSONDict,
+        recorded: str | None,
+        connect_timeout: float | None,
+        via: Target | None = None,
     ) -> Target:
         key_ref = spec.get("sshKeyRef") or {}
         private_key = passphrase = password = sudo_password = None
@@ -103,6 +130,7 @@ class HostAccess:
             credentials=credentials,
             host_key=self._policy(namespace, spec.get("hostKeyPolicy") or {}, recorded),
             via=via,
+            connect_timeout=connect_timeout,
         )
 
     def _secret(self, namespace: str, name: str, key: str) -> bytes:
@@ -141,7 +169,7 @@ class HostAccess:
         uid: str,
         job: JobState,
         jobs: HostJobs,
-        step_timeout: float | None = None,
+        deadlines: Deadlines = Deadlines(),
     ) -> Outcome:
         def progress(index: int, total: int, description: str) -> None:
             jobs.progress(uid, index, total, description)
@@ -153,7 +181,8 @@ class HostAccess:
                     plan=plan,
                     machine_uid=uid,
                     on_progress=progress,
-                    step_timeout=step_timeout,
+                    step_timeout=deadlines.command,
+                    job_timeout=deadlines.job,
                 )
             )
         except SSHError as error:
@@ -181,13 +210,27 @@ class HostAccess:
         )
 
     async def cleanup(
-        self, target: Target, commands: tuple[str, ...], uid: str, job: JobState
+        self,
+        target: Target,
+        commands: tuple[str, ...],
+        uid: str,
+        job: JobState,
+        deadlines: Deadlines = Deadlines(),
     ) -> Outcome:
         plan = BootstrapPlan(
             steps=tuple(RunCommand(shell=command) for command in commands), format="script"
         )
         try:
-            await self.runner.submit(Job(target=target, plan=plan, machine_uid=uid, cleanup=True))
+            await self.runner.submit(
+                Job(
+                    target=target,
+                    plan=plan,
+                    machine_uid=uid,
+                    cleanup=True,
+                    step_timeout=deadlines.command,
+                    job_timeout=deadlines.job,
+                )
+            )
         except SSHError as error:
             return _failure(error)
         return Outcome(True, "CleanedUp", f"{target.address} cleaned up")

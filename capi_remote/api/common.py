@@ -247,8 +247,8 @@ class Timeouts:
     connect: str = attrs.field(
         default="30s",
         metadata=doc(
-            "Deadline for TCP connect, SSH handshake and authentication (1s to 10m). Not"
-            " applied yet: the controller's connect deadlines are used.",
+            "Deadline for each of TCP connect, SSH banner and key exchange, and authentication"
+            " (1s to 10m), also for the bastion hop; retried handshakes get it afresh.",
             pattern=DURATION_PATTERN,
             max_length=32,
             rules=[_duration_rule("connect", "1s", "10m")],
@@ -267,8 +267,7 @@ class Timeouts:
     job: str = attrs.field(
         default="1h",
         metadata=doc(
-            "Deadline for one whole bootstrap or clean-up run, all steps together (1m to 48h)."
-            " Not applied yet: the controller's job deadline (1h) is used.",
+            "Deadline for one whole bootstrap or clean-up run, all steps together (1m to 48h).",
             pattern=DURATION_PATTERN,
             max_length=32,
             rules=[_duration_rule("job", "1m", "48h")],

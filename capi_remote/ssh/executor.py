@@ -91,6 +91,8 @@ class Job:
     on_progress: ProgressCallback | None = attrs.field(default=None, eq=False)
     rerun_interrupted: bool = False
     step_timeout: float | None = None
+    #: Deadline for the whole run; ``None`` keeps the runner's ``job_timeout``.
+    job_timeout: float | None = None
     cleanup: bool = False
 
     @property
@@ -182,7 +184,8 @@ class _Execution:
         self.detach = detach
         self.privilege = Privilege.for_credentials(job.target.credentials)
         self.started = started
-        self.deadline = started + settings.job_timeout
+        self.job_timeout = job.job_timeout or settings.job_timeout
+        self.deadline = started + self.job_timeout
         self.state = f"{settings.state_root}/{job.state_uid}"
         self.log = log.bind(host=connection.host, machine_uid=job.machine_uid)
         self.locked = False
@@ -351,7 +354,7 @@ class _Execution:
         except CommandTimedOut:
             tail = self._kill(base)
             if timeout < step_timeout:
-                raise JobTimeout(self.conn.host, self.settings.job_timeout) from None
+                raise JobTimeout(self.conn.host, self.job_timeout) from None
             raise StepTimeout(index, step.describe(), step_timeout, tail) from None
         except JobCancelled:
             self._kill(base)
@@ -438,7 +441,7 @@ class _Execution:
         command, stdin = self.privilege.wrap(command, stdin)
         limit = timeout if cleanup else self._remaining(timeout)
         if limit <= 0:
-            raise JobTimeout(self.conn.host, self.settings.job_timeout)
+            raise JobTimeout(self.conn.host, self.job_timeout)
         try:
             return self.conn.exec(
                 command,
@@ -451,7 +454,7 @@ class _Execution:
             if cleanup or poll is not None:
                 raise
             if limit < timeout:
-                raise JobTimeout(self.conn.host, self.settings.job_timeout) from None
+                raise JobTimeout(self.conn.host, self.job_timeout) from None
             raise ConnectionLost(
                 self.conn.host, f"no answer from a helper within {timeout:g} s"
             ) from None

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import attrs
 import paramiko
 import structlog
 import tenacity
@@ -107,7 +108,7 @@ class ParamikoConnector:
     def _open_hop(
         self, target: Target, open_socket: Callable[[], SocketLike]
     ) -> tuple[paramiko.Transport, str]:
-        settings = self.settings
+        settings = self._settings_for(target)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_TransientHandshake),
             wait=tenacity.wait_random_exponential(
@@ -134,7 +135,7 @@ class ParamikoConnector:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _handshake(self, target: Target, sock: SocketLike) -> tuple[paramiko.Transport, str]:
-        settings = self.settings
+        settings = self._settings_for(target)
         try:
             transport = paramiko.Transport(sock)
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -166,8 +167,21 @@ class ParamikoConnector:
         log.debug("connected", host=target.display, fingerprint=fingerprint)
         return transport, fingerprint
 
+    def _settings_for(self, target: Target) -> SSHSettings:
+        """The runner's deadlines, or the target's own connect deadline for every stage."""
+        limit = target.connect_timeout
+        if limit is None:
+            return self.settings
+        return attrs.evolve(
+            self.settings,
+            connect_timeout=limit,
+            banner_timeout=limit,
+            handshake_timeout=limit,
+            auth_timeout=limit,
+        )
+
     def _tcp_opener(self, target: Target) -> Callable[[], SocketLike]:
-        timeout = self.settings.connect_timeout
+        timeout = self._settings_for(target).connect_timeout
 
         def open_socket() -> SocketLike:
             try:
@@ -192,7 +206,7 @@ class ParamikoConnector:
     def _tunnel_opener(
         self, target: Target, bastion: paramiko.Transport
     ) -> Callable[[], SocketLike]:
-        timeout = self.settings.connect_timeout
+        timeout = self._settings_for(target).connect_timeout
 
         def open_socket() -> SocketLike:
             try:

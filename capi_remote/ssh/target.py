@@ -23,6 +23,11 @@ def _check_port(_: object, __: attrs.Attribute[int], value: int) -> None:
         raise ValueError("port must be within 1..65535")
 
 
+def _check_timeout(_: object, __: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError("connect_timeout must be > 0 seconds")
+
+
 @attrs.frozen(kw_only=True)
 class Target:
     """One SSH host. ``via`` is a bastion (itself a full target with its own key and policy)
@@ -33,6 +38,9 @@ class Target:
     credentials: Credentials = attrs.field(validator=instance_of(Credentials))
     host_key: HostKeyPolicy = attrs.field(validator=instance_of(HostKeyPolicy))
     via: Target | None = None
+    #: Overrides the runner's TCP connect, banner, key-exchange and authentication deadlines
+    #: (each stage gets this many seconds) for this hop; ``None`` keeps the runner's settings.
+    connect_timeout: float | None = attrs.field(default=None, validator=_check_timeout)
 
     @property
     def display(self) -> str:

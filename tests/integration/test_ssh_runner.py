@@ -431,6 +431,28 @@ def test_link_down_and_refused_are_unreachable_quickly(hosts: HostsFactory) -> N
     assert time.monotonic() - start < 1
 
 
+def test_a_targets_connect_deadline_overrides_the_runners(hosts: HostsFactory) -> None:
+    """spec.timeouts.connect: a short deadline for one host, whatever the runner's defaults."""
+    (host,) = hosts(1)
+    patient = attrs.evolve(FAST, connect_timeout=30.0, banner_timeout=30.0, handshake_attempts=1)
+    host.link_down()
+    try:
+        start = time.monotonic()
+        with pytest.raises(HostUnreachable, match=r"timed out after 1 s"):
+            run(attrs.evolve(target(host), connect_timeout=1.0), plan(), settings=patient)
+        assert time.monotonic() - start < 5
+    finally:
+        host.link_up()
+    # A TCP peer that never sends an SSH banner: the banner wait is bounded the same way.
+    with host.proxy(drop_rate=1.0, drop_mode="blackhole") as proxy:
+        address, port = proxy.address
+        silent = attrs.evolve(target(host), address=address, port=port, connect_timeout=1.0)
+        start = time.monotonic()
+        with pytest.raises(HostUnreachable):
+            run(silent, plan(), settings=patient)
+        assert time.monotonic() - start < 5
+
+
 def test_resets_during_the_handshake_are_retried(hosts: HostsFactory) -> None:
     (host,) = hosts(1)
     pinned = HostKeyPolicy.pinned(host.host_key.fingerprint)

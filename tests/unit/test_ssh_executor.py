@@ -419,6 +419,16 @@ def test_the_job_deadline_applies_to_steps(host: Host) -> None:
         execute(job, LocalConnection(), short, owner=OWNER)
 
 
+def test_a_job_deadline_of_its_own_overrides_the_runners(host: Host) -> None:
+    roomy = attrs.evolve(host.settings, job_timeout=600.0)
+    plan = plan_of(RunCommand(shell="sleep 5"))
+    job = Job(target=TARGET, plan=plan, machine_uid="m1", job_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(JobTimeout, match="within 1 s"):
+        execute(job, LocalConnection(), roomy, owner=OWNER)
+    assert time.monotonic() - start < 4
+
+
 def test_cancel_kills_the_running_step(host: Host) -> None:
     token = f"{os.getpid()}{time.monotonic_ns() % 1000}"
     step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 4{token}")
