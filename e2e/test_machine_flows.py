@@ -6,6 +6,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from capi_remote.api import (
+    BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+)
+from capi_remote.devenv import samples
 from capi_remote.devenv.samples import DEPLOYMENT_LABEL
 from capi_remote.resources import (
     CLUSTERS,
@@ -14,6 +19,7 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
 )
 from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
+from reconcilers.pool import RECHECK_ANNOTATION, is_free
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +293,81 @@ async def test_health_check_remediation_returns_the_host_to_the_pool(make_bed: B
     # Cleanup forgot the remediated machine on the host.
     state = sick_host.exec_inside(["test", "-e", f"/var/lib/capi-remote/{sick_uid}"])
     assert state.returncode != 0
+
+
+async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
+    make_bed: BedFactory,
+) -> None:
+    """The pins (the host's and its bastion's) live on the PooledRemoteMachine: a host whose
+    key changes after its first machine is refused for the next one, not trusted afresh."""
+    bed = await make_bed(2)
+    host, jump = bed.fleet.hosts
+    pool, trust = "tofu", {"trustOnFirstUse": True}
+    bastion = {"address": jump.address, "port": jump.port, "user": "root", "hostKeyPolicy": trust}
+    spec = bed.host_spec(host, hostKeyPolicy=trust, bastion=bastion)
+    await bed.create(samples.pooled(host.name, bed.namespace, pool, spec))
+
+    async def pinned() -> str:
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+        annotations = pooled["metadata"].get("annotations") or {}
+        return str(annotations.get(HOST_KEY_FINGERPRINT_ANNOTATION) or "")
+
+    assert await bed.wait_for("the first probe to pin the key", pinned, 60) == (
+        host.host_key.fingerprint
+    )
+    pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+    assert pooled["metadata"]["annotations"][BASTION_HOST_KEY_FINGERPRINT_ANNOTATION] == (
+        jump.host_key.fingerprint
+    )
+    await bed.cluster("tofu")
+    data = await bed.bootstrap_secret("tofu-bootstrap")
+    await bed.remote_machine("tofu-0", {"pool": pool})
+    await bed.machine("tofu-0", "tofu", data)
+    await _running(bed, "tofu-0")
+    rm = await bed.get(REMOTE_MACHINES, "tofu-0") or {}
+    assert rm["metadata"]["annotations"][HOST_KEY_FINGERPRINT_ANNOTATION] == (
+        host.host_key.fingerprint
+    )
+    assert rm["metadata"]["annotations"][BASTION_HOST_KEY_FINGERPRINT_ANNOTATION] == (
+        jump.host_key.fingerprint
+    )
+    await bed.kube.delete(MACHINES, bed.namespace, "tofu-0")
+
+    async def rechecked() -> bool:  # released, and its re-check probe is over
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+        return is_free(pooled) and pooled["status"]["health"]["state"] == "Healthy"
+
+    await bed.wait_for("the host back in the pool", rechecked, 120)
+
+    host.regenerate_host_key()  # e.g. reinstalled, or someone in the middle
+    await bed.kube.patch(
+        POOLED_REMOTE_MACHINES,
+        bed.namespace,
+        host.name,
+        {"metadata": {"annotations": {RECHECK_ANNOTATION: "true"}}},
+    )
+
+    async def refused() -> str:
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+        health = (pooled.get("status") or {}).get("health") or {}
+        return str(health.get("message") or "") if health.get("state") == "Unreachable" else ""
+
+    message = await bed.wait_for(
+        "the probe to refuse the new key",
+        refused,
+        60,
+        diagnose=lambda: bed.describe("pooledremotemachine", host.name),
+    )
+    assert "HostKeyMismatch" in message
+    assert await pinned() != host.host_key.fingerprint
+
+    await bed.remote_machine("tofu-1", {"pool": pool})
+    await bed.machine("tofu-1", "tofu", data)
+
+    async def waiting() -> bool:
+        ready = await bed.condition(REMOTE_MACHINES, "tofu-1", "Ready")
+        return ready.get("reason") == "WaitingForPoolMachine"
+
+    await bed.wait_for("the next machine to wait for a trustworthy host", waiting, 60)
+    sentinel = host.exec_inside(["test", "-e", "/run/cluster-api/bootstrap-success.complete"])
+    assert sentinel.returncode != 0, "nothing ran on the host with the changed key"

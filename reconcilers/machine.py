@@ -34,7 +34,6 @@ from capi_remote import (
     request_for,
     set_condition,
 )
-from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
 from capi_remote.bootstrap import (
     BootstrapParseError,
     BootstrapPlan,
@@ -476,11 +475,13 @@ class RemoteMachineReconciler:
             pid = provider_id(spec["address"], int(spec.get("port", 22)))
             desired = copy.deepcopy(rm)
             desired["spec"]["providerID"] = pid
-            fingerprint = outcome.details.get("fingerprint")
-            if fingerprint and (spec.get("hostKeyPolicy") or {}).get("trustOnFirstUse"):
-                # Pin what we trusted on first use where clusterctl move keeps it.
-                annotations = desired["metadata"].setdefault("annotations", {})
-                annotations.setdefault(HOST_KEY_FINGERPRINT_ANNOTATION, fingerprint)
+            seen = {
+                "hostKeyFingerprint": outcome.details.get("fingerprint"),
+                "bastionHostKeyFingerprint": outcome.details.get("bastionFingerprint"),
+            }
+            pins = pools.first_use_pins(rm, spec, seen)
+            if pins:  # pin what we trusted on first use where clusterctl move keeps it
+                desired["metadata"].setdefault("annotations", {}).update(pins)
             rm = await patch_object(self.client, REMOTE_MACHINES, rm, desired) or rm
             status["addresses"] = outcome.details.get("addresses") or [
                 {"type": "ExternalIP", "address": spec["address"]}

@@ -39,7 +39,10 @@ from capi_remote import (
     own_object,
     patch_status,
 )
-from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
+from capi_remote.api import (
+    BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+)
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
 from reconcilers.remote import HostAccess, MissingSecret
@@ -167,6 +170,27 @@ def _age(timestamp: str | None) -> float:
     return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
 
 
+def first_use_pins(obj: JSONDict, spec: JSONDict, seen: JSONDict) -> dict[str, str | None]:
+    """Annotations pinning the keys just verified for hosts (the machine's, its bastion's) whose
+    policy is trust-on-first-use and that have no pin yet.
+
+    ``seen`` holds ``hostKeyFingerprint``/``bastionHostKeyFingerprint``. Pins are annotations on
+    the object holding the spec, where ``clusterctl move`` keeps them; a pooled host's pins are
+    inherited by every RemoteMachine that claims it, so a later claimant does not trust anew."""
+    recorded = obj["metadata"].get("annotations") or {}
+    pins: dict[str, str | None] = {}
+    hops = (
+        (spec, HOST_KEY_FINGERPRINT_ANNOTATION, "hostKeyFingerprint"),
+        (spec.get("bastion") or {}, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+         "bastionHostKeyFingerprint"),
+    )  # fmt: skip
+    for holder, annotation, key in hops:
+        policy = holder.get("hostKeyPolicy") or {}
+        if policy.get("trustOnFirstUse") and not recorded.get(annotation) and seen.get(key):
+            pins[annotation] = str(seen[key])
+    return pins
+
+
 class PooledRemoteMachineReconciler:
     """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims."""
 
@@ -207,8 +231,11 @@ class PooledRemoteMachineReconciler:
             retry_soon = health.get("state") == "Unknown"
             status["health"] = health if retry_soon else {**health, "lastProbeTime": _now()}
         await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
+        annotations: dict[str, str | None] = {}
         if marked and not claim and not retry_soon:  # cleared only by a probe that ran
-            annotations = {RECHECK_ANNOTATION: None}
+            annotations[RECHECK_ANNOTATION] = None
+        annotations.update(first_use_pins(obj, obj["spec"]["machine"], status.get("health") or {}))
+        if annotations:
             await self.client.patch(
                 POOLED_REMOTE_MACHINES,
                 request.namespace,
@@ -282,9 +309,9 @@ def probe_with(access: HostAccess) -> Prober:
 
     async def prober(pooled: JSONDict) -> JSONDict:
         meta = pooled["metadata"]
-        recorded = (meta.get("annotations") or {}).get(HOST_KEY_FINGERPRINT_ANNOTATION)
+        pins = meta.get("annotations") or {}
         try:
-            target = access.target_for(meta["namespace"], pooled["spec"]["machine"], recorded)
+            target = access.target_for(meta["namespace"], pooled["spec"]["machine"], pins)
         except (MissingSecret, ValueError) as error:
             return {"state": "Unknown", "reachable": False, "message": str(error)}
         try:
@@ -299,6 +326,8 @@ def probe_with(access: HostAccess) -> Prober:
             "state": "Healthy",
             "reachable": True,
             "message": f"logged in as {target.credentials.user}",
+            "hostKeyFingerprint": facts.host_key_fingerprint,
+            "bastionHostKeyFingerprint": facts.bastion_host_key_fingerprint,
             "facts": {
                 "os": facts.os_pretty_name,
                 "kernel": facts.kernel,

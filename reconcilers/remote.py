@@ -8,7 +8,11 @@ from typing import Any
 
 import attrs
 
-from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION, parse_duration
+from capi_remote.api import (
+    BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+    parse_duration,
+)
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
 from capi_remote.ssh import (
     Credentials,
@@ -82,18 +86,23 @@ class HostAccess:
         """The SSH target of a RemoteMachine; raises MissingSecret or ValueError (bad spec)."""
         namespace = rm["metadata"]["namespace"]
         spec = rm["spec"]
-        annotations = rm["metadata"].get("annotations") or {}
-        return self.target_for(namespace, spec, annotations.get(HOST_KEY_FINGERPRINT_ANNOTATION))
+        return self.target_for(namespace, spec, rm["metadata"].get("annotations") or {})
 
-    def target_for(self, namespace: str, spec: JSONDict, recorded: str | None = None) -> Target:
-        """The target described by a host spec (a RemoteMachine's or a pooled host's)."""
+    def target_for(
+        self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None = None
+    ) -> Target:
+        """The target described by a host spec (a RemoteMachine's or a pooled host's); the
+        annotations of the object holding the spec carry trust-on-first-use pins."""
+        pins = annotations or {}
         connect = Deadlines.of(spec).connect  # the bastion hop gets the same deadline
         bastion = None
         if spec.get("bastion"):
             hop = dict(spec["bastion"])
             if not hop.get("sshKeyRef") and not hop.get("passwordRef"):
                 hop["sshKeyRef"] = spec.get("sshKeyRef")  # the machine's key, as documented
-            bastion = self._target(namespace, hop, None, connect)
+            recorded_bastion = pins.get(BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
+            bastion = self._target(namespace, hop, recorded_bastion, connect)
+        recorded = pins.get(HOST_KEY_FINGERPRINT_ANNOTATION)
         return self._target(namespace, spec, recorded, connect, via=bastion)
 
     def _target(
@@ -187,7 +196,10 @@ class HostAccess:
             )
         except SSHError as error:
             return _failure(error)
-        details: JSONDict = {"fingerprint": result.host_key_fingerprint}
+        details: JSONDict = {
+            "fingerprint": result.host_key_fingerprint,
+            "bastionFingerprint": result.bastion_host_key_fingerprint,
+        }
         try:
             facts = await self.runner.probe(target)
             details["addresses"] = machine_addresses(target.address, facts)

@@ -204,12 +204,13 @@ class HostKeyPolicy:
     trust_on_first_use: bool | None = attrs.field(
         default=None,
         metadata=doc(
-            "Accept the key presented on the first successful bootstrap and pin it: its"
-            f" fingerprint is recorded in the annotation `{HOST_KEY_FINGERPRINT_ANNOTATION}` of"
-            " the RemoteMachine, which `clusterctl move` keeps, and mirrored in"
-            " `status.hostKeyFingerprint`. Later connections must present the pinned key; delete"
-            " the annotation to learn a re-installed host's new key. Bastion keys are not pinned"
-            " this way: give a bastion a known_hosts or fingerprint policy."
+            "Accept the key presented at the first successful connection (a bootstrap, or a"
+            " pooled host's first probe) and pin it: its fingerprint is recorded in the"
+            f" annotation `{HOST_KEY_FINGERPRINT_ANNOTATION}` (for a bastion:"
+            f" `{BASTION_HOST_KEY_FINGERPRINT_ANNOTATION}`) of the object holding the spec, which"
+            " `clusterctl move` keeps; RemoteMachines inherit a pooled host's pins when they"
+            " claim it. Later connections must present the pinned key; delete the annotation to"
+            " learn a re-installed host's new key."
         ),
     )
     insecure_skip_verification: bool | None = attrs.field(
@@ -647,6 +648,14 @@ class Health:
     )
     facts: HostFacts | None = attrs.field(
         default=None, metadata=doc("What the last successful probe found on the host.")
+    )
+    host_key_fingerprint: str | None = attrs.field(
+        default=None,
+        metadata=doc("SHA256 fingerprint of the host key the last successful probe verified."),
+    )
+    bastion_host_key_fingerprint: str | None = attrs.field(
+        default=None,
+        metadata=doc("SHA256 fingerprint of the bastion's host key the last probe verified."),
     )
 
 

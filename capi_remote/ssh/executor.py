@@ -114,7 +114,8 @@ class StepOutcome:
 
 @attrs.frozen
 class JobResult:
-    """What a job did. ``host_key_fingerprint`` is what to pin after trust-on-first-use."""
+    """What a job did. ``host_key_fingerprint`` (and the bastion's) is what to pin after
+    trust-on-first-use."""
 
     host: str
     host_key_fingerprint: str
@@ -122,6 +123,7 @@ class JobResult:
     steps: tuple[StepOutcome, ...] = ()
     lock_taken_over_from: str | None = None
     duration_seconds: float = 0.0
+    bastion_host_key_fingerprint: str | None = None
 
     @property
     def output_tail(self) -> str:
@@ -294,6 +296,7 @@ class _Execution:
         return JobResult(
             host=self.conn.host,
             host_key_fingerprint=self.conn.host_key_fingerprint,
+            bastion_host_key_fingerprint=self.conn.bastion_host_key_fingerprint,
             already_bootstrapped=already,
             steps=steps,
             lock_taken_over_from=taken_over_from,

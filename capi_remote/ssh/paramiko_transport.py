@@ -85,25 +85,27 @@ class ParamikoConnector:
 
     def connect(self, target: Target) -> ParamikoConnection:
         transports: list[paramiko.Transport] = []
+        fingerprints: list[str] = []
         try:
-            transport, fingerprint = self._connect_chain(target, transports)
+            transport = self._connect_chain(target, transports, fingerprints)
         except BaseException:
             for opened in reversed(transports):
                 opened.close()
             raise
-        return ParamikoConnection(target, transport, fingerprint, transports)
+        return ParamikoConnection(target, transport, fingerprints, transports)
 
     def _connect_chain(
-        self, target: Target, transports: list[paramiko.Transport]
-    ) -> tuple[paramiko.Transport, str]:
+        self, target: Target, transports: list[paramiko.Transport], fingerprints: list[str]
+    ) -> paramiko.Transport:
         if target.via is None:
             open_socket = self._tcp_opener(target)
         else:
-            bastion, _ = self._connect_chain(target.via, transports)
+            bastion = self._connect_chain(target.via, transports, fingerprints)
             open_socket = self._tunnel_opener(target, bastion)
         transport, fingerprint = self._open_hop(target, open_socket)
         transports.append(transport)
-        return transport, fingerprint
+        fingerprints.append(fingerprint)
+        return transport
 
     def _open_hop(
         self, target: Target, open_socket: Callable[[], SocketLike]
@@ -276,12 +278,12 @@ class ParamikoConnection:
         self,
         target: Target,
         transport: paramiko.Transport,
-        fingerprint: str,
+        fingerprints: list[str],
         transports: list[paramiko.Transport],
     ) -> None:
         self.target = target
         self._transport = transport
-        self._fingerprint = fingerprint
+        self._fingerprints = fingerprints  # one per hop, bastions first
         self._transports = transports
 
     @property
@@ -290,7 +292,11 @@ class ParamikoConnection:
 
     @property
     def host_key_fingerprint(self) -> str:
-        return self._fingerprint
+        return self._fingerprints[-1]
+
+    @property
+    def bastion_host_key_fingerprint(self) -> str | None:
+        return self._fingerprints[-2] if len(self._fingerprints) > 1 else None
 
     def exec(
         self,

@@ -39,6 +39,7 @@ class HostFacts:
     addresses: tuple[HostAddress, ...]
     host_key_fingerprint: str
     privilege: PrivilegeMode
+    bastion_host_key_fingerprint: str | None = None
 
 
 def probe(
@@ -78,6 +79,7 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
         memory_bytes=memory_kib * 1024,
         addresses=tuple(_addresses(sections.get("addresses", []))),
         host_key_fingerprint=connection.host_key_fingerprint,
+        bastion_host_key_fingerprint=connection.bastion_host_key_fingerprint,
         privilege=privilege.mode,
     )
 

@@ -76,6 +76,11 @@ class Connection(Protocol):
     @property
     def host_key_fingerprint(self) -> str: ...
 
+    @property
+    def bastion_host_key_fingerprint(self) -> str | None:
+        """The verified key of the bastion this connection went through, if any."""
+        ...
+
     def exec(
         self,
         command: str,

@@ -471,8 +471,10 @@ def test_bastion(hosts: HostsFactory) -> None:
     bastion, inner = hosts(2)
     result = run(target(inner, DEPLOY, via=target(bastion, OPERATOR)), plan(count("a")))
     assert result.host_key_fingerprint == inner.host_key.fingerprint
+    assert result.bastion_host_key_fingerprint == bastion.host_key.fingerprint  # for TOFU pins
     assert counter(inner, "a") == 1 and counter(bastion, "a") == 0
     assert "via" in result.host
+    assert probe(target(bastion), FAST).bastion_host_key_fingerprint is None
     # The inner host's key is checked too (through the tunnel), and so is the bastion's.
     wrong_inner = HostKeyPolicy.pinned(bastion.host_key.fingerprint)
     with pytest.raises(HostKeyMismatch):

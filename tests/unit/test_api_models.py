@@ -185,6 +185,8 @@ status:
       memory: 8Gi
       hostname: host-10
       addresses: [10.0.0.10, "fd00::10"]
+    hostKeyFingerprint: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    bastionHostKeyFingerprint: "SHA256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 """
 POOLED_V1BETA2 = "apiVersion: infrastructure.cluster.x-k8s.io/v1beta2" + _POOLED.format(
     connection=_indent(_CONNECTION, 2), cleanup="cleanUpCommands"

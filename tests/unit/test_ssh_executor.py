@@ -56,6 +56,7 @@ class LocalConnection:
 
     host = "local.test"
     host_key_fingerprint = "SHA256:" + "A" * 43
+    bastion_host_key_fingerprint = None
 
     def __init__(self) -> None:
         self.commands: list[str] = []

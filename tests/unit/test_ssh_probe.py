@@ -43,6 +43,7 @@ class ScriptedConnection:
 
     host = "deploy@node-7:22"
     host_key_fingerprint = "SHA256:" + "B" * 43
+    bastion_host_key_fingerprint = None
 
     def __init__(self, *results: ExecResult) -> None:
         self.results = list(results)
