@@ -25,6 +25,7 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from e2e.cluster import ExternalCluster
 
 JSONDict = dict[str, Any]
 MACHINE_DEPLOYMENTS = Resource(
@@ -44,10 +45,27 @@ _RESOURCES = {
 }  # fmt: skip
 
 
+#: The local control plane, or another cluster named by CAPI_REMOTE_E2E_KUBECONFIG.
+Cluster = ControlPlane | ExternalCluster
+
+
+def workload_kubeconfig(plane: Cluster) -> bytes:
+    """What ``<cluster>-kubeconfig`` Secrets hold: the cluster under test stands in for the
+    workload clusters (their Nodes are registered in it)."""
+    if isinstance(plane, ExternalCluster):
+        return plane.workload_kubeconfig()
+    return plane.kubeconfig.read_bytes()
+
+
+def apiserver_address(plane: Cluster) -> tuple[str, int]:
+    host = plane.apiserver_host if isinstance(plane, ExternalCluster) else "127.0.0.1"
+    return host, plane.apiserver_port
+
+
 @attrs.define
 class Bed:
     kube: KubeClient
-    plane: ControlPlane
+    plane: Cluster
     namespace: str
     fleet: HostFleet
     api_proxy_port: int
@@ -101,7 +119,7 @@ class Bed:
         return samples.host_spec(host.address, host.port, **overrides)
 
     async def cluster(self, name: str) -> None:
-        for obj in samples.cluster(name, self.namespace, self.plane.kubeconfig.read_bytes()):
+        for obj in samples.cluster(name, self.namespace, workload_kubeconfig(self.plane)):
             await self.create(obj)
 
     async def bootstrap_secret(self, name: str, script: str | None = None) -> str:
@@ -168,7 +186,7 @@ BedFactory = Callable[[int], Awaitable[Bed]]
 @contextlib.asynccontextmanager
 async def bed_factory(
     kube: KubeClient,
-    plane: ControlPlane,
+    plane: Cluster,
     namespace: str,
     fleets: Callable[[int], HostFleet],
 ) -> AsyncIterator[BedFactory]:
@@ -179,7 +197,7 @@ async def bed_factory(
 
     async def make(count: int) -> Bed:
         fleet = fleets(count)
-        proxy = TcpProxy(("127.0.0.1", plane.apiserver_port), listen_host=fleet.gateway)
+        proxy = TcpProxy(apiserver_address(plane), listen_host=fleet.gateway)
         proxy.start()
         proxies.append(proxy)
         bed = Bed(kube, plane, namespace, fleet, proxy.port)

@@ -3,24 +3,54 @@ server, and the SSH credentials stored as a user would store them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
+from capi_remote.devenv import toolchain as toolchain_module
 from capi_remote.kube.client import KubeClient
-from e2e.bed import BedFactory, bed_factory
+from e2e.bed import BedFactory, Cluster, bed_factory
+from e2e.cluster import (
+    WORKLOAD_SERVER_ENV,
+    ExternalCluster,
+    ExternalClusterError,
+    external_kubeconfig,
+)
 from tests.fixtures_hosts import HostsFactory
-from tests.fixtures_provider import RunningController
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    request: pytest.FixtureRequest, toolchain: toolchain_module.Toolchain
+) -> Iterator[Cluster]:
+    """The local control plane, or the cluster CAPI_REMOTE_E2E_KUBECONFIG names (with Cluster
+    API and the controller already running there: see docs/development.md)."""
+    kubeconfig = external_kubeconfig()
+    if kubeconfig is None:
+        yield request.getfixturevalue("local_control_plane")
+        return
+    try:
+        cluster = ExternalCluster.from_kubeconfig(
+            kubeconfig, toolchain.kubectl, os.environ.get(WORKLOAD_SERVER_ENV) or None
+        )
+    except ExternalClusterError as error:
+        pytest.fail(str(error))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture
 async def make_bed(
+    request: pytest.FixtureRequest,
     kube: KubeClient,
-    control_plane: ControlPlane,
-    controller: RunningController,
+    control_plane: Cluster,
     namespace: str,
     hosts: HostsFactory,
 ) -> AsyncIterator[BedFactory]:
+    if not isinstance(control_plane, ExternalCluster):
+        request.getfixturevalue("controller")  # ours, started locally; elsewhere it is deployed
     async with bed_factory(kube, control_plane, namespace, lambda n: hosts(n)[0].fleet) as make:
         yield make

@@ -19,7 +19,13 @@ def toolchain() -> toolchain_module.Toolchain:
 
 
 @pytest.fixture(scope="session")
-def control_plane(toolchain: toolchain_module.Toolchain) -> Iterator[ControlPlane]:
+def control_plane(local_control_plane: ControlPlane) -> ControlPlane:
+    """The cluster tests run against: the local one (e2e/conftest.py may point elsewhere)."""
+    return local_control_plane
+
+
+@pytest.fixture(scope="session")
+def local_control_plane(toolchain: toolchain_module.Toolchain) -> Iterator[ControlPlane]:
     """A running etcd + kube-apiserver + kube-controller-manager + CAPI core for the session.
 
     With CAPI_REMOTE_KEEP_ENV=1 the working directory (logs, kubeconfig) survives for debugging.
