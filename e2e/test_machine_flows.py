@@ -189,6 +189,11 @@ async def test_host_key_mismatch_and_unreachable_host_show_in_describe(
     assert "does not match" in described
     # Nothing ran on the host whose key changed.
     assert changed.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0
+    # Terminal (a changed key is not retried): the v1beta1 contract's failure fields say so too.
+    mitm = await bed.get(REMOTE_MACHINES, "faults-mitm") or {}
+    failure = mitm["status"]["deprecated"]["v1beta1"]
+    assert failure["failureReason"] == "CreateError"
+    assert failure["failureMessage"].startswith("HostKeyMismatch: ")
 
     await bed.wait_for(
         "HostUnreachable",

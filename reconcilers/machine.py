@@ -116,6 +116,24 @@ def _mark(
     )
 
 
+def _set_failure(status: JSONDict, error: str, message: str) -> None:
+    """The v1beta1 contract's terminal failure (``error``: a Cluster API MachineStatusError such
+    as CreateError or InvalidConfiguration), kept under ``status.deprecated.v1beta1``."""
+    v1beta1 = status.setdefault("deprecated", {}).setdefault("v1beta1", {})
+    v1beta1["failureReason"] = error
+    v1beta1["failureMessage"] = message[:1024]
+
+
+def _clear_failure(status: JSONDict) -> None:
+    v1beta1 = (status.get("deprecated") or {}).get("v1beta1") or {}
+    for field in ("failureReason", "failureMessage"):
+        v1beta1.pop(field, None)
+    if not v1beta1:
+        status.get("deprecated", {}).pop("v1beta1", None)
+    if not status.get("deprecated", True):
+        status.pop("deprecated")
+
+
 def _ipv4_or_none(address: str) -> str | None:
     try:
         return address if ipaddress.ip_address(address).version == 4 else None
@@ -379,6 +397,7 @@ class RemoteMachineReconciler:
                 f"{error.key}: {error.message}",
             )
             status["phase"] = "Failed"
+            _set_failure(status, "InvalidConfiguration", f"{error.key}: {error.message}")
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
             self.events.record(
                 rm, "Warning", c.INVALID_BOOTSTRAP_DATA, f"{error.key}: {error.message}"
@@ -415,6 +434,7 @@ class RemoteMachineReconciler:
             f"attempt {attempt} of {max_attempts}: connecting to {spec['address']}",
         )
         status["phase"] = "Provisioning"
+        _clear_failure(status)  # a fresh budget (a new generation) is not failed yet
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         self.events.record(
             rm,
@@ -498,6 +518,7 @@ class RemoteMachineReconciler:
             _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, outcome.reason, "")
             _mark(rm, status, c.READY, True, c.PROVISIONED, outcome.message)
             status["phase"] = "Provisioned"
+            _clear_failure(status)
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
             self.events.record(
                 rm, "Normal", c.PROVISIONED, outcome.message or f"{spec['address']} bootstrapped"
@@ -520,6 +541,7 @@ class RemoteMachineReconciler:
         status["phase"] = "Failed" if terminal else "Provisioning"
         if terminal:
             status["bootstrap"]["attempts"] = max(attempts, max_attempts)
+            _set_failure(status, "CreateError", f"{reason}: {message}")
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         self.events.record(rm, "Warning", reason, message)
         self.jobs.forget(uid)
