@@ -192,6 +192,7 @@ class HostAccess:
                     on_progress=progress,
                     step_timeout=deadlines.command,
                     job_timeout=deadlines.job,
+                    gather_facts=True,
                 )
             )
         except SSHError as error:
@@ -200,11 +201,8 @@ class HostAccess:
             "fingerprint": result.host_key_fingerprint,
             "bastionFingerprint": result.bastion_host_key_fingerprint,
         }
-        try:
-            facts = await self.runner.probe(target)
-            details["addresses"] = machine_addresses(target.address, facts)
-        except SSHError:
-            pass  # the bootstrap succeeded; addresses fall back to the spec's address
+        if result.facts is not None:  # else addresses fall back to the spec's address
+            details["addresses"] = machine_addresses(target.address, result.facts)
         if result.already_bootstrapped:
             return Outcome(
                 True,

@@ -46,6 +46,7 @@ from capi_remote.ssh.errors import (
     StepTimeout,
     SudoFailed,
 )
+from capi_remote.ssh.probe import HostFacts
 from capi_remote.ssh.settings import SSHSettings
 from capi_remote.ssh.target import Target
 from capi_remote.ssh.transport import CommandTimedOut, Connection, ExecResult, Poll
@@ -94,6 +95,9 @@ class Job:
     #: Deadline for the whole run; ``None`` keeps the runner's ``job_timeout``.
     job_timeout: float | None = None
     cleanup: bool = False
+    #: Once the job succeeded, also collect the host's facts over the same connection
+    #: (:attr:`JobResult.facts`), which saves the second connection a separate probe would open.
+    gather_facts: bool = False
 
     @property
     def state_uid(self) -> str:
@@ -124,6 +128,8 @@ class JobResult:
     lock_taken_over_from: str | None = None
     duration_seconds: float = 0.0
     bastion_host_key_fingerprint: str | None = None
+    #: With :attr:`Job.gather_facts`; ``None`` also when collecting them failed (the job did not).
+    facts: HostFacts | None = None
 
     @property
     def output_tail(self) -> str:

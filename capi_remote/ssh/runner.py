@@ -28,15 +28,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
+import attrs
 import structlog
 
-from capi_remote.ssh.errors import HostLocked, JobCancelled, JobDetached
+from capi_remote.ssh.errors import HostLocked, JobCancelled, JobDetached, SSHError
 from capi_remote.ssh.executor import Job, JobResult, execute
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
-from capi_remote.ssh.probe import HostFacts, probe
+from capi_remote.ssh.probe import HostFacts, gather_facts, probe
 from capi_remote.ssh.settings import SSHSettings
 from capi_remote.ssh.target import Target
-from capi_remote.ssh.transport import Connector
+from capi_remote.ssh.transport import Connection, Connector
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +117,7 @@ class Runner:
                 raise JobDetached(job.target.display)
             connection = self._connector.connect(job.target)
             try:
-                return execute(
+                result = execute(
                     job,
                     connection,
                     self.settings,
@@ -125,12 +126,22 @@ class Runner:
                     started=started,
                     detach=self._detached,
                 )
+                if job.gather_facts:
+                    result = attrs.evolve(result, facts=self._facts(connection, job.target))
+                return result
             finally:
                 connection.close()
         finally:
             with self._lock:
                 self._busy.discard(endpoint)
                 self._cancels.discard(cancel)
+
+    def _facts(self, connection: Connection, target: Target) -> HostFacts | None:
+        try:
+            return gather_facts(connection, target, self.settings)
+        except SSHError as error:
+            log.info("could not gather facts after the job", host=target.display, error=str(error))
+            return None
 
     def detach(self) -> None:
         """Stop accepting work and leave running steps to the next controller; returns at once.

@@ -469,7 +469,11 @@ def test_resets_during_the_handshake_are_retried(hosts: HostsFactory) -> None:
 
 def test_bastion(hosts: HostsFactory) -> None:
     bastion, inner = hosts(2)
-    result = run(target(inner, DEPLOY, via=target(bastion, OPERATOR)), plan(count("a")))
+    result = run(
+        target(inner, DEPLOY, via=target(bastion, OPERATOR)), plan(count("a")), gather_facts=True
+    )
+    assert result.facts is not None and result.facts.hostname == inner.name  # same connection
+    assert result.facts.privilege == "sudo"
     assert result.host_key_fingerprint == inner.host_key.fingerprint
     assert result.bastion_host_key_fingerprint == bastion.host_key.fingerprint  # for TOFU pins
     assert counter(inner, "a") == 1 and counter(bastion, "a") == 0
