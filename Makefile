@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := debootstrap iproute2 iptables openssh-client sudo util-linux procps psmisc ca-certificates openssl debian-archive-keyring
 # podman (with runc: crun fails here) builds and runs the controller image (`make image`).
 APT_PACKAGES += podman runc
+# containerd (with runc) is the container runtime of the test bed's node: the kubelet that runs
+# provisionJob mode's Jobs in the e2e suite (capi_remote/devenv/node.py).
+APT_PACKAGES += containerd
 
 .PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv manifests docs
 
@@ -53,10 +56,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Builds (or finds in the cache) kube-apiserver, kube-controller-manager, kubectl, etcd and the
-# Cluster API manager; see docs/development.md for the cache location.
+# Builds (or finds in the cache) kube-apiserver, kube-controller-manager, kubectl, etcd, the
+# Cluster API manager and its kubeadm bootstrap/control-plane providers (e2e ClusterClass flow);
+# see docs/development.md for the cache location.
 toolchain: venv
 	$(BIN)/python -m capi_remote.devenv.toolchain
+	$(BIN)/python -m capi_remote.devenv.kubeadm_providers
 
 clean-devenv: venv
 	$(BIN)/python -m capi_remote.devenv.hosts cleanup

@@ -4,5 +4,6 @@ plugin modules."""
 pytest_plugins = [
     "tests.fixtures_controlplane",
     "tests.fixtures_hosts",
+    "tests.fixtures_node",
     "tests.fixtures_provider",
 ]

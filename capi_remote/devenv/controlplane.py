@@ -1,19 +1,26 @@
 """A real, local Kubernetes control plane with Cluster API core: etcd, kube-apiserver,
-kube-controller-manager (garbage collector + namespace controllers) and the CAPI manager with its
-webhooks served on loopback.
+kube-controller-manager (garbage collector, namespace and job controllers) and the CAPI manager
+with its webhooks served on loopback.
 
 Everything listens on 127.0.0.1 on free ports, so several environments can run side by side. The
 admin identity is a client certificate in ``system:masters``; the kubeconfig embeds it.
+
+For fault-injection tests, kube-apiserver can be stopped (gracefully or by SIGKILL) and started
+again on the same port, certificates and etcd, and etcd compacted at its current revision.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -75,6 +82,8 @@ class ControlPlane:
     webhook_port: int = attrs.field(factory=free_port)
     _processes: list[ManagedProcess] = attrs.field(factory=list, init=False)
     _etcd_url: str = attrs.field(default="", init=False)
+    _apiserver_argv: list[str] = attrs.field(factory=list, init=False)
+    _apiserver: ManagedProcess | None = attrs.field(default=None, init=False)
 
     @property
     def server(self) -> str:
@@ -124,6 +133,71 @@ class ControlPlane:
         self._processes.clear()
         if not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    @property
+    def apiserver_running(self) -> bool:
+        return self._apiserver is not None and self._apiserver.exit_code() is None
+
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Stop kube-apiserver, leaving etcd and its clients running: gracefully (SIGTERM, as in a
+        rolling restart), or with ``kill`` by SIGKILL (a crash: no request is finished)."""
+        process = self._apiserver
+        if process is None:
+            raise ControlPlaneError("kube-apiserver was never started")
+        if kill and process.pid is not None and process.exit_code() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.stop()  # SIGTERM and wait (or only reap after the SIGKILL)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again after :meth:`stop_apiserver`: the same port, certificates,
+        etcd and kubeconfig, so every client (and the kubeconfig on disk) just reconnects. Returns
+        once ``/readyz`` answers 200."""
+        old = self._apiserver
+        if old is None or not self._apiserver_argv:
+            raise ControlPlaneError("kube-apiserver was never started")
+        if old.exit_code() is None:
+            raise ControlPlaneError("kube-apiserver is still running; stop it first")
+        process = ManagedProcess(old.name, self._apiserver_argv, old.log, old.env)
+        process.start()
+        # Same place in the list: stop() still stops the components in reverse start order.
+        self._processes[self._processes.index(old)] = process
+        self._apiserver = process
+        self._wait_apiserver(process)
+
+    def restart_apiserver(self, *, down_for: float = 0.0, kill: bool = False) -> float:
+        """Stop kube-apiserver (see :meth:`stop_apiserver`), keep it down ``down_for`` seconds,
+        start it again and wait until it is ready. Returns how long it did not serve, from the
+        stop to ready, in seconds."""
+        started = time.monotonic()
+        self.stop_apiserver(kill=kill)
+        if down_for > 0:
+            time.sleep(down_for)
+        self.start_apiserver()
+        return time.monotonic() - started
+
+    def compact_etcd(self) -> int:
+        """Compact etcd at its current revision (physically), so that every older
+        resourceVersion is gone: a watch resumed from one gets 410 Gone (unless the API server's
+        watch cache still holds it). Returns the revision compacted to."""
+        key = base64.b64encode(b"compaction-probe").decode()
+        revision = int(self._etcd_call("/v3/kv/range", {"key": key})["header"]["revision"])
+        self._etcd_call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def _etcd_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call to etcd's JSON gateway (v3 API over HTTP)."""
+        request = urllib.request.Request(  # noqa: S310 - our own loopback etcd
+            self._etcd_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
+    # -- clients -------------------------------------------------------------------------------
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         """Run the pinned kubectl against this control plane; raises with its stderr on failure."""
@@ -253,13 +327,17 @@ class ControlPlane:
                 f"--audit-policy-file={self.settings.audit_policy}",
                 f"--audit-log-path={self.audit_log}",
             ]
-        process = self._spawn("kube-apiserver", argv)
+        self._apiserver_argv = argv
+        self._apiserver = self._spawn("kube-apiserver", argv)
+        self._wait_apiserver(self._apiserver)
+        self._write_kubeconfig(admin)
+
+    def _wait_apiserver(self, process: ManagedProcess) -> None:
         self._wait(
             process,
             lambda: self._https_ok(f"{self.server}/readyz", self._admin_files()),
             "kube-apiserver",
         )
-        self._write_kubeconfig(admin)
 
     def _write_kubeconfig(self, admin: KeyPair) -> None:
         def b64(data: bytes) -> str:
@@ -310,7 +388,9 @@ class ControlPlane:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                "--controllers=garbage-collector-controller,namespace-controller",
+                # The job controller runs provisionJob-mode Jobs (their Pods need a node:
+                # capi_remote.devenv.node).
+                "--controllers=garbage-collector-controller,namespace-controller,job-controller",
                 "--leader-elect=false",
                 f"--bind-address={_LOOPBACK}",
                 f"--secure-port={port}",

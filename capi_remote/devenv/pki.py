@@ -93,6 +93,11 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        """The CA's private key (PKCS#8 PEM), e.g. for a Cluster API ``<cluster>-ca`` Secret."""
+        return _key_pem(self._key)
+
     def issue(
         self,
         common_name: str,

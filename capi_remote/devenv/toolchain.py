@@ -103,6 +103,17 @@ CLUSTER_API = Component(
     packages=("sigs.k8s.io/cluster-api", "sigs.k8s.io/cluster-api/cmd/clusterctl"),
 )
 COMPONENTS = (ETCD, KUBERNETES, CLUSTER_API)
+# The test bed's node, for Jobs that must really run (provisionJob e2e): kubelet, plus
+# kube-scheduler to place their Pods. Its own wrapper module (the same pins as KUBERNETES plus the
+# kubelet's extra dependencies) so adding it does not invalidate the control plane's cache; built
+# only on demand (`ensure_node`).
+NODE = Component(
+    name="kubelet",
+    version=KUBERNETES_VERSION,
+    module_dir="kubelet",
+    packages=("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-scheduler"),
+    ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
+)
 
 # The CAPI module's root package builds a binary named after the module; give it a clear name.
 _RENAMES = {"cluster-api": "cluster-api-manager"}
@@ -237,6 +248,22 @@ def ensure(log: Callable[[str], None] = print) -> Toolchain:
         clusterctl=found["clusterctl"],
         capi_config=CLUSTER_API.cache_dir / "config",
     )
+
+
+@attrs.frozen
+class NodeBinaries:
+    kubelet: Path
+    kube_scheduler: Path
+
+
+def ensure_node(log: Callable[[str], None] = print) -> NodeBinaries:
+    """Find (``TEST_ASSET_KUBELET``/``TEST_ASSET_KUBE_SCHEDULER``, ``$KUBEBUILDER_ASSETS``) or
+    build the kubelet and kube-scheduler."""
+    wanted = {b: _from_environment(b) for b in NODE.binaries}
+    if not all(wanted.values()):
+        _build(NODE, log)
+    found = {b: wanted[b] or NODE.cache_dir / b for b in NODE.binaries}
+    return NodeBinaries(kubelet=found["kubelet"], kube_scheduler=found["kube-scheduler"])
 
 
 def main() -> int:

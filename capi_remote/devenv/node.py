@@ -1,0 +1,532 @@
+"""One real Kubernetes node for the local control plane: containerd + runc, kubelet and
+kube-scheduler, so Jobs (provisionJob mode) really run.
+
+Why it looks the way it does:
+
+- No container registry is reachable. The images a Pod needs are made here and imported into
+  containerd (``ctr images import``): an OCI archive whose one layer is the test hosts' Debian
+  rootfs (it has ``sh``, ``ssh`` and ``scp``), tagged twice: :data:`SSH_CLIENT_IMAGE` for Jobs and
+  :data:`PAUSE_IMAGE` (a shell that waits for ``SIGTERM``) as containerd's sandbox image. Both
+  tags share the layer, so it is stored once. Pods must use ``imagePullPolicy: Never`` or
+  ``IfNotPresent``.
+- No CNI: Pods on this node must use ``hostNetwork: true`` (they then reach the namespaced test
+  hosts on their bridge like the controller does). containerd still reports the network ready
+  because its CNI configuration directory holds a (never used) loopback network; otherwise the
+  node would stay NotReady.
+- This VM runs cgroup v1, which kubelet 1.35 refuses unless ``failCgroupV1: false``; QoS cgroups
+  and node allocatable enforcement are off (``cgroupsPerQOS: false``), nothing is evicted.
+- Everything is private to one instance: containerd's root, state and socket, kubelet's root
+  directory, its pod logs and ports, so parallel test sessions do not meet. The kubelet
+  authenticates with a client certificate in ``system:masters`` (the apiserver runs RBAC only,
+  without the Node authorizer).
+
+``start_node(plane)`` starts one against a :class:`ControlPlane`; ``python -m
+capi_remote.devenv.node images`` builds (or finds) the image archive and prints its path.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from capi_remote.devenv import rootfs, toolchain
+from capi_remote.devenv.controlplane import ControlPlane, _http_ok, free_port
+from capi_remote.devenv.processes import ManagedProcess
+from capi_remote.devenv.toolchain import NodeBinaries, cache_root
+
+SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
+PAUSE_IMAGE = "localhost/capi-remote-pause:test"
+NODE_NAME = "capi-remote-node"
+#: Bump when the image recipe below changes.
+IMAGE_RECIPE_VERSION = 1
+APT_PACKAGES = ("containerd", "runc")
+
+# PID 1 of every sandbox: exits on TERM/INT (a bare `sleep` as PID 1 would ignore them).
+_PAUSE_COMMAND = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+]
+_LOOPBACK_CNI = {
+    "cniVersion": "1.0.0",
+    "name": "capi-remote-unused",
+    "plugins": [{"type": "loopback"}],
+}
+
+
+class NodeError(RuntimeError):
+    """containerd, kubelet or the scheduler failed to start; the message carries a log tail."""
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def _layer_tar(source: Path, out: io.BufferedWriter) -> None:
+    """A reproducible tar of ``source`` (sorted, fixed mtimes for nothing: ownership and modes
+    are what matter)."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            for name in sorted(dirnames) + sorted(filenames):
+                full = Path(dirpath) / name
+                arcname = str(full.relative_to(source))
+                if arcname == rootfs.COMPLETE_MARKER:
+                    continue
+                info = tar.gettarinfo(str(full), arcname)
+                if info.isreg():
+                    with full.open("rb") as data:
+                        tar.addfile(info, data)
+                else:
+                    tar.addfile(info)
+
+
+def _blob(directory: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (directory / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def build_image_archive(path: Path, source: Path) -> None:
+    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding both image tags."""
+    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
+    try:
+        (work / "blobs" / "sha256").mkdir(parents=True)
+        raw = work / "layer.tar"
+        with raw.open("wb") as out:
+            _layer_tar(source, out)
+        diff_id = hashlib.sha256()
+        with raw.open("rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                diff_id.update(chunk)
+        gz_path = work / "layer.tar.gz"
+        with raw.open("rb") as data, gzip.GzipFile(gz_path, "wb", compresslevel=1, mtime=0) as gz:
+            shutil.copyfileobj(data, gz, 1 << 20)
+        raw.unlink()
+        layer_digest = hashlib.sha256()
+        with gz_path.open("rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                layer_digest.update(chunk)
+        layer = {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": f"sha256:{layer_digest.hexdigest()}",
+            "size": gz_path.stat().st_size,
+        }
+        gz_path.rename(work / "blobs" / "sha256" / layer_digest.hexdigest())
+        manifests = []
+        for ref, cmd in ((SSH_CLIENT_IMAGE, ["/bin/sh"]), (PAUSE_IMAGE, _PAUSE_COMMAND)):
+            config = {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {
+                    "Cmd": cmd,
+                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                },
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id.hexdigest()}"]},
+            }
+            config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
+                "layers": [layer],
+            }
+            manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
+            manifests.append(
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    **manifest_blob,
+                    "annotations": {"io.containerd.image.name": ref},
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            )
+        (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        (work / "index.json").write_text(
+            json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
+        )
+        staging = path.with_name(f".{path.name}.tmp")
+        with tarfile.open(staging, "w") as archive:
+            for entry in ("oci-layout", "index.json", "blobs"):
+                archive.add(work / entry, entry)
+        staging.rename(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ensure_image_archive(log: Callable[[str], None] = print) -> Path:
+    """The cached OCI archive of the node's images, built from the hosts' rootfs on a miss."""
+    source = rootfs.ensure_rootfs()
+    recipe = hashlib.sha256(
+        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{SSH_CLIENT_IMAGE}\n{PAUSE_IMAGE}".encode()
+    ).hexdigest()[:12]
+    images = cache_root() / "images"
+    archive = images / f"node-images-{recipe}.oci.tar"
+    with _locked(images / ".node-images.lock"):
+        if not archive.is_file():
+            log(f"building the node's images from {source} into {archive}")
+            build_image_archive(archive, source)
+    return archive
+
+
+# -- the node ----------------------------------------------------------------------------------
+
+
+def _missing_packages() -> list[str]:
+    return [tool for tool in ("containerd", "runc", "ctr") if shutil.which(tool) is None]
+
+
+@attrs.define
+class Node:
+    """containerd, kube-scheduler and kubelet against one control plane; :meth:`stop` removes
+    every container and mount it made."""
+
+    binaries: NodeBinaries
+    kubeconfig: Path  # the control plane's admin kubeconfig (scheduler, readiness checks)
+    kubectl: Path
+    kubelet_kubeconfig: Path  # a system:masters client identity for the kubelet
+    ca_file: Path
+    workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="capi-remote-node-")))
+    name: str = NODE_NAME
+    ready_timeout: float = 120.0
+    _processes: list[ManagedProcess] = attrs.field(factory=list, init=False)
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.workdir / "containerd" / "containerd.sock"
+
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        missing = _missing_packages()
+        if missing:
+            raise NodeError(
+                f"{', '.join(missing)} not found: install the Debian packages "
+                f"{' '.join(APT_PACKAGES)} (`make system-deps`)"
+            )
+        try:
+            progress("containerd")
+            self._start_containerd()
+            progress("node images")
+            self._import_images(ensure_image_archive(progress))
+            progress("kube-scheduler")
+            self._start_scheduler()
+            progress("kubelet")
+            self._start_kubelet()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        kubelet = next((p for p in self._processes if p.name == "kubelet"), None)
+        if kubelet is not None:
+            kubelet.stop()
+        if self.containerd_socket.exists():
+            self._remove_all_containers()
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        self._unmount_below(self.workdir)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- containerd ------------------------------------------------------------------------
+
+    def _containerd_config(self) -> str:
+        base = self.workdir / "containerd"
+        cni = self.workdir / "cni"
+        (cni / "net.d").mkdir(parents=True, exist_ok=True)
+        (cni / "bin").mkdir(parents=True, exist_ok=True)
+        (cni / "net.d" / "10-unused.conflist").write_text(json.dumps(_LOOPBACK_CNI))
+        return f"""\
+version = 2
+root = "{base / "root"}"
+state = "{base / "state"}"
+
+[grpc]
+  address = "{self.containerd_socket}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  enable_selinux = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni / "bin"}"
+    conf_dir = "{cni / "net.d"}"
+"""
+
+    def _start_containerd(self) -> None:
+        config = self.workdir / "containerd.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(self._containerd_config())
+        process = self._spawn("containerd", ["containerd", "--config", str(config)])
+        self._wait(process, lambda: self._ctr("version", check=False).returncode == 0, "containerd")
+
+    def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise NodeError(f"ctr {' '.join(args[:2])} failed: {proc.stderr.strip()[-2000:]}")
+        return proc
+
+    def _import_images(self, archive: Path) -> None:
+        self._ctr("images", "import", "--no-unpack", "--all-platforms", str(archive))
+
+    def _remove_all_containers(self) -> None:
+        """Kill and delete every task and container the kubelet left, so no shim, overlay mount
+        or process outlives the node."""
+        tasks = self._ctr("tasks", "list", "-q", check=False).stdout.split()
+        for task in tasks:
+            self._ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
+        deadline = time.monotonic() + 10
+        for task in tasks:
+            while time.monotonic() < deadline:
+                if self._ctr("tasks", "delete", "-f", task, check=False).returncode == 0:
+                    break
+                time.sleep(0.2)
+        for container in self._ctr("containers", "list", "-q", check=False).stdout.split():
+            self._ctr("containers", "delete", container, check=False)
+
+    @staticmethod
+    def _unmount_below(directory: Path) -> None:
+        prefix = str(directory) + "/"
+        try:
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+        for target in sorted(targets, key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+    # -- kube-scheduler and kubelet ----------------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        port = free_port()
+        config = self.workdir / "scheduler.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        process = self._spawn(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--config={config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+            ],
+        )
+        # The scheduler serves /healthz with a self-signed certificate of its own.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait(
+            process,
+            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
+            "kube-scheduler",
+        )
+
+    def _start_kubelet(self) -> None:
+        root = self.workdir / "kubelet"
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "cgroupsPerQOS": False,
+            "enforceNodeAllocatable": [],
+            "failSwapOn": False,
+            "address": "127.0.0.1",
+            "port": free_port(),
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": free_port(),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(self.ca_file)},
+            },
+            "authorization": {"mode": "AlwaysAllow"},
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "podLogsDir": str(self.workdir / "pod-logs"),
+            "staticPodPath": "",
+            "registerNode": True,
+            "evictionHard": {
+                "memory.available": "1Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "imageMinimumGCAge": "876000h",
+            "localStorageCapacityIsolation": False,
+            "serializeImagePulls": False,
+            "makeIPTablesUtilChains": False,
+            "resolvConf": "/etc/resolv.conf",
+            "syncFrequency": "5s",
+            "fileCheckFrequency": "5s",
+            "nodeStatusUpdateFrequency": "5s",
+        }
+        config_path = self.workdir / "kubelet.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        process = self._spawn(
+            "kubelet",
+            [
+                str(self.binaries.kubelet),
+                f"--config={config_path}",
+                f"--kubeconfig={self.kubelet_kubeconfig}",
+                f"--root-dir={root}",
+                f"--cert-dir={self.workdir / 'kubelet-pki'}",
+                f"--hostname-override={self.name}",
+                "--node-ip=127.0.0.1",
+                "--v=2",
+            ],
+        )
+        self._wait(process, self._node_ready, f"node {self.name} Ready")
+        # The kubelet registers with this taint and kube-controller-manager's node lifecycle
+        # controller (not run by the test bed) would lift it once the node is Ready.
+        subprocess.run(
+            [
+                str(self.kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "taint",
+                "node",
+                self.name,
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ],
+            capture_output=True,
+            check=False,
+        )
+
+    def _node_ready(self) -> bool:
+        proc = subprocess.run(
+            [
+                str(self.kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "get",
+                "node",
+                self.name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return proc.stdout.strip() == "True"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
+        process.start()
+        self._processes.append(process)
+        return process
+
+    def _wait(self, process: ManagedProcess, probe: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        delay = 0.05
+        while True:
+            if process.exit_code() is not None:
+                raise NodeError(f"{what} did not start: {process.describe_failure()}")
+            if probe():
+                return
+            if time.monotonic() > deadline:
+                raise NodeError(
+                    f"{what} not ready after {self.ready_timeout:.0f}s: "
+                    f"{process.describe_failure()}"
+                )
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
+def start_node(
+    plane: ControlPlane,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    ready_timeout: float = 120.0,
+) -> Node:
+    """Build (or find) the kubelet and kube-scheduler and start a node for ``plane``."""
+    binaries = toolchain.ensure_node(log=progress)
+    workdir = Path(tempfile.mkdtemp(prefix="capi-remote-node-"))
+    identity = plane.ca.issue(
+        f"system:node:{NODE_NAME}", organizations=("system:masters",), client=True
+    )
+    config = yaml.safe_load(plane.kubeconfig.read_text())
+    config["users"][0]["user"] = {
+        "client-certificate-data": base64.b64encode(identity.cert_pem).decode(),
+        "client-key-data": base64.b64encode(identity.key_pem).decode(),
+    }
+    kubeconfig = workdir / "kubelet.kubeconfig"
+    kubeconfig.touch(mode=0o600)
+    kubeconfig.write_text(yaml.safe_dump(config))
+    ca_file = workdir / "ca.crt"
+    ca_file.write_bytes(plane.ca.cert_pem)
+    node = Node(
+        binaries,
+        plane.kubeconfig,
+        plane.toolchain.kubectl,
+        kubeconfig,
+        ca_file,
+        workdir=workdir,
+        ready_timeout=ready_timeout,
+    )
+    node.start(progress)
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["images"]:
+        print("usage: python -m capi_remote.devenv.node images", file=sys.stderr)
+        return 2
+    print(ensure_image_archive(lambda line: print(line, file=sys.stderr)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
