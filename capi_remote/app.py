@@ -8,7 +8,7 @@ never imports the business logic, so the layering stays one-way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class ProviderOptions:
     identity: str = "capi-remote"
     metrics_address: str | None = "127.0.0.1:8080"
     health_address: str | None = "0.0.0.0:9440"
-    machine_workers: int = 10
+    machine_workers: int = 32
     pool_workers: int = 4
     ssh_workers: int = 64
     webhook_port: int | None = 9443
@@ -49,14 +49,15 @@ class ProviderOptions:
 class Provider:
     """What a reconciler plugin's ``setup(provider)`` gets: the manager and shared services.
 
-    ``on_close`` callbacks run after the manager stopped (e.g. shutting down the SSH pool).
+    ``on_close`` callbacks (plain or async) run after the manager stopped (e.g. shutting down
+    the SSH pool, closing workload cluster clients).
     """
 
     manager: Manager
     client: KubeClient
     options: ProviderOptions
     webhooks: WebhookServer | None
-    on_close: list[Callable[[], None]] = attrs.field(factory=list)
+    on_close: list[Callable[[], Awaitable[None] | None]] = attrs.field(factory=list)
 
 
 Plugin = Callable[[Provider], None]
@@ -100,13 +101,15 @@ def build_provider(client: KubeClient, options: ProviderOptions) -> Provider:
     return provider
 
 
-@contextlib.contextmanager
-def _closing(provider: Provider) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _closing(provider: Provider) -> AsyncIterator[None]:
     try:
         yield
     finally:
         for close in reversed(provider.on_close):
-            close()
+            closing = close()
+            if closing is not None:
+                await closing
 
 
 async def run_provider(options: ProviderOptions) -> None:
@@ -114,7 +117,7 @@ async def run_provider(options: ProviderOptions) -> None:
     client = await KubeClient.from_kubeconfig(options.kubeconfig)
     try:
         provider = build_provider(client, options)
-        with _closing(provider):
+        async with _closing(provider):
             if provider.webhooks is not None:
                 await provider.webhooks.start()
             try:

@@ -91,7 +91,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument(
         "--machine-concurrency",
         type=int,
-        default=_env("MACHINE_CONCURRENCY", "10"),
+        default=_env("MACHINE_CONCURRENCY", "32"),
         help="RemoteMachine reconcile workers (SSH work runs on the SSH pool)",
     )
     run.add_argument("--pool-concurrency", type=int, default=_env("POOL_CONCURRENCY", "4"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -211,9 +212,10 @@ async def test_deleting_the_cluster_releases_everything(make_bed: BedFactory) ->
         await bed.pooled(host.name, pool, host)
     await bed.cluster("gone")
     data = await bed.bootstrap_secret("gone-bootstrap")
+    count_cleanup = "echo cleaned >> /var/tmp/e2e-cleanups"
     for index in range(2):
         name = f"gone-{index}"
-        await bed.remote_machine(name, {"pool": pool})
+        await bed.remote_machine(name, {"pool": pool, "cleanUpCommands": [count_cleanup]})
         await bed.machine(name, "gone", data)
     for index in range(2):
         await _running(bed, f"gone-{index}")
@@ -229,6 +231,9 @@ async def test_deleting_the_cluster_releases_everything(make_bed: BedFactory) ->
 
     await bed.wait_for("the Cluster to be gone", cluster_gone, 120)
     assert await _pool_free(bed, pool) == 2
+    await asyncio.sleep(2)  # a late, second cleanup (from a stale cache) would show by now
+    for host in bed.fleet.hosts:
+        assert host.path("/var/tmp/e2e-cleanups").read_text().splitlines() == ["cleaned"]
 
 
 async def test_health_check_remediation_returns_the_host_to_the_pool(make_bed: BedFactory) -> None:

@@ -33,6 +33,11 @@ HOST_KEY_UNKNOWN: Final = "HostKeyUnknown"
 HOST_UNREACHABLE: Final = "HostUnreachable"
 AUTHENTICATION_FAILED: Final = "AuthenticationFailed"
 SUDO_FAILED: Final = "SudoFailed"
+# provisionJob mode (reconcilers/provisionjob.py)
+PROVISIONING_JOB_RUNNING: Final = "ProvisioningJobRunning"
+PROVISIONING_JOB_FAILED: Final = "ProvisioningJobFailed"
+PROVISIONING_JOB_INVALID: Final = "ProvisioningJobInvalid"
+IMAGE_LACKS_SSH: Final = "ImageLacksSSH"
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"
 

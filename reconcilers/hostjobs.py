@@ -48,6 +48,9 @@ class JobState:
     step: str = ""
     outcome: Outcome | None = None
     task: asyncio.Task[None] | None = None
+    #: Which bootstrap attempt this job is; kept here so that a status write lost to a conflict
+    #: does not lose the count (the reconciler writes it again from here).
+    attempt: int = 0
 
     @property
     def running(self) -> bool:
@@ -79,6 +82,8 @@ class HostJobs:
             return current
         job = JobState(kind, request)
         self._jobs[uid] = job
+        with self._lock:  # the status written at the start is fresh: first progress wake later
+            self._last_wake[uid] = time.monotonic()
 
         async def run() -> None:
             try:

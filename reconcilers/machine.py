@@ -9,7 +9,9 @@ only if it changed, and returns. Every wait has a condition reason and is ended 
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime
 import ipaddress
 import time
 from typing import Any
@@ -18,6 +20,7 @@ import structlog
 
 from capi_remote import (
     ApiError,
+    Conflict,
     Controller,
     Event,
     EventRecorder,
@@ -53,9 +56,16 @@ from capi_remote.resources import (
 from capi_remote.ssh import Runner
 from reconcilers import conditions as c
 from reconcilers import pool as pools
+from reconcilers import provisionjob
 from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, owner_name
 from reconcilers.hostjobs import HostJobs, JobState
-from reconcilers.remote import Deadlines, HostAccess, MissingSecret, cleanup_commands
+from reconcilers.remote import (
+    Deadlines,
+    HostAccess,
+    MissingSecret,
+    NotYetKnown,
+    cleanup_commands,
+)
 from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
 from reconcilers.workload import WorkloadClients, link_node
 
@@ -65,6 +75,12 @@ FORCE_RELEASE_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/force-release
 DEFAULT_MAX_ATTEMPTS = 5
 CLEANUP_ATTEMPTS = 3
 NODE_LINK_INTERVAL = 20.0
+#: A cleanup that finds the host locked by a live job waits this long (from the deletion's
+#: start) before locked counts as a failed attempt: a lock goes stale 60 s after its holder died.
+CLEANUP_LOCK_PATIENCE = 180.0
+CLEANUP_LOCK_RETRY = 10.0
+#: How soon to look again at a Secret whose watch has not listed yet (just after a start).
+NOT_YET_KNOWN_RETRY = 0.5
 SECRET_REF_INDEX = "secret-refs"
 DATA_SECRET_INDEX = "data-secret"
 CLUSTER_INDEX = "cluster"
@@ -116,6 +132,29 @@ def _mark(
     )
 
 
+def _deleting_for(rm: JSONDict) -> float:
+    """Seconds since the object's deletion began (0 if not deleting or unparsable)."""
+    stamp = rm["metadata"].get("deletionTimestamp")
+    try:
+        began = datetime.datetime.strptime(stamp or "", "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return 0.0
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return max(0.0, (now - began).total_seconds())
+
+
+def _keep_true(rm: JSONDict, status: JSONDict, type_: str, reason: str) -> None:
+    """Condition ``type_`` True: as it is if it already is (its reason and message stay, only a
+    new generation is recorded), else with ``reason``."""
+    current: JSONDict = next(
+        (x for x in status.get("conditions", []) if x.get("type") == type_), {}
+    )
+    if current.get("status") == "True":
+        _mark(rm, status, type_, True, current.get("reason", reason), current.get("message", ""))
+    else:
+        _mark(rm, status, type_, True, reason)
+
+
 def _set_failure(status: JSONDict, error: str, message: str) -> None:
     """The v1beta1 contract's terminal failure (``error``: a Cluster API MachineStatusError such
     as CreateError or InvalidConfiguration), kept under ``status.deprecated.v1beta1``."""
@@ -163,6 +202,8 @@ class RemoteMachineReconciler:
         self.access = access
         self.events = events
         self.jobs: HostJobs | None = None  # set by setup once the controller exists
+        # spec.provisionJob mode; set by setup
+        self.provision_jobs: provisionjob.ProvisionJobs | None = None
         self.workloads = WorkloadClients(secrets)
         # In memory on purpose: after a restart one early retry is harmless, and both are bounded.
         self._cleanup_attempts: dict[str, int] = {}
@@ -255,8 +296,8 @@ class RemoteMachineReconciler:
         """Provisioned: keep the conditions true (never decaying to Unknown), and make sure the
         host's Node carries our providerID so Cluster API can link it to the Machine."""
         self._provisioned.discard(rm["metadata"]["uid"])
-        _mark(rm, status, c.READY, True, c.PROVISIONED)
-        _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, c.PROVISIONED)
+        _keep_true(rm, status, c.READY, c.PROVISIONED)
+        _keep_true(rm, status, c.BOOTSTRAP_SUCCEEDED, c.PROVISIONED)
         status["phase"] = "Provisioned"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
@@ -316,7 +357,11 @@ class RemoteMachineReconciler:
             merged.update(meta.get(field) or {})
             if merged:
                 meta[field] = merged
-        await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+        try:
+            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+        except Conflict:
+            await self._unclaim_if_bound_elsewhere(rm, pooled)
+            raise
         await self._propagate_to_machine(machine, pooled)
         self.events.record(
             rm,
@@ -325,6 +370,22 @@ class RemoteMachineReconciler:
             f"claimed PooledRemoteMachine {pooled['metadata']['name']} ({host['address']})",
         )
         return Result()
+
+    async def _unclaim_if_bound_elsewhere(self, rm: JSONDict, pooled: JSONDict) -> None:
+        """Our write of the host into the RemoteMachine lost a race: if the winner (another
+        controller replica) bound it to another host, the host we claimed is nobody's."""
+        meta = rm["metadata"]
+        try:
+            fresh = await self.client.get(REMOTE_MACHINES, meta["namespace"], meta["name"])
+        except ApiError as error:
+            if not error.not_found:
+                raise
+            fresh = None
+        address = (fresh or {}).get("spec", {}).get("address")
+        if fresh is None or (address and address != pooled["spec"]["machine"]["address"]):
+            await pools.release(
+                self.client, meta["namespace"], pooled["metadata"]["name"], meta["name"]
+            )
 
     async def _propagate_to_machine(self, machine: JSONDict, pooled: JSONDict) -> None:
         labels = {
@@ -355,6 +416,12 @@ class RemoteMachineReconciler:
         generation = rm["metadata"].get("generation")
         if uid in self._provisioned:
             return Result()  # our "provisioned" write is on its way to the cache
+        if rm["spec"].get("provisionJob") and self.provision_jobs is not None:
+            # A Job runs the bootstrap and status follows it (reconcilers/provisionjob.py).
+            pid = provider_id(rm["spec"]["address"], int(rm["spec"].get("port", 22)))
+            return await self.provision_jobs.provision(
+                rm, status, machine, data_secret, request, pid
+            )
         job = jobs.state(uid)
         if job is not None and job.kind == "provision" and not job.running:
             return await self._record_outcome(rm, status, job, request)
@@ -405,6 +472,8 @@ class RemoteMachineReconciler:
             return Result()
         try:
             target = self.access.target(rm)
+        except NotYetKnown:
+            return Result(requeue_after=NOT_YET_KNOWN_RETRY)  # its watch is listing
         except MissingSecret as missing:
             return await self._wait(rm, status, c.WAITING_FOR_SECRET, str(missing))
         except ValueError as invalid:
@@ -412,13 +481,13 @@ class RemoteMachineReconciler:
         if plan.warnings:
             self.events.record(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
         deadlines = Deadlines.of(spec)
+        attempt = attempts if resuming and attempts else attempts + 1
         jobs.start(
             uid,
             "provision",
             request,
             lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines),
-        )
-        attempt = attempts if resuming and attempts else attempts + 1
+        ).attempt = attempt
         status["bootstrap"] = {
             **bootstrap,
             "attempts": attempt,
@@ -445,13 +514,14 @@ class RemoteMachineReconciler:
         return Result()
 
     def _plan(self, rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str) -> BootstrapPlan:
-        import base64
-
         data = base64.b64decode((secret.get("data") or {}).get("value", ""))
         if not data:
             raise BootstrapParseError("value", "the bootstrap data Secret has no 'value' key")
         fmt_raw = (secret.get("data") or {}).get("format")
-        fmt = base64.b64decode(fmt_raw).decode() if fmt_raw else None
+        try:
+            fmt = base64.b64decode(fmt_raw).decode() if fmt_raw else None
+        except UnicodeDecodeError:
+            raise BootstrapParseError("format", "the 'format' key is not UTF-8 text") from None
         data = substitute_provider_id(data, pid)
         meta = rm["metadata"]
         hostname = machine["metadata"]["name"]
@@ -469,16 +539,16 @@ class RemoteMachineReconciler:
         )
 
     async def _progress(self, rm: JSONDict, status: JSONDict, job: JobState) -> Result:
+        if not job.step:
+            return Result()  # still connecting, as the status written at the start says
         bootstrap = dict(status.get("bootstrap") or {})
         bootstrap.update(
             stepsDone=job.steps_done, stepsTotal=job.steps_total or bootstrap.get("stepsTotal", 0)
         )
+        if job.attempt:
+            bootstrap["attempts"] = job.attempt
         status["bootstrap"] = bootstrap
-        message = (
-            f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
-            if job.step
-            else "connecting"
-        )
+        message = f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
         _mark(rm, status, c.READY, False, c.PROVISIONING, message)
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         return Result()
@@ -512,11 +582,16 @@ class RemoteMachineReconciler:
                 "stepsDone": job.steps_total,
                 "lastOutputTail": None,
             }
+            if job.attempt:
+                status["bootstrap"]["attempts"] = job.attempt
             status["bootstrap"] = {k: v for k, v in status["bootstrap"].items() if v is not None}
             if outcome.details.get("fingerprint"):
                 status["hostKeyFingerprint"] = outcome.details["fingerprint"]
             _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, outcome.reason, "")
             _mark(rm, status, c.READY, True, c.PROVISIONED, outcome.message)
+            # The providerID patch made a new generation: record it on every condition now,
+            # not in a write of its own on the next reconcile.
+            _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
             status["phase"] = "Provisioned"
             _clear_failure(status)
             await patch_status(self.client, REMOTE_MACHINES, rm, status)
@@ -527,7 +602,8 @@ class RemoteMachineReconciler:
             self.jobs.forget(uid)
             return Result()
         bootstrap = dict(status.get("bootstrap") or {})
-        attempts = int(bootstrap.get("attempts") or 1)
+        attempts = job.attempt or int(bootstrap.get("attempts") or 1)
+        bootstrap["attempts"] = attempts
         max_attempts = int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
         bootstrap["lastOutputTail"] = outcome.output_tail[-1024:] if outcome.output_tail else None
         status["bootstrap"] = {k: v for k, v in bootstrap.items() if v is not None}
@@ -566,6 +642,11 @@ class RemoteMachineReconciler:
             await self.jobs.cancel(uid)
             self.jobs.forget(uid)
             job = None
+        if rm["spec"].get("provisionJob") and self.provision_jobs is not None:
+            # Its Jobs and Secrets go first; the host cleanup below stays on the runner.
+            pods_going = await self.provision_jobs.delete(rm)
+            if pods_going is not None:
+                return Result(requeue_after=pods_going)
         if uid not in self._cleanup_attempts:
             self._retry_at.pop(uid, None)  # a bootstrap's backoff does not delay the cleanup
         forced = FORCE_RELEASE_ANNOTATION in meta.get("annotations", {})
@@ -594,6 +675,21 @@ class RemoteMachineReconciler:
         self.events.record(rm, "Normal", "Released", "host cleaned up and released")
         return Result()
 
+    async def _still_holds_host(self, rm: JSONDict) -> bool:
+        """Ask the API server, not the cache, before a cleanup: a cached copy can still show the
+        finalizer of a machine whose host was already cleaned, released and maybe claimed and
+        bootstrapped by the next machine, which a second cleanup would wipe."""
+        meta = rm["metadata"]
+        try:
+            fresh = await self.client.get(REMOTE_MACHINES, meta["namespace"], meta["name"])
+        except ApiError as error:
+            if error.not_found:
+                return False
+            raise
+        return fresh["metadata"].get("uid") == meta["uid"] and FINALIZER in (
+            fresh["metadata"].get("finalizers") or []
+        )
+
     async def _cleanup(self, rm: JSONDict, request: Request, job: JobState | None) -> Result | None:
         """Run the cleanup job. None once it succeeded or was given up on (with a reason);
         otherwise the Result to return meanwhile. Failed attempts back off, so a host still
@@ -605,8 +701,14 @@ class RemoteMachineReconciler:
         if job is None and wait > 0:
             return Result(requeue_after=wait)
         if job is None:
+            if not await self._still_holds_host(rm):
+                return Result()  # a stale cache: the host was cleaned and released already
             try:
                 target = self.access.target(rm)
+            except NotYetKnown:
+                # After a restart the key's watch may not have listed yet: absent is not known,
+                # and skipping the cleanup would hand a dirty host to the next machine.
+                return Result(requeue_after=NOT_YET_KNOWN_RETRY)
             except (MissingSecret, ValueError) as missing:
                 self.events.record(
                     rm, "Warning", c.CLEANUP_FAILED, f"skipping host cleanup: {missing}"
@@ -630,6 +732,13 @@ class RemoteMachineReconciler:
         self.jobs.forget(uid)
         if job.outcome.ok:
             return None
+        if job.outcome.reason == "HostLocked" and _deleting_for(rm) < CLEANUP_LOCK_PATIENCE:
+            # A live job still holds the host (e.g. a cancelled bootstrap's step, or a
+            # provisionJob Pod's session winding down): wait for it without spending an attempt.
+            message = f"waiting for the host to be free: {job.outcome.message}"
+            _mark(rm, status, c.READY, False, c.DELETING, message)
+            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            return Result(requeue_after=CLEANUP_LOCK_RETRY)
         attempts = self._cleanup_attempts.get(uid, 0) + 1
         self._cleanup_attempts[uid] = attempts
         message = f"cleanup attempt {attempts} of {CLEANUP_ATTEMPTS} failed: {job.outcome.message}"
@@ -699,6 +808,7 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object)
     access = HostAccess(runner, secrets, configmaps)
     reconciler = RemoteMachineReconciler(provider, informers, secrets, access, manager.events)
+    provider.on_close.append(reconciler.workloads.close)
     controller = manager.add(
         Controller(
             "remotemachine",
@@ -709,6 +819,9 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     )
     controller_box.append(controller)
     reconciler.jobs = HostJobs(controller.enqueue_threadsafe)
+    reconciler.provision_jobs = provisionjob.setup(
+        provider, controller, access, manager.events, reconciler._plan, reconciler._record_outcome
+    )
     manager.watch(controller, REMOTE_MACHINES, own_object)
     manager.watch(controller, MACHINES, lambda e: _machine_to_remote(e.obj))
 

@@ -209,7 +209,7 @@ class PooledRemoteMachineReconciler:
         claim = obj.get("spec", {}).get("claim")
         if not claim and await self._adopt_status_reservation(obj):
             return Result()  # the claim's own event brings us back
-        if claim and await self._claimant_gone(claim):
+        if claim and await self._claim_is_stale(claim, obj):
             await release(self.client, request.namespace, request.name, claim["name"])
             return Result()  # the release's own event brings us back
         status = copy.deepcopy(obj.get("status") or {})
@@ -282,16 +282,19 @@ class PooledRemoteMachineReconciler:
         )
         return True
 
-    async def _claimant_gone(self, claim: JSONDict) -> bool:
-        if self.machines.get_by_name(claim["namespace"], claim["name"]) is not None:
+    async def _claim_is_stale(self, claim: JSONDict, pooled: JSONDict) -> bool:
+        """The claimant is gone, or it is another object now (same name, new UID), or it went
+        to another host (it claimed two at once, e.g. two controllers raced for it)."""
+        cached = self.machines.get_by_name(claim["namespace"], claim["name"])
+        if cached is not None and not _uses_another_host(cached, claim, pooled):
             return False
-        try:  # the cache may lag a just-created RemoteMachine: ask the server
-            await self.client.get(REMOTE_MACHINES, claim["namespace"], claim["name"])
+        try:  # the cache may lag: decide on what the server says
+            fresh = await self.client.get(REMOTE_MACHINES, claim["namespace"], claim["name"])
         except ApiError as error:
             if error.not_found:
                 return True
             raise
-        return False
+        return _uses_another_host(fresh, claim, pooled)
 
 
 _ARCH = {
@@ -302,6 +305,18 @@ _ARCH = {
     "s390x": "s390x",
     "riscv64": "riscv64",
 }
+
+
+def _uses_another_host(machine: JSONDict, claim: JSONDict, pooled: JSONDict) -> bool:
+    uid = claim.get("uid")
+    if uid and machine["metadata"].get("uid") != uid:
+        return True
+    address = machine.get("spec", {}).get("address")
+    host = pooled["spec"]["machine"]
+    return bool(address) and (address, machine["spec"].get("port", 22)) != (
+        host["address"],
+        host.get("port", 22),
+    )
 
 
 def probe_with(access: HostAccess) -> Prober:

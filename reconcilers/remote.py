@@ -4,7 +4,7 @@ policy, bastion) and the provision/cleanup jobs, with SSH errors turned into con
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
@@ -42,6 +42,11 @@ class MissingSecret(Exception):
     """A Secret (or ConfigMap) the spec names is not there (yet); a watch on it is in place."""
 
 
+class NotYetKnown(MissingSecret):
+    """The watch on a Secret (or ConfigMap) the spec names has not listed yet (a controller that
+    just started): whether it exists is unknown, so nothing may be concluded from its absence."""
+
+
 def cleanup_commands(rm: JSONDict, bootstrap_kind: str) -> tuple[str, ...]:
     custom = rm.get("spec", {}).get("cleanUpCommands")
     if custom:
@@ -68,8 +73,11 @@ class Deadlines:
         return cls(connect=seconds("connect"), command=seconds("command"), job=seconds("job"))
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode() if value is not None else None
+def _decoded(value: bytes, kind: str, namespace: str, name: str, key: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:  # no codec message: it would quote a byte of the secret
+        raise ValueError(f"{kind} {namespace}/{name} key {key!r} is not UTF-8 text") from None
 
 
 class HostAccess:
@@ -116,16 +124,16 @@ class HostAccess:
         key_ref = spec.get("sshKeyRef") or {}
         private_key = passphrase = password = sudo_password = None
         if key_ref.get("name"):
-            private_key = _text(self._secret(namespace, key_ref["name"], "value"))
+            private_key = self._secret(namespace, key_ref["name"], "value")
             phrase = key_ref.get("passphraseRef")
             if phrase:
-                passphrase = _text(self._secret(namespace, phrase["name"], phrase["key"]))
+                passphrase = self._secret(namespace, phrase["name"], phrase["key"])
         if spec.get("passwordRef"):
             ref = spec["passwordRef"]
-            password = _text(self._secret(namespace, ref["name"], ref["key"]))
+            password = self._secret(namespace, ref["name"], ref["key"])
         if spec.get("sudoPasswordRef"):
             ref = spec["sudoPasswordRef"]
-            sudo_password = _text(self._secret(namespace, ref["name"], ref["key"]))
+            sudo_password = self._secret(namespace, ref["name"], ref["key"])
         credentials = Credentials(
             user=spec.get("user") or "root",
             private_key=private_key,
@@ -142,11 +150,12 @@ class HostAccess:
             connect_timeout=connect_timeout,
         )
 
-    def _secret(self, namespace: str, name: str, key: str) -> bytes:
+    def _secret(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret as text; MissingSecret, or ValueError when it is not UTF-8."""
         value = self.secrets.value(namespace, name, key)
         if value is None:
-            raise MissingSecret(f"Secret {namespace}/{name} (key {key!r}) not found")
-        return value
+            _raise_missing(self.secrets, "Secret", namespace, name, key)
+        return _decoded(value, "Secret", namespace, name, key)
 
     def _policy(self, namespace: str, policy: JSONDict, recorded: str | None) -> HostKeyPolicy:
         if policy.get("insecureSkipVerification"):
@@ -159,10 +168,9 @@ class HostAccess:
             key = ref.get("key") or "known_hosts"
             text = source.value(namespace, ref["name"], key)
             if text is None:
-                raise MissingSecret(
-                    f"{ref.get('kind')} {namespace}/{ref['name']} (key {key!r}) not found"
-                )
-            return HostKeyPolicy.from_known_hosts(text.decode())
+                _raise_missing(source, str(ref.get("kind")), namespace, ref["name"], key)
+            kind = str(ref.get("kind") or "Secret")
+            return HostKeyPolicy.from_known_hosts(_decoded(text, kind, namespace, ref["name"], key))
         if policy.get("trustOnFirstUse"):
             return HostKeyPolicy.trust_on_first_use(recorded)
         # No policy: verification is still required; an empty known_hosts makes the first
@@ -247,6 +255,14 @@ class HostAccess:
 
     async def probe(self, target: Target) -> HostFacts:
         return await self.runner.probe(target)
+
+
+def _raise_missing(
+    source: ObjectSource, kind: str, namespace: str, name: str, key: str
+) -> NoReturn:
+    if not source.known(namespace, name):
+        raise NotYetKnown(f"{kind} {namespace}/{name} is not known yet")
+    raise MissingSecret(f"{kind} {namespace}/{name} (key {key!r}) not found")
 
 
 def _failure(error: SSHError) -> Outcome:

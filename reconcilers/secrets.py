@@ -57,6 +57,14 @@ class ObjectSource:
             self._by_name[(namespace, name)] = informer
         return informer.store.get_by_name(namespace, name)
 
+    def known(self, namespace: str, name: str) -> bool:
+        """Whether :meth:`get` can be believed: the object is cached, or its watch has listed
+        (then None means absent; before, it means not known yet, as after a restart)."""
+        if self._shared is not None and self._shared.store.get_by_name(namespace, name):
+            return True
+        informer = self._by_name.get((namespace, name))
+        return informer is not None and informer.synced.is_set()
+
     def value(self, namespace: str, name: str, key: str) -> bytes | None:
         """One data key, decoded (Secrets are base64 in ``data``); None if missing."""
         obj = self.get(namespace, name)

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -87,9 +88,15 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 @attrs.define
 class KubeClient:
-    """Async CRUD + list/watch on JSON dicts. One per process; safe to share between tasks."""
+    """Async CRUD + list/watch on JSON dicts. One per process; safe to share between tasks.
+
+    Watches run on connections of their own, without a pool limit: a watch holds its HTTP/1.1
+    connection for minutes, and many of them on the shared pool (100 connections) would leave
+    every other request waiting for a free one until it times out.
+    """
 
     api: k8s_client.ApiClient
+    _watch_api: k8s_client.ApiClient | None = attrs.field(default=None, init=False)
 
     @classmethod
     async def from_kubeconfig(cls, path: str | None = None) -> KubeClient:
@@ -114,6 +121,15 @@ class KubeClient:
 
     async def close(self) -> None:
         await self.api.close()
+        if self._watch_api is not None:
+            await self._watch_api.close()
+
+    def _watches(self) -> k8s_client.ApiClient:
+        if self._watch_api is None:
+            configuration = copy.copy(self.api.configuration)
+            configuration.connection_pool_maxsize = 0  # aiohttp: no limit
+            self._watch_api = k8s_client.ApiClient(configuration)
+        return self._watch_api
 
     async def _request(
         self,
@@ -124,13 +140,14 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         request_timeout: float | None = 60.0,
+        api: k8s_client.ApiClient | None = None,
     ) -> Any:
         """Send a request and return the raw aiohttp response (status not yet checked)."""
         params = [
             (k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
         ]
         # The REST layer JSON-encodes dict bodies itself for JSON and apply content types.
-        return await self.api.call_api(
+        return await (api or self.api).call_api(
             path,
             method,
             query_params=params,
@@ -211,10 +228,23 @@ class KubeClient:
         return await self._json("PATCH", path, body=patch, content_type=content_type, query=query)
 
     async def delete(
-        self, resource: Resource, namespace: str | None, name: str, *, uid: str | None = None
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        uid: str | None = None,
+        propagation: str | None = None,
     ) -> JSONDict | None:
-        """Delete; None when already gone. ``uid`` makes it a precondition (no wrong victim)."""
-        body = {"preconditions": {"uid": uid}} if uid else None
+        """Delete; None when already gone. ``uid`` makes it a precondition (no wrong victim);
+        ``propagation`` is the ``propagationPolicy`` (Background, Foreground, Orphan)."""
+        body: JSONDict | None = None
+        if uid or propagation:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+            if uid:
+                body["preconditions"] = {"uid": uid}
+            if propagation:
+                body["propagationPolicy"] = propagation
         try:
             return await self._json("DELETE", resource.path(namespace, name), body=body)
         except ApiError as error:
@@ -247,7 +277,11 @@ class KubeClient:
         if field_selector:
             query["fieldSelector"] = field_selector
         response = await self._request(
-            "GET", resource.path(namespace), query=query, request_timeout=None
+            "GET",
+            resource.path(namespace),
+            query=query,
+            request_timeout=None,
+            api=self._watches(),
         )
         try:
             if not 200 <= response.status < 300:

@@ -2,7 +2,9 @@
 
 Invariants:
 - Recording never blocks or fails a reconcile: events go through a bounded in-memory queue that a
-  background task drains; when it is full the newest event is dropped and counted.
+  background task drains; when it is full the newest event is dropped and counted. A write that
+  fails, whatever the error (the API server may be down or drop the connection), is logged and
+  dropped: the drain never stops.
 - Repeats aggregate: the same (object, type, reason, message) within ``aggregation_window`` bumps
   ``count`` and ``lastTimestamp`` of one Event instead of creating another.
 - Messages are capped in length; callers must not pass secrets (bootstrap data, keys) into them.
@@ -84,8 +86,15 @@ class EventRecorder:
             item = await self._queue.get()
             try:
                 await self._write(*item)
-            except (ApiError, OSError, TimeoutError) as error:
-                _log.warning("could not write an event", reason=item[2], error=str(error))
+            except Exception as error:  # whatever it is, the drain must go on
+                # Not only ApiError/OSError: a connection the API server drops mid-request is an
+                # aiohttp.ClientError that is neither. A drain task that died would leave every
+                # later Event unwritten and stop() waiting forever for the queue to empty.
+                _log.warning(
+                    "could not write an event",
+                    reason=item[2],
+                    error=f"{type(error).__name__}: {error}",
+                )
             finally:
                 self._queue.task_done()
 

@@ -18,12 +18,17 @@ import datetime
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import aiohttp
 import attrs
 import structlog
 
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+#: What a lease call may fail with when the API server is unreachable or restarting: a dropped
+#: connection mid-request is an aiohttp.ClientError that is not an OSError
+#: (ServerDisconnectedError, ClientPayloadError). Each only means "this attempt failed".
+_TRANSIENT = (ApiError, aiohttp.ClientError, OSError, TimeoutError)
 
 _log = structlog.get_logger("capi_remote.leader")
 
@@ -104,8 +109,8 @@ class LeaderElector:
                 self._log.warning("reading the lease failed", error=str(error))
                 return False
             return await self._create(now)
-        except (OSError, TimeoutError) as error:
-            self._log.warning("reading the lease failed", error=str(error))
+        except _TRANSIENT as error:
+            self._log.warning("reading the lease failed", error=f"{type(error).__name__}: {error}")
             return False
         spec = lease.get("spec", {})
         if self._observed != spec:
@@ -125,7 +130,7 @@ class LeaderElector:
         lease["spec"] = new_spec
         try:
             await self.client.replace(LEASES, lease)
-        except (ApiError, OSError, TimeoutError) as error:
+        except _TRANSIENT as error:
             self._log.debug("lease update lost", error=str(error))
             return False
         self._observed, self._observed_at = new_spec, loop.time()
@@ -147,7 +152,7 @@ class LeaderElector:
         }
         try:
             await self.client.create(LEASES, lease)
-        except (ApiError, OSError, TimeoutError):
+        except _TRANSIENT:
             return False
         return True
 
@@ -165,5 +170,5 @@ class LeaderElector:
             )
             await self.client.replace(LEASES, lease)
             self._log.info("released the lease")
-        except (ApiError, OSError, TimeoutError) as error:
+        except _TRANSIENT as error:
             self._log.warning("could not release the lease", error=str(error))

@@ -11,7 +11,6 @@ transport reports.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import hmac
@@ -85,7 +84,7 @@ def _pattern_matches(pattern: str, name: str) -> bool:
         try:
             salt = base64.b64decode(parts[2], validate=True)
             expected = base64.b64decode(parts[3], validate=True)
-        except (IndexError, binascii.Error):
+        except (IndexError, ValueError):  # binascii.Error, or non-ASCII text (a ValueError)
             return False
         actual = hmac.new(salt, name.encode(), hashlib.sha1).digest()
         return hmac.compare_digest(actual, expected)
@@ -143,7 +142,7 @@ def _parse_known_hosts(text: str) -> KnownHosts:
             continue
         try:
             blob = base64.b64decode(fields[2], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text (a plain ValueError)
             continue
         entries.append(
             KnownHostEntry(

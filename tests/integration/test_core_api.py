@@ -10,6 +10,7 @@ from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.events import EVENTS, EventRecorder
 from capi_remote.kube.leader import LEASES, LeaderElectionSettings, LeaderElector, LeadershipLost
 from capi_remote.kube.status import Conflict, patch_status, set_condition
+from capi_remote.resources import SECRETS
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +122,27 @@ async def test_status_written_only_on_change_and_guarded_by_resource_version(
     assert updated["metadata"]["resourceVersion"] != ns["metadata"]["resourceVersion"]
     with pytest.raises(Conflict):  # the old copy is stale now
         await patch_status(kube, NAMESPACES, ns, {"phase": "Active", "conditions": []})
+
+
+async def test_many_open_watches_do_not_starve_other_requests(
+    kube: KubeClient, namespace: str
+) -> None:
+    """More watches than the request pool has connections (100): reads still answer at once."""
+
+    async def watch_one(index: int) -> None:
+        selector = f"metadata.name=absent-{index}"
+        async for _ in kube.watch(SECRETS, namespace, "0", field_selector=selector):
+            pass
+
+    watches = [asyncio.create_task(watch_one(i)) for i in range(120)]
+    try:
+        await asyncio.sleep(2)  # let them all connect
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(kube.list(SECRETS, namespace), 10)
+        assert loop.time() - start < 5
+        assert not any(task.done() for task in watches), "the watches are still open"
+    finally:
+        for task in watches:
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)

@@ -374,7 +374,9 @@ def test_manager_deployment_follows_the_provider_contract(
 # -- RBAC ------------------------------------------------------------------------------------
 
 
-def test_rbac_has_no_wildcards_and_only_reads_secrets(default_docs: list[dict[str, Any]]) -> None:
+def test_rbac_has_no_wildcards_and_never_changes_secrets(
+    default_docs: list[dict[str, Any]],
+) -> None:
     roles = [d for d in default_docs if d["kind"] in ("ClusterRole", "Role")]
     for role in roles:
         for rule in role["rules"]:
@@ -387,7 +389,11 @@ def test_rbac_has_no_wildcards_and_only_reads_secrets(default_docs: list[dict[st
         for rule in role["rules"]
         if "" in rule["apiGroups"] and "secrets" in rule["resources"]
     ]
-    assert secrets and all(set(r["verbs"]) <= {"get", "list", "watch"} for r in secrets)
+    # Read, plus create/delete for provisionJob mode's own Secrets; never update or patch
+    # (those Secrets are immutable), so a user's Secret is never changed.
+    assert secrets and all(
+        set(r["verbs"]) <= {"get", "list", "watch", "create", "delete"} for r in secrets
+    )
     # Leases only in the namespaced Role, i.e. only in the manager's own namespace.
     for role in roles:
         grants_leases = any("leases" in rule["resources"] for rule in role["rules"])
@@ -413,9 +419,12 @@ def test_rbac_has_no_wildcards_and_only_reads_secrets(default_docs: list[dict[st
     [
         ("list", "secrets", "default", True),
         ("watch", "configmaps", "default", True),
-        ("create", "secrets", "default", False),
+        ("create", "secrets", "default", True),  # provisionJob mode's Secrets
         ("update", "secrets", "default", False),
-        ("delete", "secrets", "default", False),
+        ("patch", "secrets", "default", False),
+        ("delete", "secrets", "default", True),
+        ("list", "pods", "default", True),  # provisionJob mode: termination messages
+        ("delete", "pods", "default", False),
         ("patch", "remotemachines.infrastructure.cluster.x-k8s.io", "default", True),
         ("update", "pooledremotemachines.infrastructure.cluster.x-k8s.io", "default", True),
         ("list", "remotemachinetemplates.infrastructure.cluster.x-k8s.io", "default", True),

@@ -161,3 +161,24 @@ def test_non_default_ports_show_in_messages() -> None:
     policy = HostKeyPolicy.from_known_hosts(f"[10.0.0.1]:2222 {KEY_A.public}\n")
     with pytest.raises(HostKeyMismatch, match=r"10\.0\.0\.1:2222"):
         verify(policy, KEY_B, port=2222)
+
+
+def test_non_ascii_garbage_lines_are_skipped_not_fatal() -> None:
+    """A known_hosts line with non-ASCII text where base64 belongs is skipped like any other
+    unusable line (base64 raises a plain ValueError for it, not binascii.Error), so one garbled
+    line neither breaks parsing nor the lookup of the good lines around it."""
+    text = "\n".join(
+        [
+            "10.0.0.1 ssh-ed25519 AAAA\u00e9\u00e9",  # non-ASCII key blob
+            f"|1|s\u00e4lt|h\u00e4sh {KEY_B.public}",  # non-ASCII hashed pattern
+            f"|1|{base64.b64encode(b'salt').decode()}|\u00ff {KEY_B.public}",
+            f"10.0.0.1 {KEY_A.public}",
+        ]
+    )
+    known = KnownHosts.parse(text)
+    assert [entry.blob for entry in known.lookup("10.0.0.1")] == [blob(KEY_A)]
+    policy = HostKeyPolicy.from_known_hosts(text)
+    assert policy.key_types_for("10.0.0.1") == ("ssh-ed25519",)
+    assert verify(policy, KEY_A) == KEY_A.fingerprint
+    with pytest.raises(HostKeyUnknown):
+        verify(policy, KEY_A, host="10.0.0.9")
