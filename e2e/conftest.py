@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from capi_remote.devenv import kubeadm_providers
 from capi_remote.devenv import toolchain as toolchain_module
+from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError
+from capi_remote.devenv.kubeadm_providers import RunningProviders
+from capi_remote.devenv.toolchain import ToolchainError
 from capi_remote.kube.client import KubeClient
 from e2e.bed import BedFactory, Cluster, bed_factory
 from e2e.cluster import (
@@ -54,3 +58,20 @@ async def make_bed(
         request.getfixturevalue("controller")  # ours, started locally; elsewhere it is deployed
     async with bed_factory(kube, control_plane, namespace, lambda n: hosts(n)[0].fleet) as make:
         yield make
+
+
+@pytest.fixture(scope="session")
+def kubeadm_managers(control_plane: Cluster) -> Iterator[RunningProviders]:
+    """The kubeadm bootstrap and control-plane providers (CABPK, KCP) next to CAPI core, built
+    from the same Cluster API module (cached), for the flows that need a real control plane."""
+    if not isinstance(control_plane, ControlPlane):
+        pytest.skip("runs the kubeadm providers and a workload API server on the local test bed")
+    try:
+        built = kubeadm_providers.ensure()
+        running = kubeadm_providers.start(control_plane, built)
+    except (ToolchainError, ControlPlaneError) as error:
+        pytest.fail(str(error))
+    try:
+        yield running
+    finally:
+        running.stop()
