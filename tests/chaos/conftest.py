@@ -278,3 +278,32 @@ async def lease_spec(plane: ControlPlane, name: str = "capi-remote") -> dict[str
 
 async def lease_holder(plane: ControlPlane, name: str = "capi-remote") -> str:
     return str((await lease_spec(plane, name)).get("holderIdentity") or "")
+
+
+# -- controller logs (R3, R5) --------------------------------------------------------------------
+
+
+@attrs.frozen
+class LogErrors:
+    """The error lines of a controller log, described without their payload."""
+
+    #: JSON lines the controller logged at error level (a failed reconcile...):
+    #: ``event (namespace/name, logger)``.
+    controller: list[str]
+    #: Lines that are not JSON and say ERROR or Traceback: libraries logging through the
+    #: standard library (paramiko's ``ERROR:paramiko.transport:...`` on a handshake it gave up).
+    foreign: int
+
+
+def log_errors(log: Path) -> LogErrors:
+    controller, foreign = [], 0
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            foreign += "ERROR" in line or "Traceback" in line
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            where = f"{entry.get('namespace', '')}/{entry.get('name', '')}"
+            controller.append(f"{entry.get('event')} ({where}, {entry.get('logger', '')})")
+    return LogErrors(controller, foreign)
