@@ -40,7 +40,7 @@ class ProviderOptions:
     health_address: str | None = "0.0.0.0:9440"
     machine_workers: int = 32
     pool_workers: int = 4
-    ssh_workers: int = 64
+    ssh_workers: int = 256
     webhook_port: int | None = 9443
     webhook_cert_dir: Path = Path("/tmp/k8s-webhook-server/serving-certs")
 

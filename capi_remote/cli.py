@@ -98,7 +98,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run.add_argument(
         "--ssh-concurrency",
         type=int,
-        default=_env("SSH_CONCURRENCY", "64"),
+        default=_env("SSH_CONCURRENCY", "256"),
         help="SSH jobs running at once (threads)",
     )
     run.add_argument(

@@ -40,3 +40,40 @@ def paused_condition(paused: bool) -> tuple[str, bool, str, str]:
 
 def copy_status(obj: JSONDict) -> JSONDict:
     return copy.deepcopy(obj.get("status") or {})
+
+
+class OwnWrites:
+    """Read-your-writes over an informer cache.
+
+    After a write the cache still shows the old object until the watch delivers the new one; a
+    reconcile in that window would send its next write against the old resourceVersion and get
+    a 409. So, per object UID, remember the resourceVersions our writes replaced and the object
+    the last write returned: while the cache shows a replaced version, use that object instead.
+    Sound because a write that succeeded was based on the version it replaced: nothing else
+    came in between.
+    """
+
+    def __init__(self) -> None:
+        self._replaced: dict[str, set[str]] = {}
+        self._latest: dict[str, JSONDict] = {}
+
+    def note(self, before: JSONDict, after: JSONDict | None) -> JSONDict:
+        """Record a write of ``before`` that returned ``after`` (None: nothing was written)."""
+        if after is None:
+            return before
+        uid = before["metadata"]["uid"]
+        self._replaced.setdefault(uid, set()).add(before["metadata"]["resourceVersion"])
+        self._latest[uid] = after
+        return after
+
+    def view(self, cached: JSONDict) -> JSONDict:
+        """The freshest known state of ``cached``: our last write's result while the cache lags."""
+        uid = cached["metadata"]["uid"]
+        if cached["metadata"].get("resourceVersion") in self._replaced.get(uid, ()):
+            return self._latest[uid]
+        self.forget(uid)  # the cache caught up (or moved past our write)
+        return cached
+
+    def forget(self, uid: str) -> None:
+        self._replaced.pop(uid, None)
+        self._latest.pop(uid, None)

@@ -57,7 +57,13 @@ from capi_remote.ssh import Runner
 from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers import provisionjob
-from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, owner_name
+from reconcilers.common import (
+    CLUSTER_NAME_LABEL,
+    OwnWrites,
+    copy_status,
+    is_paused,
+    owner_name,
+)
 from reconcilers.hostjobs import HostJobs, JobState
 from reconcilers.remote import (
     Deadlines,
@@ -205,6 +211,7 @@ class RemoteMachineReconciler:
         # spec.provisionJob mode; set by setup
         self.provision_jobs: provisionjob.ProvisionJobs | None = None
         self.workloads = WorkloadClients(secrets)
+        self.own_writes = OwnWrites()
         # In memory on purpose: after a restart one early retry is harmless, and both are bounded.
         self._cleanup_attempts: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
@@ -217,12 +224,13 @@ class RemoteMachineReconciler:
         rm = self.machines.get_by_name(request.namespace, request.name)
         if rm is None:
             return Result()
+        rm = self.own_writes.view(rm)
         if rm["metadata"].get("deletionTimestamp"):
             return await self._delete(rm, request)
         if FINALIZER not in rm["metadata"].get("finalizers", []):
             desired = copy.deepcopy(rm)
             desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
-            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+            await self._write_object(rm, desired)
             return Result()  # the update event brings us back with the fresh object
         return await self._converge(rm, request)
 
@@ -249,7 +257,7 @@ class RemoteMachineReconciler:
             )
         if is_paused(rm, cluster):
             _mark(rm, status, c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
-            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            await self._write_status(rm, status)
             return Result()
         _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
@@ -287,7 +295,7 @@ class RemoteMachineReconciler:
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
         _mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         return Result()
 
     async def _steady(
@@ -299,7 +307,7 @@ class RemoteMachineReconciler:
         _keep_true(rm, status, c.READY, c.PROVISIONED)
         _keep_true(rm, status, c.BOOTSTRAP_SUCCEEDED, c.PROVISIONED)
         status["phase"] = "Provisioned"
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
             return Result()
         return await self._link_node(rm, status, machine, cluster)
@@ -358,7 +366,7 @@ class RemoteMachineReconciler:
             if merged:
                 meta[field] = merged
         try:
-            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+            await self._write_object(rm, desired)
         except Conflict:
             await self._unclaim_if_bound_elsewhere(rm, pooled)
             raise
@@ -465,7 +473,7 @@ class RemoteMachineReconciler:
             )
             status["phase"] = "Failed"
             _set_failure(status, "InvalidConfiguration", f"{error.key}: {error.message}")
-            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            await self._write_status(rm, status)
             self.events.record(
                 rm, "Warning", c.INVALID_BOOTSTRAP_DATA, f"{error.key}: {error.message}"
             )
@@ -504,7 +512,7 @@ class RemoteMachineReconciler:
         )
         status["phase"] = "Provisioning"
         _clear_failure(status)  # a fresh budget (a new generation) is not failed yet
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         self.events.record(
             rm,
             "Normal",
@@ -550,7 +558,7 @@ class RemoteMachineReconciler:
         status["bootstrap"] = bootstrap
         message = f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
         _mark(rm, status, c.READY, False, c.PROVISIONING, message)
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         return Result()
 
     async def _record_outcome(
@@ -572,7 +580,7 @@ class RemoteMachineReconciler:
             pins = pools.first_use_pins(rm, spec, seen)
             if pins:  # pin what we trusted on first use where clusterctl move keeps it
                 desired["metadata"].setdefault("annotations", {}).update(pins)
-            rm = await patch_object(self.client, REMOTE_MACHINES, rm, desired) or rm
+            rm = await self._write_object(rm, desired)
             status["addresses"] = outcome.details.get("addresses") or [
                 {"type": "ExternalIP", "address": spec["address"]}
             ]
@@ -594,7 +602,7 @@ class RemoteMachineReconciler:
             _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
             status["phase"] = "Provisioned"
             _clear_failure(status)
-            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            await self._write_status(rm, status)
             self.events.record(
                 rm, "Normal", c.PROVISIONED, outcome.message or f"{spec['address']} bootstrapped"
             )
@@ -618,7 +626,7 @@ class RemoteMachineReconciler:
         if terminal:
             status["bootstrap"]["attempts"] = max(attempts, max_attempts)
             _set_failure(status, "CreateError", f"{reason}: {message}")
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         self.events.record(rm, "Warning", reason, message)
         self.jobs.forget(uid)
         delay = _backoff(attempts)
@@ -668,12 +676,24 @@ class RemoteMachineReconciler:
         desired = copy.deepcopy(rm)
         desired["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != FINALIZER]
         try:
-            await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+            await self._write_object(rm, desired)
         except ApiError as error:
             if not error.not_found:
                 raise
+        self.own_writes.forget(uid)
         self.events.record(rm, "Normal", "Released", "host cleaned up and released")
         return Result()
+
+    async def _write_status(self, rm: JSONDict, status: JSONDict) -> JSONDict:
+        """patch_status, remembered so the next reconcile does not read around it."""
+        written = await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        return self.own_writes.note(rm, written)
+
+    async def _write_object(self, rm: JSONDict, desired: JSONDict) -> JSONDict:
+        """patch_object (metadata, spec), remembered like :meth:`_write_status`."""
+        return self.own_writes.note(
+            rm, await patch_object(self.client, REMOTE_MACHINES, rm, desired)
+        )
 
     async def _still_holds_host(self, rm: JSONDict) -> bool:
         """Ask the API server, not the cache, before a cleanup: a cached copy can still show the
@@ -724,7 +744,7 @@ class RemoteMachineReconciler:
             )
             _mark(rm, status, c.READY, False, c.DELETING, "cleaning up the host")
             status["phase"] = "Deleting"
-            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            await self._write_status(rm, status)
             return Result()
         if job.running:
             return Result()
@@ -737,7 +757,7 @@ class RemoteMachineReconciler:
             # provisionJob Pod's session winding down): wait for it without spending an attempt.
             message = f"waiting for the host to be free: {job.outcome.message}"
             _mark(rm, status, c.READY, False, c.DELETING, message)
-            await patch_status(self.client, REMOTE_MACHINES, rm, status)
+            await self._write_status(rm, status)
             return Result(requeue_after=CLEANUP_LOCK_RETRY)
         attempts = self._cleanup_attempts.get(uid, 0) + 1
         self._cleanup_attempts[uid] = attempts
@@ -748,7 +768,7 @@ class RemoteMachineReconciler:
         delay = _backoff(attempts)
         self._retry_at[uid] = time.monotonic() + delay
         _mark(rm, status, c.READY, False, c.CLEANUP_FAILED, message)
-        await patch_status(self.client, REMOTE_MACHINES, rm, status)
+        await self._write_status(rm, status)
         return Result(requeue_after=delay)
 
     def _bootstrap_kind(self, rm: JSONDict) -> str:

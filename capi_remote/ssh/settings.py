@@ -27,7 +27,7 @@ class SSHSettings:
     whole job. The on-host paths are settings so tests can point them elsewhere.
     """
 
-    max_workers: int = attrs.field(default=64, validator=[instance_of(int), ge(1)])
+    max_workers: int = attrs.field(default=256, validator=[instance_of(int), ge(1)])
     handshakes_per_host: int = attrs.field(default=4, validator=[instance_of(int), ge(1)])
     handshake_attempts: int = attrs.field(default=5, validator=[instance_of(int), ge(1)])
     handshake_backoff: float = attrs.field(default=0.2, validator=_seconds)

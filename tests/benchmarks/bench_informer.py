@@ -1,9 +1,11 @@
 """Informer and controller numbers against a real API server (prints JSON lines).
 
-- cache sync: list 10,000 RemoteMachines into a fresh informer (target < 5 s);
-- memory: RSS growth of this process with those 10,000 objects cached (target <= 250 MB);
-- event -> reconcile latency: 1,000 objects patched one by one, time from the patch's answer to
-  the start of that key's reconcile, p50/p99 (target p99 < 50 ms).
+- P6, cache sync: list 10,000 RemoteMachines into a fresh informer (target < 5 s);
+- P4, memory: RSS growth of this process with those 10,000 RemoteMachines and 10,000
+  PooledRemoteMachines cached, one informer each (target <= 250 MB);
+- X1, event -> reconcile latency (not an issue #8 target; ours): 1,000 objects patched one by
+  one, time from the patch's answer to the start of that key's reconcile, p50/p99 (target p99
+  < 50 ms).
 
 Run: ``python -m tests.benchmarks.bench_informer [--objects N] [--latency-objects N]``.
 Starts its own control plane (no CAPI) with our CRDs; the functions are importable.
@@ -17,17 +19,18 @@ import gc
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from capi_remote.devenv import toolchain
 from capi_remote.devenv.controlplane import ControlPlane, Settings
 from capi_remote.devenv.provider import install_crds
-from capi_remote.kube.client import KubeClient
+from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.controller import Controller
 from capi_remote.kube.handler import own_object
-from capi_remote.kube.informer import Informer, InformerSet, Selector
+from capi_remote.kube.informer import Event, Informer, InformerSet, Selector
 from capi_remote.kube.reconcile import ReconcileContext, Request, Result
-from capi_remote.resources import REMOTE_MACHINES
+from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
 NAMESPACE = "bench"
 
@@ -57,38 +60,98 @@ def _machine(index: int) -> dict[str, Any]:
     }
 
 
-async def create_objects(client: KubeClient, count: int, concurrency: int = 32) -> float:
-    """Create ``count`` RemoteMachines; returns the seconds it took."""
+def _pooled_machine(index: int) -> dict[str, Any]:
+    """A pooled host; every other one claimed by a RemoteMachine, as in a busy pool."""
+    spec: dict[str, Any] = {
+        "pool": f"p{index % 10}",
+        "machine": {
+            "address": f"10.{100 + index // 65536}.{(index // 256) % 256}.{index % 256}",
+            "sshKeyRef": {"name": "key"},
+            "hostKeyPolicy": {"knownHostsRef": {"kind": "ConfigMap", "name": "known-hosts"}},
+        },
+    }
+    if index % 2 == 0:
+        spec["claim"] = {"name": f"rm-{index:05d}", "namespace": NAMESPACE}
+    return {
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2",
+        "kind": "PooledRemoteMachine",
+        "metadata": {
+            "name": f"prm-{index:05d}",
+            "namespace": NAMESPACE,
+            "labels": {"pool": f"p{index % 10}"},
+        },
+        "spec": spec,
+    }
+
+
+async def create_objects(
+    client: KubeClient,
+    count: int,
+    concurrency: int = 32,
+    *,
+    resource: Resource = REMOTE_MACHINES,
+    make: Callable[[int], dict[str, Any]] = _machine,
+) -> float:
+    """Create ``count`` objects (RemoteMachines unless told); returns the seconds it took."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(count):
         queue.put_nowait(index)
 
     async def worker() -> None:
         while not queue.empty():
-            await client.create(REMOTE_MACHINES, _machine(queue.get_nowait()))
+            await client.create(resource, make(queue.get_nowait()))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - started
 
 
-async def measure_cache_sync(client: KubeClient) -> dict[str, float]:
-    gc.collect()
-    before = rss_bytes()
-    informer = Informer(client, REMOTE_MACHINES, Selector(namespace=NAMESPACE))
+async def create_pooled_objects(client: KubeClient, count: int, concurrency: int = 32) -> float:
+    """Create ``count`` PooledRemoteMachines; returns the seconds it took."""
+    return await create_objects(
+        client, count, concurrency, resource=POOLED_REMOTE_MACHINES, make=_pooled_machine
+    )
+
+
+async def _sync(informer: Informer) -> tuple[asyncio.Task[None], float]:
     started = time.perf_counter()
     task = asyncio.create_task(informer.run())
     await informer.synced.wait()
-    elapsed = time.perf_counter() - started
+    return task, time.perf_counter() - started
+
+
+async def measure_cache_sync(client: KubeClient) -> dict[str, float]:
+    """Sync the RemoteMachines into a fresh informer (timed: P6), then the PooledRemoteMachines
+    into a second one; RSS growth of this process with both caches full (P4), and per kind."""
     gc.collect()
-    grown = rss_bytes() - before
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    before = rss_bytes()
+    machines = Informer(client, REMOTE_MACHINES, Selector(namespace=NAMESPACE))
+    pooled = Informer(client, POOLED_REMOTE_MACHINES, Selector(namespace=NAMESPACE))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        task, machines_s = await _sync(machines)
+        tasks.append(task)
+        gc.collect()
+        with_machines = rss_bytes()
+        task, pooled_s = await _sync(pooled)
+        tasks.append(task)
+        gc.collect()
+        after = rss_bytes()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    cached = len(machines.store) + len(pooled.store)
     return {
-        "objects": len(informer.store),
-        "cache_sync_seconds": round(elapsed, 3),
-        "rss_growth_mb": round(grown / 2**20, 1),
-        "bytes_per_object": round(grown / max(1, len(informer.store))),
+        "objects": len(machines.store),
+        "pooled_objects": len(pooled.store),
+        "cache_sync_seconds": round(machines_s, 3),
+        "pooled_cache_sync_seconds": round(pooled_s, 3),
+        "rss_growth_mb": round((after - before) / 2**20, 1),
+        "rss_growth_remotemachines_mb": round((with_machines - before) / 2**20, 1),
+        "rss_growth_pooled_mb": round((after - with_machines) / 2**20, 1),
+        "bytes_per_object": round((after - before) / max(1, cached)),
+        "rss_mb": round(after / 2**20, 1),
     }
 
 
@@ -106,7 +169,12 @@ async def measure_event_latency(client: KubeClient, count: int) -> dict[str, flo
     reconciler = _Timestamps()
     controller = Controller("bench", reconciler, workers=4)
     informer = informers.get(REMOTE_MACHINES, Selector(namespace=NAMESPACE))
-    informer.add_handler(lambda event: [controller.enqueue(r) for r in own_object(event)])
+
+    def enqueue(event: Event) -> None:
+        for request in own_object(event):
+            controller.enqueue(request)
+
+    informer.add_handler(enqueue)
     informers.start()
     await informers.wait_synced()
     await controller.start()
@@ -148,12 +216,14 @@ async def _main(objects: int, latency_objects: int) -> None:
         client = await KubeClient.from_kubeconfig(str(plane.kubeconfig))
         try:
             seconds = await create_objects(client, objects)
+            pooled_seconds = await create_pooled_objects(client, objects)
             print(
                 json.dumps(
                     {
                         "bench": "create",
                         "objects": objects,
                         "objects_per_second": round(objects / seconds),
+                        "pooled_objects_per_second": round(objects / pooled_seconds),
                     }
                 )
             )

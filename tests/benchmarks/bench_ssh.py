@@ -1,12 +1,17 @@
-"""SSH runner benchmark: a trivial bootstrap on N namespaced hosts, against the CPU bound.
+"""SSH runner benchmarks on N namespaced hosts.
 
-For each fleet size: start a fleet (not timed), measure sequentially what one job costs in CPU
-(this process, including paramiko's threads, plus what the hosts' sshd spent: the listener's
-own and reaped children's CPU from /proc), then run all N jobs at once through the runner and
-compare the wall time with the bound ``N x cost / cores``. Prints one JSON object per size.
+P1, a trivial bootstrap against the CPU bound: for each fleet size, start a fleet (not timed),
+measure sequentially what one job costs in CPU (this process, including paramiko's threads, plus
+what the hosts' sshd spent: the listener's own and reaped children's CPU from /proc), then run
+all N jobs at once through the runner and compare the wall time with the bound
+``N x cost / cores``.
 
-Run as root: ``python -m tests.benchmarks.bench_ssh`` (``--sizes 50 200``). The measuring
-functions are importable for a larger suite.
+P1b, a long bootstrap (3 steps whose sleeps add up to 30 s): one host alone, then all N at once
+through a runner with the default settings; the wall time against the single host's.
+
+Prints one JSON object per size. Run as root: ``python -m tests.benchmarks.bench_ssh``
+(``--sizes 50 200``; P1b: ``--sizes 200 --bootstrap-seconds 30 [--also-workers 200]``). The
+measuring functions are importable for a larger suite.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
@@ -147,11 +154,135 @@ def measure_fleet(size: int, samples: int, settings: SSHSettings) -> dict[str, A
     }
 
 
+# -- P1b: a long bootstrap -------------------------------------------------------------------
+
+
+def long_plan(seconds: float, steps: int = 3) -> BootstrapPlan:
+    """``steps`` command steps whose sleeps add up to ``seconds``; the last writes the sentinel.
+
+    Each step also does a little work (appends a line to a file) around its sleep, as a real
+    bootstrap's steps do between waiting on downloads and services.
+    """
+    each = round(seconds / steps, 3)
+    commands = [
+        f"mkdir -p /run/cluster-api && echo {i + 1} >> /run/cluster-api/bench-steps && sleep {each}"
+        for i in range(steps)
+    ]
+    commands[-1] += f" && touch {SENTINEL}"
+    return BootstrapPlan(steps=tuple(RunCommand(shell=command) for command in commands))
+
+
+async def _run_timed(
+    hosts: Sequence[Host], plan: BootstrapPlan, settings: SSHSettings
+) -> dict[str, Any]:
+    """All ``hosts`` at once through one runner: wall time, our CPU, and when each job ended."""
+    cpu_before, start = time.process_time(), time.perf_counter()
+    runner = Runner(settings, identity="bench")
+    ended: list[float] = []
+
+    async def one(host: Host) -> None:
+        result = await runner.submit(Job(target=target_for(host), plan=plan, machine_uid="bench"))
+        assert not result.already_bootstrapped and len(result.steps) == len(plan.steps)
+        ended.append(time.perf_counter() - start)
+
+    try:
+        await asyncio.gather(*(one(h) for h in hosts))
+    finally:
+        await runner.aclose()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_before
+    ended.sort()
+    return {"wall_s": wall, "client_cpu_s": cpu, "ended_s": ended}
+
+
+def _waves(ended: Sequence[float], gap_s: float) -> list[dict[str, float]]:
+    """Group job end times into waves (ends closer than ``gap_s`` to the previous one)."""
+    waves: list[list[float]] = []
+    for at in ended:
+        if waves and at - waves[-1][-1] < gap_s:
+            waves[-1].append(at)
+        else:
+            waves.append([at])
+    return [{"jobs": len(w), "first_s": round(w[0], 2), "last_s": round(w[-1], 2)} for w in waves]
+
+
+def measure_long_fleet(
+    size: int,
+    seconds: float,
+    settings: SSHSettings,
+    *,
+    also_workers: int | None = None,
+    reference_workers: int = 5,
+) -> dict[str, Any]:
+    """P1b: a bootstrap of ``seconds`` (sleeps between steps) on one host, then on ``size``.
+
+    One host alone gives the single-host time; then every host at once through a runner with
+    ``settings`` (the defaults, in the report). ``wall_over_single`` is the ratio the target is
+    about. With ``settings.max_workers`` below ``size`` the jobs run in waves of that many:
+    ``expected_s`` is ``ceil(size / workers)`` single-host times. ``also_workers`` runs the
+    fleet once more with that many workers (the hosts reset in between), for comparison.
+    ``reference_s`` is the estimate for a provider running SSH inside reconcile with
+    ``reference_workers`` workers: ``size x seconds / reference_workers``.
+    """
+    load = os.getloadavg()[0]
+    plan = long_plan(seconds)
+    with HostFleet(size) as fleet:
+        single = asyncio.run(_run_timed(fleet.hosts[:1], plan, settings))["wall_s"]
+        reset(fleet.hosts[0])
+        parallel = asyncio.run(_run_timed(fleet.hosts, plan, settings))
+        more: dict[str, Any] | None = None
+        if also_workers is not None and also_workers != settings.max_workers:
+            for host in fleet.hosts:
+                reset(host)
+            more_settings = attrs.evolve(settings, max_workers=also_workers)
+            run = asyncio.run(_run_timed(fleet.hosts, plan, more_settings))
+            more = {
+                "workers": also_workers,
+                "wall_s": round(run["wall_s"], 2),
+                "wall_over_single": round(run["wall_s"] / single, 2),
+                "client_cpu_s": round(run["client_cpu_s"], 2),
+                "waves": _waves(run["ended_s"], seconds / 4),
+            }
+    workers = settings.max_workers
+    reference_s = size * seconds / reference_workers
+    return {
+        "benchmark": "ssh_long_bootstrap",
+        "hosts": size,
+        "bootstrap_seconds": seconds,
+        "steps": len(plan.steps),
+        "workers": workers,
+        "cores": os.cpu_count() or 1,
+        "single_s": round(single, 2),
+        "single_overhead_s": round(single - seconds, 2),
+        "wall_s": round(parallel["wall_s"], 2),
+        "wall_over_single": round(parallel["wall_s"] / single, 2),
+        "expected_s": round(math.ceil(size / workers) * single, 2),
+        "client_cpu_s": round(parallel["client_cpu_s"], 2),
+        "waves": _waves(parallel["ended_s"], seconds / 4),
+        "reference_workers": reference_workers,
+        "reference_s": round(reference_s),
+        "reference_over_single": round(reference_s / seconds, 1),
+        "with_more_workers": more,
+        "load_1m": round(load, 2),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_ssh")
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--samples", type=int, default=5, help="hosts for the sequential costs")
     parser.add_argument("--workers", type=int, default=SSHSettings().max_workers)
+    parser.add_argument(
+        "--bootstrap-seconds",
+        type=float,
+        default=0.0,
+        help="P1b: a bootstrap of this many seconds (sleeps between 3 steps) instead of P1's",
+    )
+    parser.add_argument(
+        "--also-workers",
+        type=int,
+        default=None,
+        help="P1b: run the fleet once more with this many workers",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
@@ -161,7 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = SSHSettings(max_workers=args.workers)
     for size in args.sizes:
-        print(json.dumps(measure_fleet(size, args.samples, settings)), flush=True)
+        if args.bootstrap_seconds > 0:
+            result = measure_long_fleet(
+                size, args.bootstrap_seconds, settings, also_workers=args.also_workers
+            )
+        else:
+            result = measure_fleet(size, args.samples, settings)
+        print(json.dumps(result), flush=True)
     return 0
 
 
