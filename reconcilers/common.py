@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from capi_remote import Store
+from capi_remote import Store, set_condition
 from reconcilers import conditions as c
 
 JSONDict = dict[str, Any]
@@ -36,6 +36,20 @@ def paused_condition(paused: bool) -> tuple[str, bool, str, str]:
     if paused:
         return (c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
     return (c.PAUSED, False, c.NOT_PAUSED, "")
+
+
+def mark(
+    obj: JSONDict, status: JSONDict, type_: str, ok: bool, reason: str, message: str = ""
+) -> None:
+    """Set one condition in ``status`` for ``obj``'s current generation."""
+    status["conditions"] = set_condition(
+        status.get("conditions", []),
+        type_,
+        ok,
+        reason,
+        message,
+        observed_generation=obj["metadata"].get("generation"),
+    )
 
 
 def copy_status(obj: JSONDict) -> JSONDict:

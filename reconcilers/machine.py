@@ -35,7 +35,6 @@ from capi_remote import (
     patch_object,
     patch_status,
     request_for,
-    set_condition,
 )
 from capi_remote.bootstrap import (
     BootstrapParseError,
@@ -62,6 +61,7 @@ from reconcilers.common import (
     OwnWrites,
     copy_status,
     is_paused,
+    mark,
     owner_name,
 )
 from reconcilers.hostjobs import HostJobs, JobState
@@ -124,20 +124,6 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
     return [f"{namespace}/{n}" for n in sorted(names)]
 
 
-def _mark(
-    rm: JSONDict, status: JSONDict, type_: str, ok: bool, reason: str, message: str = ""
-) -> None:
-    """Set one condition in ``status`` for the RemoteMachine's current generation."""
-    status["conditions"] = set_condition(
-        status.get("conditions", []),
-        type_,
-        ok,
-        reason,
-        message,
-        observed_generation=rm["metadata"].get("generation"),
-    )
-
-
 def _deleting_for(rm: JSONDict) -> float:
     """Seconds since the object's deletion began (0 if not deleting or unparsable)."""
     stamp = rm["metadata"].get("deletionTimestamp")
@@ -156,9 +142,9 @@ def _keep_true(rm: JSONDict, status: JSONDict, type_: str, reason: str) -> None:
         (x for x in status.get("conditions", []) if x.get("type") == type_), {}
     )
     if current.get("status") == "True":
-        _mark(rm, status, type_, True, current.get("reason", reason), current.get("message", ""))
+        mark(rm, status, type_, True, current.get("reason", reason), current.get("message", ""))
     else:
-        _mark(rm, status, type_, True, reason)
+        mark(rm, status, type_, True, reason)
 
 
 def _set_failure(status: JSONDict, error: str, message: str) -> None:
@@ -256,10 +242,10 @@ class RemoteMachineReconciler:
                 rm, status, c.WAITING_FOR_CLUSTER, f"waiting for Cluster {cluster_name!r}"
             )
         if is_paused(rm, cluster):
-            _mark(rm, status, c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
+            mark(rm, status, c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
             await self._write_status(rm, status)
             return Result()
-        _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
+        mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
         if provisioned and rm.get("spec", {}).get("providerID"):
             return await self._steady(rm, status, machine, cluster_name or "")
@@ -293,7 +279,7 @@ class RemoteMachineReconciler:
         return await self._provision(rm, status, machine, data_secret, request)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
-        _mark(rm, status, c.READY, False, reason, message)
+        mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
         await self._write_status(rm, status)
         return Result()
@@ -463,7 +449,7 @@ class RemoteMachineReconciler:
         try:
             plan = self._plan(rm, machine, data_secret, pid)
         except BootstrapParseError as error:
-            _mark(
+            mark(
                 rm,
                 status,
                 c.READY,
@@ -502,7 +488,7 @@ class RemoteMachineReconciler:
             "stepsTotal": len(plan.steps),
             "stepsDone": 0,
         }
-        _mark(
+        mark(
             rm,
             status,
             c.READY,
@@ -557,7 +543,7 @@ class RemoteMachineReconciler:
             bootstrap["attempts"] = job.attempt
         status["bootstrap"] = bootstrap
         message = f"step {job.steps_done + 1} of {job.steps_total}: {job.step}"
-        _mark(rm, status, c.READY, False, c.PROVISIONING, message)
+        mark(rm, status, c.READY, False, c.PROVISIONING, message)
         await self._write_status(rm, status)
         return Result()
 
@@ -595,11 +581,11 @@ class RemoteMachineReconciler:
             status["bootstrap"] = {k: v for k, v in status["bootstrap"].items() if v is not None}
             if outcome.details.get("fingerprint"):
                 status["hostKeyFingerprint"] = outcome.details["fingerprint"]
-            _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, outcome.reason, "")
-            _mark(rm, status, c.READY, True, c.PROVISIONED, outcome.message)
+            mark(rm, status, c.BOOTSTRAP_SUCCEEDED, True, outcome.reason, "")
+            mark(rm, status, c.READY, True, c.PROVISIONED, outcome.message)
             # The providerID patch made a new generation: record it on every condition now,
             # not in a write of its own on the next reconcile.
-            _mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
+            mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
             status["phase"] = "Provisioned"
             _clear_failure(status)
             await self._write_status(rm, status)
@@ -620,8 +606,8 @@ class RemoteMachineReconciler:
         message = outcome.message
         if outcome.retryable and attempts >= max_attempts:
             message = f"{message} (gave up after {attempts} attempts)"
-        _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, False, reason, message)
-        _mark(rm, status, c.READY, False, reason, message)
+        mark(rm, status, c.BOOTSTRAP_SUCCEEDED, False, reason, message)
+        mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Failed" if terminal else "Provisioning"
         if terminal:
             status["bootstrap"]["attempts"] = max(attempts, max_attempts)
@@ -742,7 +728,7 @@ class RemoteMachineReconciler:
                 request,
                 lambda job: self.access.cleanup(target, commands, uid, job, deadlines),
             )
-            _mark(rm, status, c.READY, False, c.DELETING, "cleaning up the host")
+            mark(rm, status, c.READY, False, c.DELETING, "cleaning up the host")
             status["phase"] = "Deleting"
             await self._write_status(rm, status)
             return Result()
@@ -756,7 +742,7 @@ class RemoteMachineReconciler:
             # A live job still holds the host (e.g. a cancelled bootstrap's step, or a
             # provisionJob Pod's session winding down): wait for it without spending an attempt.
             message = f"waiting for the host to be free: {job.outcome.message}"
-            _mark(rm, status, c.READY, False, c.DELETING, message)
+            mark(rm, status, c.READY, False, c.DELETING, message)
             await self._write_status(rm, status)
             return Result(requeue_after=CLEANUP_LOCK_RETRY)
         attempts = self._cleanup_attempts.get(uid, 0) + 1
@@ -767,7 +753,7 @@ class RemoteMachineReconciler:
             return None
         delay = _backoff(attempts)
         self._retry_at[uid] = time.monotonic() + delay
-        _mark(rm, status, c.READY, False, c.CLEANUP_FAILED, message)
+        mark(rm, status, c.READY, False, c.CLEANUP_FAILED, message)
         await self._write_status(rm, status)
         return Result(requeue_after=delay)
 

@@ -51,7 +51,6 @@ from capi_remote import (
     Selector,
     owner_of_kind,
     patch_status,
-    set_condition,
 )
 from capi_remote.api import GROUP
 from capi_remote.bootstrap import BootstrapParseError, BootstrapPlan
@@ -59,7 +58,7 @@ from capi_remote.resources import INFRA_VERSION, JOBS, PODS, REMOTE_MACHINES, SE
 from capi_remote.ssh import HostAddress, HostFacts, InvalidCredentials, Target, jobscript
 from capi_remote.ssh.auth import Privilege, load_private_key
 from reconcilers import conditions as c
-from reconcilers.common import CLUSTER_NAME_LABEL
+from reconcilers.common import CLUSTER_NAME_LABEL, mark
 from reconcilers.hostjobs import JobState, Outcome
 from reconcilers.remote import Deadlines, HostAccess, MissingSecret, machine_addresses
 
@@ -494,19 +493,6 @@ def addresses_from(address: str, report: jobscript.JobReport) -> list[JSONDict]:
 # -- the reconciler side -------------------------------------------------------------------------
 
 
-def _mark(
-    rm: JSONDict, status: JSONDict, type_: str, ok: bool, reason: str, message: str = ""
-) -> None:
-    status["conditions"] = set_condition(
-        status.get("conditions", []),
-        type_,
-        ok,
-        reason,
-        message,
-        observed_generation=rm["metadata"].get("generation"),
-    )
-
-
 class ProvisionJobs:
     """Runs and follows provisioning Jobs for the RemoteMachine reconciler."""
 
@@ -607,7 +593,7 @@ class ProvisionJobs:
         active = int((job.get("status") or {}).get("active") or 0)
         state = "is running" if active else "is waiting for its Pod"
         status["bootstrap"] = {**(status.get("bootstrap") or {}), "attempts": attempt}
-        _mark(
+        mark(
             rm,
             status,
             c.READY,
@@ -698,8 +684,8 @@ class ProvisionJobs:
         if view.output_tail:
             bootstrap["lastOutputTail"] = view.output_tail
         status["bootstrap"] = bootstrap
-        _mark(rm, status, c.BOOTSTRAP_SUCCEEDED, False, view.cause, message)
-        _mark(rm, status, c.READY, False, c.PROVISIONING_JOB_FAILED, message)
+        mark(rm, status, c.BOOTSTRAP_SUCCEEDED, False, view.cause, message)
+        mark(rm, status, c.READY, False, c.PROVISIONING_JOB_FAILED, message)
         status["phase"] = "Failed" if terminal else "Provisioning"
         if terminal:
             await self._delete_secrets(job)
@@ -723,7 +709,7 @@ class ProvisionJobs:
             plan = self._plan(rm, machine, data_secret, provider_id)
         except BootstrapParseError as error:
             message = f"{error.key}: {error.message}"
-            _mark(rm, status, c.READY, False, c.INVALID_BOOTSTRAP_DATA, message)
+            mark(rm, status, c.READY, False, c.INVALID_BOOTSTRAP_DATA, message)
             status["phase"] = "Failed"
             if await patch_status(self.client, REMOTE_MACHINES, rm, status) is not None:
                 self.events.record(rm, "Warning", c.INVALID_BOOTSTRAP_DATA, message)
@@ -752,7 +738,7 @@ class ProvisionJobs:
             "stepsTotal": len(plan.steps),
             "stepsDone": 0,
         }
-        _mark(
+        mark(
             rm,
             status,
             c.READY,
@@ -773,7 +759,7 @@ class ProvisionJobs:
         return Result()
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
-        _mark(rm, status, c.READY, False, reason, message)
+        mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
         await patch_status(self.client, REMOTE_MACHINES, rm, status)
         return Result()
