@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 from capi_remote import Store, set_condition
@@ -50,6 +51,17 @@ def mark(
         message,
         observed_generation=obj["metadata"].get("generation"),
     )
+
+
+def unix_time(stamp: str | None) -> float | None:
+    """A Kubernetes timestamp (``2026-01-02T03:04:05Z``) as Unix time; None if absent or bad."""
+    if not stamp:
+        return None
+    try:
+        parsed = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def copy_status(obj: JSONDict) -> JSONDict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
 import ipaddress
 import time
 from typing import Any
@@ -63,6 +62,7 @@ from reconcilers.common import (
     is_paused,
     mark,
     owner_name,
+    unix_time,
 )
 from reconcilers.hostjobs import HostJobs, JobState
 from reconcilers.remote import (
@@ -126,13 +126,8 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
 
 def _deleting_for(rm: JSONDict) -> float:
     """Seconds since the object's deletion began (0 if not deleting or unparsable)."""
-    stamp = rm["metadata"].get("deletionTimestamp")
-    try:
-        began = datetime.datetime.strptime(stamp or "", "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        return 0.0
-    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-    return max(0.0, (now - began).total_seconds())
+    began = unix_time(rm["metadata"].get("deletionTimestamp"))
+    return 0.0 if began is None else max(0.0, time.time() - began)
 
 
 def _keep_true(rm: JSONDict, status: JSONDict, type_: str, reason: str) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import datetime
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -58,7 +57,7 @@ from capi_remote.resources import INFRA_VERSION, JOBS, PODS, REMOTE_MACHINES, SE
 from capi_remote.ssh import HostAddress, HostFacts, InvalidCredentials, Target, jobscript
 from capi_remote.ssh.auth import Privilege, load_private_key
 from reconcilers import conditions as c
-from reconcilers.common import CLUSTER_NAME_LABEL, mark
+from reconcilers.common import CLUSTER_NAME_LABEL, mark, unix_time
 from reconcilers.hostjobs import JobState, Outcome
 from reconcilers.remote import Deadlines, HostAccess, MissingSecret, machine_addresses
 
@@ -356,20 +355,10 @@ def generation_of(job: JSONDict) -> int | None:
         return None
 
 
-def _timestamp(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        parsed = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=datetime.UTC).timestamp()
-
-
 def finished_at(job: JSONDict) -> float | None:
     """Unix time at which the Job failed or completed, if it says."""
     condition = _condition(job, "Failed", "FailureTarget", "Complete", "SuccessCriteriaMet")
-    return _timestamp(
+    return unix_time(
         (condition or {}).get("lastTransitionTime")
         or (job.get("status") or {}).get("completionTime")
     )
@@ -872,7 +861,7 @@ class ProvisionJobs:
                 await self._delete_job(job)
             else:
                 await self._delete_secrets(job)
-        started = _timestamp(meta.get("deletionTimestamp"))
+        started = unix_time(meta.get("deletionTimestamp"))
         if started is not None and time.time() - started > POD_GONE_TIMEOUT:
             return None
         try:
