@@ -67,6 +67,55 @@ async def test_cluster_with_one_machine_reaches_running(make_bed: BedFactory) ->
     )
 
 
+#: A lock as another controller's host script writes it (owner, uptime, boot id): fresh now.
+_FOREIGN_LOCK = (
+    "read -r up _ < /proc/uptime; read -r boot < /proc/sys/kernel/random/boot_id;"
+    ' mkdir -p /run/lock; echo "other-controller ${up%.*} $boot" > /run/lock/capi-remote.lock'
+)
+
+
+async def test_a_host_locked_by_another_controller_is_waited_for_without_spending_attempts(
+    make_bed: BedFactory,
+) -> None:
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    assert host.exec_inside(["sh", "-c", _FOREIGN_LOCK]).returncode == 0
+    await bed.cluster("locked")
+    data = await bed.bootstrap_secret("locked-bootstrap")
+    # One attempt only: waiting for the lock must not use it up.
+    await bed.remote_machine("locked-0", {**bed.host_spec(host), "maxAttempts": 1})
+    await bed.machine("locked-0", "locked", data)
+
+    async def waiting_for_lock() -> bool:
+        ready = await bed.condition(REMOTE_MACHINES, "locked-0", "Ready")
+        return ready.get("reason") == "HostLocked"
+
+    await bed.wait_for(
+        "Ready HostLocked",
+        waiting_for_lock,
+        120,
+        diagnose=lambda: bed.describe("remotemachine", "locked-0"),
+    )
+    # The holder keeps its heartbeat fresh for longer than two lock retries.
+    for _ in range(5):
+        await asyncio.sleep(5)
+        assert host.exec_inside(["sh", "-c", _FOREIGN_LOCK]).returncode == 0
+    rm = await bed.get(REMOTE_MACHINES, "locked-0") or {}
+    assert rm["status"]["phase"] == "Provisioning", rm["status"]
+    assert rm["status"]["bootstrap"]["attempts"] == 1
+    ready = await bed.condition(REMOTE_MACHINES, "locked-0", "Ready")
+    assert ready["reason"] == "HostLocked"
+    assert "locked by other-controller" in ready["message"]
+    assert "HostLocked" in bed.describe("remotemachine", "locked-0")
+    assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
+
+    # The holder releases the host: the same attempt goes on.
+    assert host.exec_inside(["rm", "-f", "/run/lock/capi-remote.lock"]).returncode == 0
+    await _running(bed, "locked-0")
+    rm = await bed.get(REMOTE_MACHINES, "locked-0") or {}
+    assert rm["status"]["bootstrap"]["attempts"] == 1
+
+
 async def test_a_node_registered_without_provider_id_gets_linked(make_bed: BedFactory) -> None:
     bed = await make_bed(1)
     host = bed.fleet.hosts[0]

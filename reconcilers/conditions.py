@@ -33,6 +33,7 @@ HOST_KEY_UNKNOWN: Final = "HostKeyUnknown"
 HOST_UNREACHABLE: Final = "HostUnreachable"
 AUTHENTICATION_FAILED: Final = "AuthenticationFailed"
 SUDO_FAILED: Final = "SudoFailed"
+HOST_LOCKED: Final = "HostLocked"
 # provisionJob mode (reconcilers/provisionjob.py)
 PROVISIONING_JOB_RUNNING: Final = "ProvisioningJobRunning"
 PROVISIONING_JOB_FAILED: Final = "ProvisioningJobFailed"

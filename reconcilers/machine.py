@@ -64,7 +64,7 @@ from reconcilers.common import (
     owner_name,
     unix_time,
 )
-from reconcilers.hostjobs import HostJobs, JobState
+from reconcilers.hostjobs import HostJobs, JobState, Outcome
 from reconcilers.remote import (
     Deadlines,
     HostAccess,
@@ -84,7 +84,8 @@ NODE_LINK_INTERVAL = 20.0
 #: A cleanup that finds the host locked by a live job waits this long (from the deletion's
 #: start) before locked counts as a failed attempt: a lock goes stale 60 s after its holder died.
 CLEANUP_LOCK_PATIENCE = 180.0
-CLEANUP_LOCK_RETRY = 10.0
+#: How often a job looks again at a host another job holds locked.
+LOCK_RETRY = 10.0
 #: How soon to look again at a Secret whose watch has not listed yet (just after a start).
 NOT_YET_KNOWN_RETRY = 0.5
 SECRET_REF_INDEX = "secret-refs"
@@ -165,6 +166,13 @@ def _ipv4_or_none(address: str) -> str | None:
         return address if ipaddress.ip_address(address).version == 4 else None
     except ValueError:
         return None  # a DNS name
+
+
+def _ready_reason(status: JSONDict) -> str:
+    ready: JSONDict = next(
+        (x for x in status.get("conditions", []) if x.get("type") == c.READY), {}
+    )
+    return str(ready.get("reason") or "")
 
 
 def _backoff(attempts: int) -> float:
@@ -430,10 +438,11 @@ class RemoteMachineReconciler:
         # Status says a job was running, yet this process has none: the controller that ran it
         # died. Its attempt had no outcome, so the next job resumes it (the host's markers make
         # that exactly-once) instead of spending another attempt on the host.
-        ready: JSONDict = next(
-            (x for x in status.get("conditions", []) if x.get("type") == c.READY), {}
+        # So does a job that found the host locked: nothing ran.
+        resuming = status.get("phase") == "Provisioning" and _ready_reason(status) in (
+            c.PROVISIONING,
+            c.HOST_LOCKED,
         )
-        resuming = status.get("phase") == "Provisioning" and ready.get("reason") == c.PROVISIONING
         if attempts >= max_attempts and not resuming:
             return Result()  # terminal until the spec changes (a new generation resets it)
         wait = self._retry_at.get(uid, 0.0) - time.monotonic()
@@ -590,6 +599,8 @@ class RemoteMachineReconciler:
             self._provisioned.add(uid)
             self.jobs.forget(uid)
             return Result()
+        if outcome.reason == c.HOST_LOCKED:
+            return await self._wait_for_lock(rm, status, job, outcome)
         bootstrap = dict(status.get("bootstrap") or {})
         attempts = job.attempt or int(bootstrap.get("attempts") or 1)
         bootstrap["attempts"] = attempts
@@ -616,6 +627,36 @@ class RemoteMachineReconciler:
         self._retry_at[uid] = time.monotonic() + delay
         if terminal:
             return Result()
+        return Result(requeue_after=delay)
+
+    async def _wait_for_lock(
+        self, rm: JSONDict, status: JSONDict, job: JobState, outcome: Outcome
+    ) -> Result:
+        """Another job's lock is not a failure of this bootstrap: nothing ran. The holder is a
+        live controller that will release it, or a dead one whose lock goes stale once its
+        heartbeat stops; either way the attempt is kept for the next job (a machine whose
+        controller is replaced several times must not use up its budget waiting)."""
+        assert self.jobs is not None
+        uid = rm["metadata"]["uid"]
+        self.jobs.forget(uid)
+        stale_after = self.access.runner.settings.lock_stale_after
+        age = outcome.details.get("lockAgeSeconds")
+        # Look again once the lock would be stale, or sooner: a live holder may release it.
+        delay = LOCK_RETRY if age is None else max(1.0, min(LOCK_RETRY, stale_after - age + 1.0))
+        if job.attempt:
+            status["bootstrap"] = {**(status.get("bootstrap") or {}), "attempts": job.attempt}
+        holder = outcome.details.get("lockOwner") or "another job"
+        message = (
+            f"{rm['spec']['address']} is locked by {holder}; waiting until it is released or"
+            f" its heartbeat is {stale_after} s old"
+        )
+        was_waiting = _ready_reason(status) == c.HOST_LOCKED
+        mark(rm, status, c.READY, False, c.HOST_LOCKED, message)
+        status["phase"] = "Provisioning"
+        await self._write_status(rm, status)
+        if not was_waiting:
+            self.events.record(rm, "Warning", c.HOST_LOCKED, message)
+        self._retry_at[uid] = time.monotonic() + delay
         return Result(requeue_after=delay)
 
     # -- deletion --------------------------------------------------------------------------
@@ -733,13 +774,13 @@ class RemoteMachineReconciler:
         self.jobs.forget(uid)
         if job.outcome.ok:
             return None
-        if job.outcome.reason == "HostLocked" and _deleting_for(rm) < CLEANUP_LOCK_PATIENCE:
+        if job.outcome.reason == c.HOST_LOCKED and _deleting_for(rm) < CLEANUP_LOCK_PATIENCE:
             # A live job still holds the host (e.g. a cancelled bootstrap's step, or a
             # provisionJob Pod's session winding down): wait for it without spending an attempt.
             message = f"waiting for the host to be free: {job.outcome.message}"
             mark(rm, status, c.READY, False, c.DELETING, message)
             await self._write_status(rm, status)
-            return Result(requeue_after=CLEANUP_LOCK_RETRY)
+            return Result(requeue_after=LOCK_RETRY)
         attempts = self._cleanup_attempts.get(uid, 0) + 1
         self._cleanup_attempts[uid] = attempts
         message = f"cleanup attempt {attempts} of {CLEANUP_ATTEMPTS} failed: {job.outcome.message}"

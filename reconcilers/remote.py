@@ -18,6 +18,7 @@ from capi_remote.ssh import (
     Credentials,
     HostFacts,
     HostKeyPolicy,
+    HostLocked,
     Job,
     Runner,
     SSHError,
@@ -266,12 +267,16 @@ def _raise_missing(
 
 
 def _failure(error: SSHError) -> Outcome:
+    details: JSONDict = {}
+    if isinstance(error, HostLocked):
+        details = {"lockOwner": error.owner, "lockAgeSeconds": error.age_seconds}
     return Outcome(
         False,
         error.reason,
         error.message,
         retryable=error.retryable,
         output_tail=str(getattr(error, "output_tail", "") or ""),
+        details=details,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,20 @@ def node_registration_script(
         return f"- path: {path}\n  permissions: '{mode}'\n  content: |\n{body}"
 
     curl = [
-        "curl", "-sS", "--fail", "--cacert", "/etc/e2e/ca.crt",
+        "curl", "-sS", "-o", "/var/tmp/e2e-register.json", "-w", "%{http_code}",
+        "--cacert", "/etc/e2e/ca.crt",
         "--cert", "/etc/e2e/client.crt", "--key", "/etc/e2e/client.key",
         "--resolve", f"localhost:{api_port}:{gateway}",
         "-H", "Content-Type: application/json", "-X", "POST",
         "--data-binary", "@/etc/e2e/node.json",
         f"https://localhost:{api_port}/api/v1/nodes",
     ]  # fmt: skip
+    # Idempotent, as a kubelet's registration is: 409 means an earlier try created the Node and
+    # lost the answer (e.g. the API server restarted in between), so a retry must not fail on it.
+    register = (
+        f"code=$({shlex.join(curl)}) || exit 1; case $code in 201|409) ;; *) echo HTTP $code >&2;"
+        " cat /var/tmp/e2e-register.json >&2; exit 1 ;; esac"
+    )
     files = "\n".join(
         [
             file("/etc/e2e/ca.crt", (pki / "ca.crt").read_text()),
@@ -73,7 +81,7 @@ def node_registration_script(
         "## template: jinja\n#cloud-config\nwrite_files:\n"
         + files
         + "\nruncmd:\n"
-        + f"- {json.dumps(curl)}\n"
+        + f"- {json.dumps(register)}\n"
         + "- mkdir -p /run/cluster-api\n"
         + "- touch /run/cluster-api/bootstrap-success.complete\n"
     )

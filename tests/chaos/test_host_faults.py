@@ -1,7 +1,9 @@
 """R3: the host or its network fails in the middle of provisioning.
 
 Faults hit hosts while their bootstrap runs (a bootstrap of a few ``sleep`` steps, so there is a
-"middle" to hit), all at once under one controller, each fault on hosts of its own:
+"middle" to hit; for sshd and link faults its first step waits until the fault is in, so that a
+slow test bed cannot make the fault miss the job), all at once under one controller, each fault
+on hosts of its own:
 
 - ``sshd-killed``: sshd is stopped and its per-connection processes are SIGKILLed (the job's
   session breaks, new connections are refused), then started again after a while;
@@ -67,15 +69,20 @@ JOB_TIMEOUT = "1m"
 SSHD_DOWN = 8.0
 LINK_DOWN = 16.0
 LATENCY_MS = 200.0
+GATE = "/var/tmp/chaos-gate"
 DROP_RATE = 0.3
 
 
-def slow_script(*, hang: bool = False) -> str:
-    """A counted bootstrap of a few seconds; ``hang`` adds a step that never ends in time."""
+def slow_script(*, hang: bool = False, gated: bool = False) -> str:
+    """A counted bootstrap of a few seconds; ``hang`` adds a step that never ends in time,
+    ``gated`` a first step that waits until the test opens the host's gate (:func:`_open_gate`):
+    however slow the test bed, the job is surely in the middle when the fault hits."""
+    gate = f"- while [ ! -e {GATE} ]; do sleep 0.2; done\n" if gated else ""
     sleeps = f"- sleep {SLEEP_SECONDS}\n" * SLEEP_STEPS
     hung = f"- sleep {HANG_SECONDS}\n" if hang else ""
     return counted(
         "#cloud-config\nruncmd:\n"
+        + gate
         + sleeps
         + hung
         + "- mkdir -p /run/cluster-api\n"
@@ -197,10 +204,17 @@ async def _when_started(host: Host, within: float) -> None:
     raise AssertionError(f"no bootstrap step ran on {host.name} within {within:.0f}s")
 
 
+async def _open_gate(host: Host) -> None:
+    """Let the gated step finish (out of band: works with the cable pulled too)."""
+    result = await asyncio.to_thread(host.exec_inside, ["touch", GATE])
+    assert result.returncode == 0, result.stderr
+
+
 async def _sshd_killed(case: Case, host: Host, *, back: bool = True) -> None:
     await _when_started(host, 60)
     await asyncio.to_thread(host.stop_sshd)
     killed = await asyncio.to_thread(kill_sshd_sessions, host)
+    await _open_gate(host)
     case.notes.append(f"{host.name}: {killed} sshd session processes killed")
     assert killed, f"{host.name}: no SSH session to kill: the fault missed the running job"
     if back:
@@ -215,6 +229,7 @@ async def _sshd_gone(case: Case, host: Host) -> None:
 async def _link_down(case: Case, host: Host, *, back: bool = True) -> None:
     await _when_started(host, 60)
     await asyncio.to_thread(host.link_down)
+    await _open_gate(host)
     if back:
         await asyncio.sleep(LINK_DOWN)
         await asyncio.to_thread(host.link_up)
@@ -279,6 +294,7 @@ async def test_r3_host_faults_during_provisioning(
     await bed.cluster("r3")
     slow = await bed.bootstrap_secret("r3-slow", slow_script())
     hung = await bed.bootstrap_secret("r3-hung", slow_script(hang=True))
+    gated = await bed.bootstrap_secret("r3-gated", slow_script(gated=True))
     for case in cases:
         for index, host in enumerate(case.hosts):
             name = f"r3-{case.name}-{index}"
@@ -296,7 +312,8 @@ async def test_r3_host_faults_during_provisioning(
                 )
                 case.proxies[name] = proxy
             await bed.remote_machine(name, spec)
-            await bed.machine(name, "r3", hung if case.hang else slow)
+            data = hung if case.hang else gated if case.name in FAULTS else slow
+            await bed.machine(name, "r3", data)
             case.machines[name] = host
 
     final = {name: case.expect for case in cases for name in case.machines}
