@@ -6,7 +6,8 @@ Invariants:
 - Every key a worker takes is marked ``done``, whatever the reconcile did (returned, raised, timed
   out, was cancelled), so no key is ever stuck in "processing".
 - A worker never dies from a reconcile: exceptions are logged with their traceback and the key is
-  retried with backoff. Only ``stop`` ends workers.
+  retried with backoff. Only ``stop`` ends workers. An API server that cannot answer (connection
+  refused or dropped, 429, 502-504) is a WARNING without traceback: an outage, not a bug.
 - A write ``Conflict`` (stale read) is retried with backoff quietly, as a requeue, not an error.
 - Success forgets the key's backoff; ``requeue_after`` schedules the next look; ``TerminalError``
   forgets and does not retry; a reconcile running past ``reconcile_timeout`` is cancelled and
@@ -23,9 +24,11 @@ import asyncio
 import time
 import uuid
 
+import aiohttp
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from capi_remote.kube.client import ApiError
 from capi_remote.kube.metrics import (
     RESULT_ERROR,
     RESULT_REQUEUE,
@@ -172,9 +175,16 @@ class Controller:
             # else cancelled) is a reconcile failure, not a reason for the worker to exit.
             log.error("reconcile failed", exc_info=True)
             self._retry_after_error(request)
-        except Exception:
+        except Exception as error:
             if timeout.expired():
                 log.error("reconcile timed out", timeout=self.reconcile_timeout, exc_info=True)
+            elif _api_unavailable(error):
+                # The API server restarts or sheds load: retried like any failure, but no bug
+                # to show a traceback for (an outage would bury the log in them).
+                log.warning(
+                    "reconcile failed, API server unavailable",
+                    error=f"{type(error).__name__}: {error}",
+                )
             else:
                 log.error("reconcile failed", exc_info=True)
             self._retry_after_error(request)
@@ -201,6 +211,17 @@ class Controller:
     def _count_error(self) -> None:
         self._metrics.reconcile_errors.inc()
         self._metrics.reconciled(RESULT_ERROR)
+
+
+#: Too many requests, and the gateway/unavailable answers of an API server (re)starting.
+_UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def _api_unavailable(error: Exception) -> bool:
+    """The API server could not be reached, dropped the connection, or answered "not now"."""
+    if isinstance(error, ApiError):
+        return error.status in _UNAVAILABLE_STATUSES
+    return isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
 
 
 def _being_cancelled() -> bool:

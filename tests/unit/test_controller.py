@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -20,6 +21,7 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
+from capi_remote.kube.client import ApiError
 from capi_remote.kube.status import Conflict
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
@@ -272,6 +274,41 @@ async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
     assert reconciles(registry, "requeue") == 1
     assert reconciles(registry, "error") == 0
     assert not [entry for entry in logs if entry["log_level"] == "error"]
+
+
+@pytest.mark.parametrize(
+    "unavailable",
+    [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        ApiError(503, "ServiceUnavailable", "apiserver is shutting down"),
+        ApiError(429, "TooManyRequests", "please try again later"),
+    ],
+    ids=type,
+)
+async def test_an_unavailable_api_server_is_a_warning_and_a_retry(unavailable: Exception) -> None:
+    registry = CollectorRegistry()
+    limiter = RecordingRateLimiter()
+
+    async def outage(ctx: ReconcileContext, request: Request) -> Result:
+        raise unavailable
+
+    reconciler = ScriptedReconciler(outage, fail, succeed)
+    controller = make_controller(reconciler, registry, limiter)
+    await controller.start()
+    with capture_logs() as logs:
+        controller.enqueue(A)
+        await reconciler.wait_finished(3)
+    await controller.stop()
+    assert limiter.delays == [0.001, 0.002], "both failures are retried with backoff"
+    assert reconciles(registry, "error") == 2
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["event"] == "reconcile failed, API server unavailable"
+    assert type(unavailable).__name__ in warning["error"]
+    assert "exc_info" not in warning
+    # Any other exception still is an ERROR with its traceback.
+    [error] = [entry for entry in logs if entry["log_level"] == "error"]
+    assert error["exc_info"] is True
 
 
 async def test_a_worker_survives_exceptions_and_stray_cancellations() -> None:
