@@ -40,6 +40,18 @@ def configure(log_format: LogFormat = "console", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries (aiohttp, paramiko) log through the standard library; keep them quieter.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
-    logging.getLogger("paramiko").setLevel(logging.ERROR)
+    # Libraries (aiohttp, kubernetes_asyncio) log through the standard library: the same
+    # renderer, so a JSON log stays one JSON object per line, and no quieter than WARNING.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    # paramiko logs every failed handshake at ERROR, a traceback line per record; the runner
+    # reports each failure itself (a typed error, a condition), so only its criticals are news.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
