@@ -184,10 +184,15 @@ class ParamikoConnector:
 
     def _tcp_opener(self, target: Target) -> Callable[[], SocketLike]:
         timeout = self._settings_for(target).connect_timeout
+        dead_link_ms = int(self.settings.dead_link_timeout * 1000)
 
         def open_socket() -> SocketLike:
             try:
-                return socket.create_connection((target.address, target.port), timeout=timeout)
+                sock = socket.create_connection((target.address, target.port), timeout=timeout)
+                # paramiko waits for some answers (a session's exec request) without a deadline:
+                # the kernel must give up on a dead peer, or such a wait lasts until TCP does.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_link_ms)
+                return sock
             except socket.gaierror:
                 raise HostUnreachable(target.display, "the name does not resolve") from None
             except TimeoutError:

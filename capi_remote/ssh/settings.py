@@ -40,6 +40,10 @@ class SSHSettings:
     step_timeout: float = attrs.field(default=1800.0, validator=_seconds)
     job_timeout: float = attrs.field(default=3600.0, validator=_seconds)
     keepalive_interval: int = attrs.field(default=15, validator=[instance_of(int), ge(0)])
+    #: A connection whose sent data (a request, a keepalive) stays unacknowledged this long is
+    #: dead (TCP_USER_TIMEOUT): a pulled cable ends a job in about keepalive + this, never
+    #: in the kernel's 15 minutes of retransmissions.
+    dead_link_timeout: float = attrs.field(default=30.0, validator=_seconds)
     lock_heartbeat_interval: float = attrs.field(default=10.0, validator=_seconds)
     lock_stale_after: int = attrs.field(default=60, validator=[instance_of(int), ge(1)])
     kill_grace: int = attrs.field(default=5, validator=[instance_of(int), ge(0)])

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -429,6 +430,28 @@ def test_link_down_and_refused_are_unreachable_quickly(hosts: HostsFactory) -> N
     with pytest.raises(HostUnreachable, match="refused"):
         run(target(refusing), plan(), settings=settings)
     assert time.monotonic() - start < 1
+
+
+def test_a_cable_pulled_during_a_quiet_command_ends_it_as_connection_lost(
+    hosts: HostsFactory,
+) -> None:
+    """Nothing flows while the command sleeps, so only unanswered keepalives show the link is
+    gone: the connection must be given up (TCP_USER_TIMEOUT), not waited on until the command's
+    own deadline (or, for waits paramiko does not bound, the kernel's 15 minutes)."""
+    (host,) = hosts(1)
+    settings = attrs.evolve(FAST, keepalive_interval=2, dead_link_timeout=3.0)
+    connection = ParamikoConnector(settings).connect(target(host))
+    pulled = threading.Timer(1.0, host.link_down)
+    try:
+        pulled.start()
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            connection.exec("sleep 100", timeout=90)
+        assert time.monotonic() - start < 30
+    finally:
+        pulled.join()
+        connection.close()
+        host.link_up()
 
 
 def test_a_targets_connect_deadline_overrides_the_runners(hosts: HostsFactory) -> None:
