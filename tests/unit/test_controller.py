@@ -134,6 +134,18 @@ def make_controller(
     )
 
 
+async def reconcile_a(
+    controller: Controller, reconciler: ScriptedReconciler, reconciles: int
+) -> list[dict[str, object]]:
+    """Start ``controller``, enqueue A, wait for ``reconciles`` reconciles, stop; the logs."""
+    await controller.start()
+    with capture_logs() as logs:
+        controller.enqueue(A)
+        await reconciler.wait_finished(reconciles)
+    await controller.stop()
+    return logs
+
+
 async def test_success_forgets_the_key_and_does_not_requeue() -> None:
     registry = CollectorRegistry()
     limiter = RecordingRateLimiter()
@@ -154,11 +166,7 @@ async def test_errors_back_off_exponentially_then_recover() -> None:
     limiter = RecordingRateLimiter()
     reconciler = ScriptedReconciler(fail, fail, fail, fail, succeed)
     controller = make_controller(reconciler, registry, limiter)
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(5)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 5)
     assert limiter.delays == [0.001, 0.002, 0.004, 0.008]
     assert controller.queue.num_requeues(A) == 0, "success must reset the backoff"
     assert reconciles(registry, "error") == 4
@@ -173,11 +181,7 @@ async def test_errors_back_off_exponentially_then_recover() -> None:
 async def test_logs_carry_controller_key_and_reconcile_id() -> None:
     reconciler = ScriptedReconciler(fail, succeed)
     controller = make_controller(reconciler, CollectorRegistry())
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(2)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 2)
     [error] = [entry for entry in logs if entry["event"] == "reconcile failed"]
     first_ctx = reconciler.calls[0][1]
     assert error["controller"] == "test"
@@ -191,11 +195,7 @@ async def test_terminal_error_is_not_requeued() -> None:
     limiter = RecordingRateLimiter()
     reconciler = ScriptedReconciler(fail_terminally)
     controller = make_controller(reconciler, registry, limiter)
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(1)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 1)
     assert limiter.delays == [], "a terminal error must not go through the rate limiter"
     assert limiter.forgotten == [A]
     assert len(controller.queue) == 0
@@ -209,11 +209,7 @@ async def test_timeout_counts_as_an_error_and_requeues() -> None:
     limiter = RecordingRateLimiter()
     reconciler = ScriptedReconciler(hang, succeed)
     controller = make_controller(reconciler, registry, limiter, reconcile_timeout=0.01)
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(2)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 2)
     assert limiter.delays == [0.001]
     assert reconciles(registry, "error") == 1
     assert reconciles(registry, "success") == 1
@@ -265,11 +261,7 @@ async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
 
     reconciler = ScriptedReconciler(stale, succeed)
     controller = make_controller(reconciler, registry, limiter)
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(2)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 2)
     assert limiter.delays == [0.001]
     assert reconciles(registry, "requeue") == 1
     assert reconciles(registry, "error") == 0
@@ -295,11 +287,7 @@ async def test_an_unavailable_api_server_is_a_warning_and_a_retry(unavailable: E
 
     reconciler = ScriptedReconciler(outage, fail, succeed)
     controller = make_controller(reconciler, registry, limiter)
-    await controller.start()
-    with capture_logs() as logs:
-        controller.enqueue(A)
-        await reconciler.wait_finished(3)
-    await controller.stop()
+    logs = await reconcile_a(controller, reconciler, 3)
     assert limiter.delays == [0.001, 0.002], "both failures are retried with backoff"
     assert reconciles(registry, "error") == 2
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
