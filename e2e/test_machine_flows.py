@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -18,6 +19,7 @@ from capi_remote.resources import (
     MACHINES,
     POOLED_REMOTE_MACHINES,
     REMOTE_MACHINES,
+    SECRETS,
 )
 from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
 from reconcilers.pool import RECHECK_ANNOTATION, is_free
@@ -114,6 +116,36 @@ async def test_a_host_locked_by_another_controller_is_waited_for_without_spendin
     await _running(bed, "locked-0")
     rm = await bed.get(REMOTE_MACHINES, "locked-0") or {}
     assert rm["status"]["bootstrap"]["attempts"] == 1
+
+
+async def test_invalid_bootstrap_data_fails_clearly_and_a_fixed_secret_provisions(
+    make_bed: BedFactory,
+) -> None:
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    await bed.cluster("fixed")
+    data = await bed.bootstrap_secret("fixed-bootstrap", "#cloud-config\nruncmd: [unclosed\n")
+    await bed.remote_machine("fixed-0", bed.host_spec(host))
+    await bed.machine("fixed-0", "fixed", data)
+
+    async def invalid() -> bool:
+        ready = await bed.condition(REMOTE_MACHINES, "fixed-0", "Ready")
+        return ready.get("reason") == "InvalidBootstrapData"
+
+    await bed.wait_for(
+        "InvalidBootstrapData",
+        invalid,
+        60,
+        diagnose=lambda: bed.describe("remotemachine", "fixed-0"),
+    )
+    rm = await bed.get(REMOTE_MACHINES, "fixed-0") or {}
+    assert rm["status"]["phase"] == "Failed"
+    assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
+
+    # The verdict holds for that data only: the fixed Secret is parsed again, and runs.
+    fixed = base64.b64encode(bed.registration_script().encode()).decode()
+    await bed.kube.patch(SECRETS, bed.namespace, data, {"data": {"value": fixed}})
+    await _running(bed, "fixed-0")
 
 
 async def test_a_node_registered_without_provider_id_gets_linked(make_bed: BedFactory) -> None:

@@ -9,6 +9,7 @@ only if it changed, and returns. Every wait has a condition reason and is ended 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import ipaddress
@@ -206,6 +207,9 @@ class RemoteMachineReconciler:
         self._retry_at: dict[str, float] = {}
         # Machines whose success we recorded but the cache may not show yet: no second job.
         self._provisioned: set[str] = set()
+        # uid -> (data Secret uid, its resourceVersion, generation) of bootstrap data found
+        # invalid: parsed again only when one of them changes (hostile data can take seconds).
+        self._invalid_inputs: dict[str, tuple[str, str, object]] = {}
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -450,9 +454,15 @@ class RemoteMachineReconciler:
             return Result(requeue_after=wait)  # back off between attempts
         spec = rm["spec"]
         pid = provider_id(spec["address"], int(spec.get("port", 22)))
+        secret_meta = data_secret["metadata"]
+        inputs = (secret_meta.get("uid", ""), secret_meta.get("resourceVersion", ""), generation)
+        if self._invalid_inputs.get(uid) == inputs and status.get("phase") == "Failed":
+            return Result()  # the same data, already reported invalid
         try:
-            plan = self._plan(rm, machine, data_secret, pid)
+            # In a thread: a slow parse must not stall every other reconcile on the event loop.
+            plan = await asyncio.to_thread(self._plan, rm, machine, data_secret, pid)
         except BootstrapParseError as error:
+            self._invalid_inputs[uid] = inputs
             mark(
                 rm,
                 status,
@@ -688,6 +698,7 @@ class RemoteMachineReconciler:
         self._cleanup_attempts.pop(uid, None)
         self._provisioned.discard(uid)
         self._retry_at.pop(uid, None)
+        self._invalid_inputs.pop(uid, None)
         claimed = self.pooled.by_index(
             pools.CLAIM_INDEX, pools.claimant_key(meta["namespace"], meta["name"])
         )

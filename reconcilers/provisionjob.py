@@ -695,7 +695,7 @@ class ProvisionJobs:
         previous: list[JSONDict],
     ) -> Result:
         try:
-            plan = self._plan(rm, machine, data_secret, provider_id)
+            plan = await asyncio.to_thread(self._plan, rm, machine, data_secret, provider_id)
         except BootstrapParseError as error:
             message = f"{error.key}: {error.message}"
             mark(rm, status, c.READY, False, c.INVALID_BOOTSTRAP_DATA, message)
