@@ -3,6 +3,8 @@ real ``capi-remote run`` process (its log path is printed at the end)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,7 +29,12 @@ def controller(control_plane: ControlPlane) -> Iterator[ControllerProcess]:
         yield running
     finally:
         running.process.stop()
-        print(f"\ncontroller log: {running.process.log}")
+        # Kept for debugging when asked to (as the control plane's), else removed: every
+        # session used to leave a directory in /tmp.
+        if os.environ.get("CAPI_REMOTE_KEEP_ENV"):
+            print(f"\ncontroller log: {running.process.log}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
