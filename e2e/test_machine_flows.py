@@ -39,6 +39,21 @@ async def _running(bed: Bed, machine: str, within: float = 120.0) -> None:
     )
 
 
+async def _ready_reason(bed: Bed, machine: str, reason: str, within: float = 120.0) -> None:
+    """Wait until RemoteMachine ``machine``'s Ready condition has ``reason``."""
+
+    async def check() -> bool:
+        ready = await bed.condition(REMOTE_MACHINES, machine, "Ready")
+        return ready.get("reason") == reason
+
+    await bed.wait_for(
+        f"{machine} Ready {reason}",
+        check,
+        within,
+        diagnose=lambda: bed.describe("remotemachine", machine),
+    )
+
+
 async def test_cluster_with_one_machine_reaches_running(make_bed: BedFactory) -> None:
     bed = await make_bed(1)
     host = bed.fleet.hosts[0]
@@ -88,16 +103,7 @@ async def test_a_host_locked_by_another_controller_is_waited_for_without_spendin
     await bed.remote_machine("locked-0", {**bed.host_spec(host), "maxAttempts": 1})
     await bed.machine("locked-0", "locked", data)
 
-    async def waiting_for_lock() -> bool:
-        ready = await bed.condition(REMOTE_MACHINES, "locked-0", "Ready")
-        return ready.get("reason") == "HostLocked"
-
-    await bed.wait_for(
-        "Ready HostLocked",
-        waiting_for_lock,
-        120,
-        diagnose=lambda: bed.describe("remotemachine", "locked-0"),
-    )
+    await _ready_reason(bed, "locked-0", "HostLocked")
     # The holder keeps its heartbeat fresh for longer than two lock retries.
     for _ in range(5):
         await asyncio.sleep(5)
@@ -128,16 +134,7 @@ async def test_invalid_bootstrap_data_fails_clearly_and_a_fixed_secret_provision
     await bed.remote_machine("fixed-0", bed.host_spec(host))
     await bed.machine("fixed-0", "fixed", data)
 
-    async def invalid() -> bool:
-        ready = await bed.condition(REMOTE_MACHINES, "fixed-0", "Ready")
-        return ready.get("reason") == "InvalidBootstrapData"
-
-    await bed.wait_for(
-        "InvalidBootstrapData",
-        invalid,
-        60,
-        diagnose=lambda: bed.describe("remotemachine", "fixed-0"),
-    )
+    await _ready_reason(bed, "fixed-0", "InvalidBootstrapData", 60)
     rm = await bed.get(REMOTE_MACHINES, "fixed-0") or {}
     assert rm["status"]["phase"] == "Failed"
     assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
@@ -253,19 +250,7 @@ async def test_host_key_mismatch_and_unreachable_host_show_in_describe(
         await bed.remote_machine(name, {**bed.host_spec(host), "maxAttempts": 2})
         await bed.machine(name, "faults", data)
 
-    def reason(name: str, wanted: str) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            ready = await bed.condition(REMOTE_MACHINES, name, "Ready")
-            return ready.get("reason") == wanted
-
-        return check
-
-    await bed.wait_for(
-        "HostKeyMismatch",
-        reason("faults-mitm", "HostKeyMismatch"),
-        120,
-        diagnose=lambda: bed.describe("remotemachine", "faults-mitm"),
-    )
+    await _ready_reason(bed, "faults-mitm", "HostKeyMismatch")
     described = bed.describe("remotemachine", "faults-mitm")
     assert "HostKeyMismatch" in described
     assert "does not match" in described
@@ -277,12 +262,7 @@ async def test_host_key_mismatch_and_unreachable_host_show_in_describe(
     assert failure["failureReason"] == "CreateError"
     assert failure["failureMessage"].startswith("HostKeyMismatch: ")
 
-    await bed.wait_for(
-        "HostUnreachable",
-        reason("faults-down", "HostUnreachable"),
-        120,
-        diagnose=lambda: bed.describe("remotemachine", "faults-down"),
-    )
+    await _ready_reason(bed, "faults-down", "HostUnreachable")
     assert "HostUnreachable" in bed.describe("remotemachine", "faults-down")
 
 
