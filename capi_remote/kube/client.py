@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import attrs
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
@@ -97,6 +98,8 @@ class KubeClient:
 
     api: k8s_client.ApiClient
     _watch_api: k8s_client.ApiClient | None = attrs.field(default=None, init=False)
+    _unreachable: bool = attrs.field(default=False, init=False)
+    _reachable_again: list[Callable[[], None]] = attrs.field(factory=list, init=False)
 
     @classmethod
     async def from_kubeconfig(cls, path: str | None = None) -> KubeClient:
@@ -147,16 +150,30 @@ class KubeClient:
             (k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
         ]
         # The REST layer JSON-encodes dict bodies itself for JSON and apply content types.
-        return await (api or self.api).call_api(
-            path,
-            method,
-            query_params=params,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=request_timeout,
-        )
+        try:
+            response = await (api or self.api).call_api(
+                path,
+                method,
+                query_params=params,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=request_timeout,
+            )
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            self._unreachable = True
+            raise
+        if self._unreachable:
+            self._unreachable = False
+            for listener in self._reachable_again:
+                listener()
+        return response
+
+    def on_reachable_again(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) whenever a request gets an answer after one
+        could not reach the API server."""
+        self._reachable_again.append(listener)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
         response = await self._request(method, path, **kwargs)

@@ -7,7 +7,9 @@ Invariants:
   out, was cancelled), so no key is ever stuck in "processing".
 - A worker never dies from a reconcile: exceptions are logged with their traceback and the key is
   retried with backoff. Only ``stop`` ends workers. An API server that cannot answer (connection
-  refused or dropped, 429, 502-504) is a WARNING without traceback: an outage, not a bug.
+  refused or dropped, 429, 502-504) is a WARNING without traceback: an outage, not a bug; when
+  the API server answers again (``retry_after_outage``), such keys run at once, their backoff
+  forgotten.
 - A write ``Conflict`` (stale read) is retried with backoff quietly, as a requeue, not an error.
 - Success forgets the key's backoff; ``requeue_after`` schedules the next look; ``TerminalError``
   forgets and does not retry; a reconcile running past ``reconcile_timeout`` is cancelled and
@@ -82,6 +84,21 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        # Keys whose last failure was an unreachable API server: their backoff grew with the
+        # outage, not with anything wrong about them (see retry_after_outage).
+        self._failed_in_outage: set[Request] = set()
+
+    def retry_after_outage(self) -> None:
+        """The API server answers again: reconcile the keys that failed while it did not now,
+        not after the backoff their failures built up (up to the limiter's cap, 1,000 s by
+        default). The workers bound how many run at once."""
+        if not self._failed_in_outage:
+            return
+        self._log.info("API server reachable again, retrying now", keys=len(self._failed_in_outage))
+        for request in self._failed_in_outage:
+            self.queue.forget(request)
+            self.queue.add(request)
+        self._failed_in_outage.clear()
 
     def enqueue(self, request: Request) -> None:
         """Ask for ``request`` to be reconciled; call on the controller's loop."""
@@ -185,6 +202,7 @@ class Controller:
                     "reconcile failed, API server unavailable",
                     error=f"{type(error).__name__}: {error}",
                 )
+                self._failed_in_outage.add(request)
             else:
                 log.error("reconcile failed", exc_info=True)
             self._retry_after_error(request)

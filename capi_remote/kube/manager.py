@@ -68,6 +68,7 @@ class Manager:
 
     def add(self, controller: Controller) -> Controller:
         self.controllers.append(controller)
+        self.client.on_reachable_again(controller.retry_after_outage)
         return controller
 
     def informer(

@@ -21,7 +21,7 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
-from capi_remote.kube.client import ApiError
+from capi_remote.kube.client import ApiError, KubeClient
 from capi_remote.kube.status import Conflict
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
@@ -297,6 +297,63 @@ async def test_an_unavailable_api_server_is_a_warning_and_a_retry(unavailable: E
     # Any other exception still is an ERROR with its traceback.
     [error] = [entry for entry in logs if entry["log_level"] == "error"]
     assert error["exc_info"] is True
+
+
+class SlowRateLimiter(RecordingRateLimiter):
+    """Backs off 1,000 s on every failure: what a key reaches after a long outage."""
+
+    def when(self, item: Hashable) -> float:
+        super().when(item)
+        return 1000.0
+
+
+async def test_keys_that_failed_in_an_outage_run_at_once_when_the_api_answers_again() -> None:
+    limiter = SlowRateLimiter()
+
+    async def outage(ctx: ReconcileContext, request: Request) -> Result:
+        raise aiohttp.ServerDisconnectedError()
+
+    reconciler = ScriptedReconciler(outage, fail, succeed)
+    controller = make_controller(reconciler, CollectorRegistry(), limiter)
+    await controller.start()
+    controller.enqueue(A)
+    await reconciler.wait_finished(1)
+    controller.enqueue(B)
+    await reconciler.wait_finished(2)  # B failed for another reason: it keeps its backoff
+    controller.retry_after_outage()
+    await reconciler.wait_finished(3)  # not 1,000 s later
+    controller.retry_after_outage()  # nothing failed in an outage since: nothing to retry
+    await asyncio.sleep(0.05)
+    await controller.stop()
+    assert [request for request, _ in reconciler.calls] == [A, B, A]
+    assert A in limiter.forgotten and B not in limiter.forgotten
+
+
+async def test_the_client_says_when_the_api_server_answers_again() -> None:
+    class Response:
+        status = 200
+
+    class Api:
+        def __init__(self) -> None:
+            self.failing = True
+
+        async def call_api(self, *args: object, **kwargs: object) -> Response:
+            if self.failing:
+                raise aiohttp.ClientConnectionError("connection refused")
+            return Response()
+
+    api = Api()
+    client = KubeClient(api)  # type: ignore[arg-type]
+    calls: list[str] = []
+    client.on_reachable_again(lambda: calls.append("again"))
+    for _ in range(2):
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client._request("GET", "/api")
+    assert calls == []
+    api.failing = False
+    await client._request("GET", "/api")
+    await client._request("GET", "/api")
+    assert calls == ["again"], "once per outage, on its first answer"
 
 
 async def test_a_worker_survives_exceptions_and_stray_cancellations() -> None:
