@@ -316,22 +316,8 @@ class _Execution:
         self.log.info("running step", step=index, description=step.describe())
         if isinstance(step, RunCommand):
             return self._run_command(index, step, base)
-        if isinstance(step, WriteFile):
-            command = hostscript.write_file(
-                base=base,
-                path=step.path,
-                mode=step.mode,
-                owner=step.owner,
-                append=step.append,
-                content_sha256=hostscript.sha256(step.content),
-            )
-            data = step.content
-        else:
-            assert isinstance(step, MakeDirectory)
-            command = hostscript.make_directory(
-                base=base, path=step.path, mode=step.mode, owner=step.owner
-            )
-            data = b""
+        assert isinstance(step, WriteFile | MakeDirectory)
+        command, data = hostscript.file_step(step, base)
         result = self._exec(command, hostscript.payload(data), self.settings.command_timeout)
         reply = self._parse(result)
         if reply.has("failed"):

@@ -30,6 +30,8 @@ import shlex
 
 import attrs
 
+from capi_remote.bootstrap.plan import MakeDirectory, WriteFile
+
 #: stdin starts with this line (after a sudo password, if any); helpers skip everything before it.
 PAYLOAD_MARKER = b"capi-remote-payload\n"
 _STATUS_PREFIX = b"capi-remote "
@@ -442,6 +444,21 @@ def make_directory(*, base: str, path: str, mode: int, owner: str | None) -> str
     return _command(
         "mkdir", _STEP_FUNCTIONS + _MAKE_DIRECTORY, base, path, f"{mode:04o}", owner or ""
     )
+
+
+def file_step(step: WriteFile | MakeDirectory, base: str) -> tuple[str, bytes]:
+    """The helper command of a file or directory step, and the content it reads on stdin."""
+    if isinstance(step, WriteFile):
+        command = write_file(
+            base=base,
+            path=step.path,
+            mode=step.mode,
+            owner=step.owner,
+            append=step.append,
+            content_sha256=sha256(step.content),
+        )
+        return command, step.content
+    return make_directory(base=base, path=step.path, mode=step.mode, owner=step.owner), b""
 
 
 def probe() -> str:

@@ -252,23 +252,9 @@ def _step_block(index: int, total: int, step: Step, base: str, settings: SSHSett
             tail_bytes=settings.output_tail_bytes,
         )
         call = f"command_step {number} {shlex.quote(describe)} {shlex.quote(base)} {command}"
-    elif isinstance(step, WriteFile):
-        data = step.content
-        command = hostscript.write_file(
-            base=base,
-            path=step.path,
-            mode=step.mode,
-            owner=step.owner,
-            append=step.append,
-            content_sha256=hostscript.sha256(step.content),
-        )
-        call = f"file_step {number} {shlex.quote(describe)} {command}"
     else:
-        assert isinstance(step, MakeDirectory)
-        data = b""
-        command = hostscript.make_directory(
-            base=base, path=step.path, mode=step.mode, owner=step.owner
-        )
+        assert isinstance(step, WriteFile | MakeDirectory)
+        command, data = hostscript.file_step(step, base)
         call = f"file_step {number} {shlex.quote(describe)} {command}"
     encoded = base64.encodebytes(data).decode("ascii")
     lines += [f"payload <<'{_B64_DELIMITER}'", encoded.rstrip("\n"), _B64_DELIMITER, call, ";;"]
