@@ -48,6 +48,19 @@ async def _secrets(bed: Bed, uid: str) -> list[JSONDict]:
     return await bed.list(SECRETS, label_selector=f"{MACHINE_UID_LABEL}={uid}")
 
 
+async def _deleted_with_its_jobs(bed: Bed, name: str, uid: str) -> None:
+    """Wait until RemoteMachine ``name`` is gone, and with it its Jobs and their Secrets."""
+
+    async def gone() -> bool:
+        return (
+            await bed.get(REMOTE_MACHINES, name) is None
+            and not await _jobs(bed, uid)
+            and not await _secrets(bed, uid)
+        )
+
+    await bed.wait_for(f"RemoteMachine {name}, its Jobs and Secrets gone", gone, 120)
+
+
 def _diagnose(bed: Bed, name: str) -> str:
     jobs = bed.plane.kubectl("get", "jobs,pods", "-n", bed.namespace, "-o", "wide")
     return bed.describe("remotemachine", name) + jobs
@@ -138,14 +151,7 @@ async def test_a_job_bootstraps_the_host_and_status_follows_it(
     # Deletion: the Job and any Secret go with the RemoteMachine, which does not get stuck.
     await bed.kube.delete(MACHINES, bed.namespace, "pj-0")
 
-    async def gone() -> bool:
-        return (
-            await bed.get(REMOTE_MACHINES, "pj-0") is None
-            and not await _jobs(bed, uid)
-            and not await _secrets(bed, uid)
-        )
-
-    await bed.wait_for("RemoteMachine pj-0, its Job and Secret gone", gone, 120)
+    await _deleted_with_its_jobs(bed, "pj-0", uid)
 
 
 async def test_a_failing_job_shows_why_and_gives_up_after_max_attempts(
@@ -212,14 +218,7 @@ async def test_deleting_a_machine_while_its_job_runs_stops_it_and_cleans_the_hos
     await bed.wait_for("the slow step to run", step_running, 120, lambda: _diagnose(bed, "pjd-0"))
     await bed.kube.delete(MACHINES, bed.namespace, "pjd-0")
 
-    async def gone() -> bool:
-        return (
-            await bed.get(REMOTE_MACHINES, "pjd-0") is None
-            and not await _jobs(bed, uid)
-            and not await _secrets(bed, uid)
-        )
-
-    await bed.wait_for("RemoteMachine pjd-0 and its Job gone", gone, 120)
+    await _deleted_with_its_jobs(bed, "pjd-0", uid)
     # The Pod's end stopped the step and freed the host lock, so the cleanup ran (it forgets the
     # machine on the host) instead of giving up on a locked host.
     state = host.exec_inside(["test", "-e", f"/var/lib/capi-remote/{uid}"])
