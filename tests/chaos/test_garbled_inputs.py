@@ -302,6 +302,8 @@ def predict(data: bytes, fmt: str) -> str | None:
     steps as the reconciler: providerID substitution, then the parser. (The documents have no
     ``PROVIDER_ID`` and no Jinja header, so the providerID and the instance data do not matter.)
     """
+    if not data:  # the reconciler's own check, before the parser (a truncation can empty it)
+        return "value: the bootstrap data Secret has no 'value' key"
     metadata = InstanceMetadata(instance_id="uid", local_hostname="node", hostname="node")
     try:
         data = substitute_provider_id(data, "remote-machine://10.0.0.1:22")
