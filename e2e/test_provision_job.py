@@ -16,7 +16,7 @@ from capi_remote.ssh import Job as RunnerJob
 from capi_remote.ssh.auth import Credentials
 from capi_remote.ssh.executor import step_name
 from e2e.bed import Bed, BedFactory
-from reconcilers.provisionjob import MACHINE_UID_LABEL
+from reconcilers.remotemachine.jobspec import MACHINE_UID_LABEL
 
 pytestmark = pytest.mark.integration
 

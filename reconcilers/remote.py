@@ -43,6 +43,15 @@ class MissingSecret(Exception):
     """A Secret (or ConfigMap) the spec names is not there (yet); a watch on it is in place."""
 
 
+class InvalidSpec(ValueError):
+    """The spec, or data it names, cannot be used; ``reason`` is the condition reason that
+    says which part (so a bad known_hosts is not reported as a bad SSH key)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class NotYetKnown(MissingSecret):
     """The watch on a Secret (or ConfigMap) the spec names has not listed yet (a controller that
     just started): whether it exists is unknown, so nothing may be concluded from its absence."""
@@ -78,7 +87,9 @@ def _decoded(value: bytes, kind: str, namespace: str, name: str, key: str) -> st
     try:
         return value.decode()
     except UnicodeDecodeError:  # no codec message: it would quote a byte of the secret
-        raise ValueError(f"{kind} {namespace}/{name} key {key!r} is not UTF-8 text") from None
+        raise InvalidSpec(
+            c.INVALID_SECRET_DATA, f"{kind} {namespace}/{name} key {key!r} is not UTF-8 text"
+        ) from None
 
 
 class HostAccess:
@@ -92,7 +103,7 @@ class HostAccess:
     # -- targets ---------------------------------------------------------------------------
 
     def target(self, rm: JSONDict) -> Target:
-        """The SSH target of a RemoteMachine; raises MissingSecret or ValueError (bad spec)."""
+        """The SSH target of a RemoteMachine; raises MissingSecret or InvalidSpec."""
         namespace = rm["metadata"]["namespace"]
         spec = rm["spec"]
         return self.target_for(namespace, spec, rm["metadata"].get("annotations") or {})
@@ -101,7 +112,18 @@ class HostAccess:
         self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None = None
     ) -> Target:
         """The target described by a host spec (a RemoteMachine's or a pooled host's); the
-        annotations of the object holding the spec carry trust-on-first-use pins."""
+        annotations of the object holding the spec carry trust-on-first-use pins. Raises
+        MissingSecret or InvalidSpec (a ValueError)."""
+        try:
+            return self._target_for(namespace, spec, annotations)
+        except InvalidSpec:
+            raise
+        except ValueError as invalid:  # the Target and Credentials checks (user, address, key)
+            raise InvalidSpec(c.INVALID_SSH_KEY, str(invalid)) from None
+
+    def _target_for(
+        self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None
+    ) -> Target:
         pins = annotations or {}
         connect = Deadlines.of(spec).connect  # the bastion hop gets the same deadline
         bastion = None
@@ -159,6 +181,16 @@ class HostAccess:
         return _decoded(value, "Secret", namespace, name, key)
 
     def _policy(self, namespace: str, policy: JSONDict, recorded: str | None) -> HostKeyPolicy:
+        try:
+            return self._parse_policy(namespace, policy, recorded)
+        except InvalidSpec:
+            raise
+        except ValueError as invalid:
+            raise InvalidSpec(c.INVALID_HOST_KEY_POLICY, f"hostKeyPolicy: {invalid}") from None
+
+    def _parse_policy(
+        self, namespace: str, policy: JSONDict, recorded: str | None
+    ) -> HostKeyPolicy:
         if policy.get("insecureSkipVerification"):
             return HostKeyPolicy.skip_verification()
         if policy.get("fingerprint"):

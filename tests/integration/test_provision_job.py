@@ -27,8 +27,8 @@ from capi_remote.resources import (
     SECRETS,
 )
 from capi_remote.ssh import jobscript
-from reconcilers.machine import FORCE_RELEASE_ANNOTATION
-from reconcilers.provisionjob import ATTEMPT_ANNOTATION, MACHINE_UID_LABEL
+from reconcilers.remotemachine import FORCE_RELEASE_ANNOTATION
+from reconcilers.remotemachine.jobspec import ATTEMPT_ANNOTATION, MACHINE_UID_LABEL
 from tests.fixtures_provider import RunningController
 
 pytestmark = pytest.mark.integration
