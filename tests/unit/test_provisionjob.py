@@ -128,7 +128,10 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
     assert pod["volumes"] == [
         {
             "name": jobspec.VOLUME_NAME,
-            "secret": {"secretName": secret["metadata"]["name"], "defaultMode": jobspec.SECRET_MODE},
+            "secret": {
+                "secretName": secret["metadata"]["name"],
+                "defaultMode": jobspec.SECRET_MODE,
+            },
         }
     ]
     assert jobread.secret_names(job) == [secret["metadata"]["name"]]
@@ -146,7 +149,9 @@ def test_the_secret_is_immutable_owned_and_named_by_its_content() -> None:
     assert jobspec.render_secret(inputs())["metadata"]["name"] == secret["metadata"]["name"]
     changed = jobspec.render_secret(inputs(host_script=b"other"))
     assert changed["metadata"]["name"] != secret["metadata"]["name"]
-    assert jobscript.KEY_SUDO_PASSWORD not in jobspec.render_secret(inputs(sudo_password=None))["data"]
+    assert (
+        jobscript.KEY_SUDO_PASSWORD not in jobspec.render_secret(inputs(sudo_password=None))["data"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,7 +226,9 @@ def test_pod_results_pick_the_latest_end_or_say_why_it_never_started() -> None:
             ]
         }
     }
-    assert jobread.pod_result([waiting]) == jobread.PodResult(reason="ErrImageNeverPull", message="absent")
+    assert jobread.pod_result([waiting]) == jobread.PodResult(
+        reason="ErrImageNeverPull", message="absent"
+    )
     assert jobread.pod_result([]) == jobread.PodResult()
 
 
@@ -244,7 +251,9 @@ def test_failures_become_conditions_in_the_runner_terms() -> None:
         " backoff limit); StepFailed: step 2 (runcmd: x) exited with 3"
     )
     assert view.output_tail == output
-    mismatch = jobread.describe_failure(failed, jobread.PodResult(message="Host key verification failed."))
+    mismatch = jobread.describe_failure(
+        failed, jobread.PodResult(message="Host key verification failed.")
+    )
     assert (mismatch.cause, mismatch.retryable) == ("HostKeyMismatch", False)
     unknown = jobread.describe_failure(failed, jobread.PodResult(exit_code=9, message="?"))
     assert (unknown.cause, unknown.retryable) == ("ProvisioningJobFailed", True)
@@ -265,7 +274,11 @@ def test_host_key_policies_become_container_modes() -> None:
         "",
         (),
     )
-    assert jobspec.host_key_material(_target(HostKeyPolicy.pinned(fp)), None) == ("pinned", "", (fp,))
+    assert jobspec.host_key_material(_target(HostKeyPolicy.pinned(fp)), None) == (
+        "pinned",
+        "",
+        (fp,),
+    )
     assert jobspec.host_key_material(_target(HostKeyPolicy.trust_on_first_use(fp)), None) == (
         "pinned",
         "",
