@@ -11,6 +11,8 @@ import attrs
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    Timeouts,
+    from_dict,
     parse_duration,
 )
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
@@ -66,21 +68,25 @@ def cleanup_commands(rm: JSONDict, bootstrap_kind: str) -> tuple[str, ...]:
 
 @attrs.frozen
 class Deadlines:
-    """spec.timeouts in seconds; ``None`` leaves the runner's default for that deadline."""
+    """spec.timeouts in seconds, always all three: a field left out takes the model's default
+    (:class:`capi_remote.api.Timeouts`, the same the CRD applies), never the runner's own."""
 
-    connect: float | None = None
-    command: float | None = None
-    job: float | None = None
+    connect: float
+    command: float
+    job: float
 
     @classmethod
     def of(cls, spec: JSONDict) -> Deadlines:
-        timeouts = spec.get("timeouts") or {}
+        timeouts = from_dict(Timeouts, spec.get("timeouts") or {})
 
-        def seconds(name: str) -> float | None:
-            text = timeouts.get(name)
-            return parse_duration(text).total_seconds() if text else None
+        def seconds(text: str) -> float:
+            return parse_duration(text).total_seconds()
 
-        return cls(connect=seconds("connect"), command=seconds("command"), job=seconds("job"))
+        return cls(
+            connect=seconds(timeouts.connect),
+            command=seconds(timeouts.command),
+            job=seconds(timeouts.job),
+        )
 
 
 def _decoded(value: bytes, kind: str, namespace: str, name: str, key: str) -> str:
@@ -141,7 +147,7 @@ class HostAccess:
         namespace: str,
         spec: JSONDict,
         recorded: str | None,
-        connect_timeout: float | None,
+        connect_timeout: float,
         via: Target | None = None,
     ) -> Target:
         key_ref = spec.get("sshKeyRef") or {}
@@ -219,7 +225,7 @@ class HostAccess:
         uid: str,
         job: JobState,
         jobs: HostJobs,
-        deadlines: Deadlines = Deadlines(),
+        deadlines: Deadlines,
     ) -> Outcome:
         def progress(index: int, total: int, description: str) -> None:
             jobs.progress(uid, index, total, description)
@@ -266,7 +272,7 @@ class HostAccess:
         commands: tuple[str, ...],
         uid: str,
         job: JobState,
-        deadlines: Deadlines = Deadlines(),
+        deadlines: Deadlines,
     ) -> Outcome:
         plan = BootstrapPlan(
             steps=tuple(RunCommand(shell=command) for command in commands), format="script"
