@@ -77,8 +77,10 @@ class Deadlines:
 
     @classmethod
     def of(cls, spec: JSONDict) -> Deadlines:
-        timeouts = from_dict(Timeouts, spec.get("timeouts") or {})
+        return cls.of_timeouts(from_dict(Timeouts, spec.get("timeouts") or {}))
 
+    @classmethod
+    def of_timeouts(cls, timeouts: Timeouts) -> Deadlines:
         def seconds(text: str) -> float:
             return parse_duration(text).total_seconds()
 

@@ -17,20 +17,32 @@ from typing import Any, Protocol
 import attrs
 
 from capi_remote import Request
+from capi_remote.api import RemoteMachineSpec
 from capi_remote.bootstrap import BootstrapPlan
 from reconcilers.hostjobs import Outcome
+from reconcilers.remote import Deadlines
+from reconcilers.remotemachine.machinestatus import provider_id
 
 JSONDict = dict[str, Any]
 
 
 @attrs.frozen
 class Machine:
-    """One reconcile's view of a RemoteMachine, for its backend."""
+    """One reconcile's view of a RemoteMachine, for its backend: the object as read, and its
+    spec as the typed model (converted once; every default comes from the model)."""
 
     rm: JSONDict
+    spec: RemoteMachineSpec
     machine: JSONDict  # the owning Cluster API Machine
     request: Request
-    max_attempts: int
+
+    @property
+    def max_attempts(self) -> int:
+        return self.spec.max_attempts
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines.of_timeouts(self.spec.timeouts)
 
     @property
     def uid(self) -> str:
@@ -46,7 +58,11 @@ class Machine:
 
     @property
     def address(self) -> str:
-        return str(self.rm["spec"]["address"])
+        return self.spec.address or ""
+
+    @property
+    def provider_id(self) -> str:
+        return provider_id(self.address, self.spec.port)
 
 
 @attrs.frozen

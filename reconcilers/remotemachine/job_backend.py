@@ -14,6 +14,7 @@ the host cleanup, which stays on the controller's runner.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import structlog
 
 from capi_remote import ApiError, Informer, KubeClient
+from capi_remote.api import ProvisionJob
 from capi_remote.bootstrap import BootstrapPlan
 from capi_remote.resources import JOBS, PODS, SECRETS
 from capi_remote.ssh import jobscript
@@ -28,7 +30,7 @@ from capi_remote.ssh.auth import Privilege
 from reconcilers import conditions as c
 from reconcilers.common import CLUSTER_NAME_LABEL, unix_time
 from reconcilers.hostjobs import Outcome
-from reconcilers.remote import Deadlines, HostAccess, InvalidSpec
+from reconcilers.remote import HostAccess, InvalidSpec
 from reconcilers.remotemachine import jobread as jr
 from reconcilers.remotemachine.backend import (
     Finished,
@@ -196,7 +198,7 @@ class JobBackend:
         rm = machine.rm
         meta = rm["metadata"]
         spec = rm["spec"]
-        job_spec = spec.get("provisionJob") or {}
+        job_spec = machine.spec.provision_job or ProvisionJob()
         if spec.get("bastion"):
             raise InvalidProvisionJob(
                 "provisionJob mode does not support a bastion: reach the host from the Job's"
@@ -215,7 +217,7 @@ class JobBackend:
         except ValueError as invalid:
             raise InvalidSpec(c.INVALID_SSH_KEY, f"the private key: {invalid}") from None
         mode, known, fingerprints = host_key_material(target, self._known_hosts_text(rm))
-        deadlines = Deadlines.of(spec)
+        deadlines = machine.deadlines
         settings = self.access.runner.settings
         name = job_name(meta["name"], attempt)
         script = jobscript.host_script(
@@ -229,7 +231,7 @@ class JobBackend:
         cluster = labels.get(CLUSTER_NAME_LABEL) or (machine.machine.get("spec") or {}).get(
             "clusterName"
         )
-        template = dict(job_spec.get("jobSpecTemplate") or {})
+        template = copy.deepcopy(dict(job_spec.job_spec_template or {}))
         container(template)
         return JobInputs(
             namespace=meta["namespace"],
@@ -242,8 +244,8 @@ class JobBackend:
             user=credentials.user,
             privilege=Privilege.for_credentials(credentials).mode,
             host_keys=mode,
-            ssh_command=str(job_spec.get("sshCommand") or "ssh"),
-            scp_command=str(job_spec.get("scpCommand") or "scp"),
+            ssh_command=job_spec.ssh_command,
+            scp_command=job_spec.scp_command,
             connect_timeout=max(1, int(deadlines.connect)),
             job_timeout=max(60, int(deadlines.job)),
             template=template,

@@ -5,19 +5,6 @@ from __future__ import annotations
 
 import attrs
 
-from capi_remote.api import RemoteMachineSpec
-
-
-def _model_default() -> int:
-    value = attrs.fields(RemoteMachineSpec).max_attempts.default
-    if not isinstance(value, int):
-        raise TypeError("RemoteMachineSpec.max_attempts needs an int default")
-    return value
-
-
-#: The spec's default (``RemoteMachineSpec.max_attempts``): the model is the one source.
-DEFAULT_MAX_ATTEMPTS = _model_default()
-
 
 @attrs.frozen
 class AttemptPolicy:

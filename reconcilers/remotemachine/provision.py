@@ -35,7 +35,6 @@ from reconcilers.remotemachine.jobspec import InvalidProvisionJob
 from reconcilers.remotemachine.machinestatus import (
     clear_failure,
     condition,
-    provider_id,
     ready_reason,
     set_failure,
 )
@@ -136,7 +135,7 @@ class ProvisionFlow:
         spec = rm["spec"]
         self.memory[m.uid].retry_at = 0.0
         desired = copy.deepcopy(rm)
-        desired["spec"]["providerID"] = provider_id(spec["address"], int(spec.get("port", 22)))
+        desired["spec"]["providerID"] = m.provider_id
         seen_keys = {
             "hostKeyFingerprint": outcome.details.get("fingerprint"),
             "bastionHostKeyFingerprint": outcome.details.get("bastionFingerprint"),
@@ -262,8 +261,7 @@ class ProvisionFlow:
         wait = self.memory.wait(m.uid)
         if wait > 0:
             return Result(requeue_after=wait)  # back off between attempts
-        spec = rm["spec"]
-        pid = provider_id(spec["address"], int(spec.get("port", 22)))
+        pid = m.provider_id
         secret_meta = data_secret["metadata"]
         inputs = InputKey(
             str(secret_meta.get("uid", "")),

@@ -24,6 +24,7 @@ from capi_remote import (
     Result,
     Store,
 )
+from capi_remote.api import RemoteMachineSpec, from_dict
 from capi_remote.resources import CAPI_GROUP
 from reconcilers import conditions as c
 from reconcilers import pool as pools
@@ -31,7 +32,6 @@ from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark,
 from reconcilers.remotemachine.backend import Backend, Machine
 from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
 from reconcilers.remotemachine.nodelink import NodeLink
-from reconcilers.remotemachine.policy import DEFAULT_MAX_ATTEMPTS
 from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.writer import Writer
 from reconcilers.secrets import ObjectSource
@@ -52,8 +52,8 @@ class Backends:
     runner: Backend
     job: Backend
 
-    def of(self, rm: JSONDict) -> Backend:
-        return self.job if rm["spec"].get("provisionJob") else self.runner
+    def of(self, machine: Machine) -> Backend:
+        return self.job if machine.spec.provision_job is not None else self.runner
 
 
 class RemoteMachineReconciler:
@@ -146,9 +146,8 @@ class RemoteMachineReconciler:
                 c.WAITING_FOR_BOOTSTRAP_DATA,
                 f"waiting for bootstrap data Secret {data_name}",
             )
-        max_attempts = int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
-        view = Machine(rm, machine, request, max_attempts)
-        return await self.flow.step(log, self.backends.of(rm), view, status, data_secret)
+        view = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), machine, request)
+        return await self.flow.step(log, self.backends.of(view), view, status, data_secret)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
         mark(rm, status, c.READY, False, reason, message)

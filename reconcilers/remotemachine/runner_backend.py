@@ -11,7 +11,7 @@ from typing import Any
 from capi_remote.bootstrap import BootstrapPlan
 from reconcilers import conditions as c
 from reconcilers.hostjobs import HostJobs
-from reconcilers.remote import Deadlines, HostAccess
+from reconcilers.remote import HostAccess
 from reconcilers.remotemachine.backend import (
     Finished,
     Machine,
@@ -51,7 +51,7 @@ class RunnerBackend:
         self, machine: Machine, plan: BootstrapPlan, attempt: int, provider_id: str
     ) -> Started:
         target = self.access.target(machine.rm)
-        deadlines = Deadlines.of(machine.rm["spec"])
+        deadlines = machine.deadlines
         uid, jobs = machine.uid, self.jobs
         job = jobs.start(
             uid,

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from capi_remote import Request, Result
+from capi_remote.api import RemoteMachineSpec, from_dict
 from capi_remote.bootstrap import BootstrapPlan
 from capi_remote.ssh import InvalidCredentials
 from reconcilers import conditions as c
@@ -28,7 +29,7 @@ from reconcilers.remotemachine.backend import (
     Started,
 )
 from reconcilers.remotemachine.memory import MachineMemory
-from reconcilers.remotemachine.policy import DEFAULT_MAX_ATTEMPTS, AttemptPolicy
+from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.provision import ProvisionFlow
 
 JSONDict = dict[str, Any]
@@ -162,8 +163,8 @@ class Bed:
 
     async def step(self) -> Result:
         rm = copy.deepcopy(self.writer.obj)
-        max_attempts = int(rm["spec"].get("maxAttempts") or DEFAULT_MAX_ATTEMPTS)
-        machine = Machine(rm, {"metadata": {"name": "m"}}, Request("ns", "m"), max_attempts)
+        spec = from_dict(RemoteMachineSpec, rm["spec"])
+        machine = Machine(rm, spec, {"metadata": {"name": "m"}}, Request("ns", "m"))
         return await self.flow.step(LOG, self.backend, machine, copy_status(rm), self.secret)
 
     def time_passes(self) -> None:
