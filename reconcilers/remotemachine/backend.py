@@ -106,6 +106,10 @@ class Backend(Protocol):
     #: a host-locked outcome waits (without spending an attempt) until a lock this many seconds
     #: old would be stale; None: such an outcome is an ordinary failure
     lock_stale_after: int | None
+    #: its own objects are the record of the attempts made (a Job per attempt): when it shows
+    #: none and none is under way, the budget starts afresh (e.g. the last failed Job was
+    #: deleted); False: status is the record (a runner's jobs die with the process)
+    keeps_attempts: bool
 
     async def observe(self, machine: Machine) -> Observation: ...
 

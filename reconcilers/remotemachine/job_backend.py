@@ -71,6 +71,7 @@ def machine_key(job: JSONDict) -> list[str]:
 class JobBackend:
     failed_reason: str | None = c.PROVISIONING_JOB_FAILED
     lock_stale_after: int | None = None
+    keeps_attempts = True
 
     def __init__(
         self, client: KubeClient, access: HostAccess, watch_jobs: Callable[[], Informer]

@@ -51,6 +51,10 @@ NOT_YET_KNOWN_RETRY = 0.5
 _UNDER_WAY = (c.PROVISIONING, c.HOST_LOCKED, c.PROVISIONING_JOB_RUNNING)
 
 
+def _under_way(status: JSONDict) -> bool:
+    return status.get("phase") == "Provisioning" and ready_reason(status) in _UNDER_WAY
+
+
 class ProvisionFlow:
     def __init__(self, writer: Writer, memory: MachineMemory, policy: AttemptPolicy) -> None:
         self.writer = writer
@@ -73,7 +77,8 @@ class ProvisionFlow:
             return Result(requeue_after=seen.retry_after)
         if isinstance(seen, Running):
             return await self._running(m, status, seen)
-        fresh = False
+        # No Job and none under way: deleting the last failed Job starts afresh.
+        fresh = seen is None and backend.keeps_attempts and not _under_way(status)
         if isinstance(seen, Finished):
             # A failure of an older spec: a new generation gets a fresh budget.
             stale = not seen.outcome.ok and seen.generation not in (None, m.generation)
@@ -250,7 +255,7 @@ class ProvisionFlow:
         if fresh or (attempts and outcome.get("observedGeneration") not in (None, m.generation)):
             attempts = 0  # the spec changed since the last failure: a fresh budget
             remembered.retry_at = 0.0
-        resuming = status.get("phase") == "Provisioning" and ready_reason(status) in _UNDER_WAY
+        resuming = _under_way(status)
         gave_up = (
             status.get("phase") == "Failed"
             and outcome.get("status") == "False"

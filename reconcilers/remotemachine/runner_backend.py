@@ -25,6 +25,7 @@ JSONDict = dict[str, Any]
 
 class RunnerBackend:
     failed_reason: str | None = None
+    keeps_attempts = False
 
     def __init__(self, access: HostAccess, jobs: HostJobs) -> None:
         self.access = access

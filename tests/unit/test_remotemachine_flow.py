@@ -84,6 +84,7 @@ class FakeBackend:
 
     failed_reason: str | None = None
     lock_stale_after: int | None = None
+    keeps_attempts: bool = False
     seen: Observation = None
     refuse: Exception | None = None
     starts: list[int] = attrs.field(factory=list)
@@ -117,7 +118,7 @@ def runner_like() -> FakeBackend:
 
 
 def job_like() -> FakeBackend:
-    return FakeBackend(failed_reason=c.PROVISIONING_JOB_FAILED)
+    return FakeBackend(failed_reason=c.PROVISIONING_JOB_FAILED, keeps_attempts=True)
 
 
 def new_machine(**spec: Any) -> JSONDict:
@@ -375,6 +376,28 @@ async def test_inputs_that_cannot_be_used_wait_with_their_own_reason(
     assert b.ready()["reason"] == reason
     assert b.status["phase"] == "Pending"
     assert "bootstrap" not in b.status  # no attempt was spent
+
+
+async def test_deleting_the_last_failed_job_starts_afresh() -> None:
+    b = bed(job_like())
+    await b.step()
+    await b.fail(1, c.HOST_KEY_MISMATCH, retry=False)
+    await b.step()
+    assert b.backend.starts == [1]
+    b.backend.seen = None  # the user deleted the failed Job
+    await b.step()
+    assert b.backend.starts == [1, 1]
+
+
+async def test_a_job_the_cache_does_not_show_yet_is_not_started_again() -> None:
+    b = bed(job_like())
+    await b.step()
+    await b.fail(1)
+    b.time_passes()
+    await b.step()
+    b.backend.seen = None  # the new Job is not in the informer's cache yet
+    await b.step()
+    assert b.backend.starts == [1, 2, 2]  # the same attempt (its create finds it exists)
 
 
 async def test_a_failure_of_an_older_spec_starts_afresh() -> None:
