@@ -3,6 +3,7 @@ protocol, a writer that keeps the object in memory, and the flow's own policy an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import attrs
 import pytest
 import structlog
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from capi_remote import Request, Result
 from capi_remote.api import RemoteMachineSpec, from_dict
@@ -90,6 +94,7 @@ class FakeBackend:
     starts: list[int] = attrs.field(factory=list)
     settled: list[int] = attrs.field(factory=list)
     cancelled: int = 0
+    generation: int | None = None  # of the last start
 
     async def observe(self, machine: Machine) -> Observation:
         return self.seen
@@ -100,6 +105,7 @@ class FakeBackend:
         if self.refuse is not None:
             raise self.refuse
         self.starts.append(attempt)
+        self.generation = machine.generation
         self.seen = Running(attempt, c.PROVISIONING, None)
         return Started(c.PROVISIONING, f"attempt {attempt}", f"started {attempt}")
 
@@ -470,8 +476,6 @@ def deletion_bed(pods_going: float | None = None) -> tuple[Any, FakeWriter, list
 
 
 async def test_deletion_cancels_cleans_the_host_and_forgets() -> None:
-    import asyncio
-
     deletion, writer, backends = deletion_bed()
     request = Request("ns", "m")
     await deletion.run(copy.deepcopy(writer.obj), request)
@@ -493,3 +497,71 @@ async def test_deletion_waits_for_a_backend_that_is_winding_down() -> None:
     assert result == Result(requeue_after=2.0)
     assert deletion.access.cleanups == []
     assert writer.obj["metadata"]["finalizers"]
+
+
+# -- any sequence of events ------------------------------------------------------------------------
+
+
+class FlowMachine(RuleBasedStateMachine):
+    """Random outcomes, waits, spec changes and restarts; the attempt bookkeeping holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = bed(runner_like(), maxAttempts=3)
+        self.starts_this_generation: list[int] = []
+
+    def _step(self) -> None:
+        before = len(self.b.backend.starts)
+        asyncio.run(self.b.step())
+        self.starts_this_generation += self.b.backend.starts[before:]
+
+    def _running(self) -> int | None:
+        seen = self.b.backend.seen
+        return seen.attempt if isinstance(seen, Running) else None
+
+    @rule()
+    def reconcile(self) -> None:
+        self._step()
+
+    @rule()
+    def time_passes(self) -> None:
+        self.b.time_passes()
+        self._step()
+
+    @rule(ok=st.booleans(), retry=st.booleans(), locked=st.booleans())
+    def attempt_ends(self, ok: bool, retry: bool, locked: bool) -> None:
+        attempt = self._running()
+        if attempt is None:
+            return
+        reason = c.HOST_LOCKED if locked else "StepFailed"
+        outcome = Outcome(True, c.PROVISIONED) if ok else Outcome(False, reason, "x", retry)
+        self.b.backend.seen = Finished(attempt, self.b.backend.generation, outcome)
+        self._step()
+
+    @rule()
+    def spec_changes(self) -> None:
+        if not self.b.writer.obj["spec"].get("providerID"):
+            self.b.writer.obj["metadata"]["generation"] += 1
+            self.starts_this_generation = []
+
+    @rule()
+    def controller_restarts(self) -> None:
+        self.b = Bed(self.b.writer, runner_like())
+
+    @invariant()
+    def attempts_stay_within_the_budget(self) -> None:
+        recorded = (self.b.writer.obj["status"].get("bootstrap") or {}).get("attempts", 0)
+        assert recorded <= 3
+        distinct = sorted(set(self.starts_this_generation))
+        assert distinct == list(range(1, len(distinct) + 1))  # 1, 2, 3: none skipped
+        if self.starts_this_generation:
+            assert recorded == self.starts_this_generation[-1]
+
+    @invariant()
+    def failed_means_no_attempt_runs(self) -> None:
+        if self.b.writer.obj["status"].get("phase") == "Failed":
+            assert self._running() is None
+
+
+TestFlowMachine = FlowMachine.TestCase
+TestFlowMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
