@@ -7,6 +7,7 @@ framework's pieces re-exported here, plus the public subpackages ``capi_remote.a
 """
 
 from capi_remote.app import Provider, ProviderOptions
+from capi_remote.kube.builder import ControllerBuilder
 from capi_remote.kube.cache import Store
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.kube.controller import Controller
@@ -29,6 +30,7 @@ __all__ = [
     "ApiError",
     "Conflict",
     "Controller",
+    "ControllerBuilder",
     "Event",
     "EventRecorder",
     "Informer",

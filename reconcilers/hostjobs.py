@@ -64,7 +64,7 @@ class HostJobs:
     """Registry of in-flight and finished jobs, keyed by machine UID."""
 
     def __init__(self, wake: Callable[[Request], None]) -> None:
-        self._wake = wake  # thread-safe enqueue of the machine's key
+        self._wake = wake  # enqueue of the machine's key (called on the loop)
         self._jobs: dict[str, JobState] = {}
         self._last_wake: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

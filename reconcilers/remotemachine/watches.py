@@ -13,7 +13,6 @@ from capi_remote import (
     Provider,
     Request,
     Selector,
-    own_object,
     owner_of_kind,
     request_for,
 )
@@ -91,14 +90,15 @@ def _cluster(m: JSONDict) -> list[str]:
 
 
 class Wake:
-    """The controller's thread-safe enqueue, for parts built before the controller exists."""
+    """The controller's enqueue, for parts built before the controller exists (watch handlers,
+    HostJobs). Called on the event loop only: runner threads hop onto it first."""
 
     def __init__(self) -> None:
         self.controller: Controller | None = None
 
     def __call__(self, request: Request) -> None:
         if self.controller is not None:
-            self.controller.enqueue_threadsafe(request)
+            self.controller.enqueue(request)
 
 
 def setup(provider: Provider, runner: Runner) -> HostAccess:
@@ -135,16 +135,7 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object)
     access = HostAccess(runner, secrets, configmaps)
     reconciler = _reconciler(provider, stores, secrets, access, wake)
-    controller = manager.add(
-        Controller(
-            "remotemachine",
-            reconciler,
-            workers=provider.options.machine_workers,
-            metrics=manager.metrics,
-        )
-    )
-    wake.controller = controller
-    _watch(provider, controller, stores)
+    wake.controller = _build(provider, reconciler, stores)
     return access
 
 
@@ -192,11 +183,8 @@ def _reconciler(
     )
 
 
-def _watch(provider: Provider, controller: Controller, stores: Stores) -> None:
-    """The controller's watches; the one place to switch to the manager's controller builder."""
-    manager = provider.manager
-    manager.watch(controller, REMOTE_MACHINES, own_object)
-    manager.watch(controller, MACHINES, lambda e: machine_to_remote(e.obj))
+def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stores) -> Controller:
+    """The controller and what wakes it besides its own objects."""
 
     def cluster_to_remote(event: Event) -> list[Request]:
         meta = event.obj["metadata"]
@@ -206,8 +194,6 @@ def _watch(provider: Provider, controller: Controller, stores: Stores) -> None:
             for machine in stores.capi_machines.by_index(CLUSTER_INDEX, key)
             for request in machine_to_remote(machine)
         ]
-
-    manager.watch(controller, CLUSTERS, cluster_to_remote)
 
     def free_host_to_waiting(event: Event) -> list[Request]:
         if not pools.is_free(event.obj):
@@ -222,4 +208,15 @@ def _watch(provider: Provider, controller: Controller, stores: Stores) -> None:
             and not rm["spec"].get("address")
         ]
 
-    manager.watch(controller, POOLED_REMOTE_MACHINES, free_host_to_waiting)
+    return (
+        provider.manager.controller(
+            "remotemachine",
+            reconciler,
+            for_=REMOTE_MACHINES,
+            workers=provider.options.machine_workers,
+        )
+        .watches(MACHINES, lambda e: machine_to_remote(e.obj))
+        .watches(CLUSTERS, cluster_to_remote)
+        .watches(POOLED_REMOTE_MACHINES, free_host_to_waiting)
+        .build()
+    )

@@ -500,7 +500,7 @@ async def test_worker_gauges_and_validation() -> None:
     assert controller_sample(registry, "controller_runtime_max_concurrent_reconciles") == 3
     await controller.stop()
     with pytest.raises(ValueError, match="at least one worker"):
-        Controller("bad", ScriptedReconciler(succeed), workers=0)
+        Controller("bad", ScriptedReconciler(succeed), workers=0, metrics=Metrics())
 
 
 def test_request_and_result_values() -> None:
