@@ -300,6 +300,7 @@ class ProvisionFlow:
             return await self._wait(rm, status, c.PROVISIONING_JOB_INVALID, str(invalid))
         except InvalidSpec as invalid:
             return await self._wait(rm, status, invalid.reason, str(invalid))
+        remembered.recorded = None  # its outcome is news, even under a number seen before
         if plan.warnings:
             self.writer.event(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
         log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))

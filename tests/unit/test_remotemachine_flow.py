@@ -329,6 +329,10 @@ async def test_host_locked_waits_without_spending_an_attempt() -> None:
     await b.step()
     assert b.backend.starts == [1, 1]  # the same attempt again
     assert b.status["bootstrap"]["attempts"] == 1
+    b.backend.seen = Finished(1, 1, locked)  # still locked: told again, not started at once
+    assert await b.step() == Result(requeue_after=6.0)
+    assert b.ready()["reason"] == c.HOST_LOCKED
+    assert b.backend.starts == [1, 1]
 
 
 async def test_resumes_the_running_attempt_after_a_restart() -> None:
