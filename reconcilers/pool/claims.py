@@ -23,6 +23,7 @@ import copy
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from capi_remote import ApiError, Conflict, KubeClient, Store
 from capi_remote.resources import MACHINES, POOLED_REMOTE_MACHINES, REMOTE_MACHINES
@@ -32,7 +33,7 @@ RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
 
-_log = structlog.get_logger("capi_remote.pool")
+_default_log: FilteringBoundLogger = structlog.get_logger("capi_remote.pool")
 
 
 def claimant_key(namespace: str, name: str) -> str:
@@ -88,7 +89,9 @@ def is_free(pooled: JSONDict) -> bool:
     )
 
 
-async def find_or_claim(client: KubeClient, store: Store, machine: JSONDict) -> JSONDict | None:
+async def find_or_claim(
+    client: KubeClient, store: Store, machine: JSONDict, log: FilteringBoundLogger
+) -> JSONDict | None:
     """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
     meta = machine["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -123,12 +126,18 @@ async def find_or_claim(client: KubeClient, store: Store, machine: JSONDict) -> 
             if error.conflict or error.status == 422:
                 continue  # someone else was faster
             raise
-        _log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
+        log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
         return claimed
     return None
 
 
-async def release(client: KubeClient, namespace: str, pooled_name: str, claimant: str) -> None:
+async def release(
+    client: KubeClient,
+    namespace: str,
+    pooled_name: str,
+    claimant: str,
+    log: FilteringBoundLogger = _default_log,
+) -> None:
     """Clear the claim if ``claimant`` (a RemoteMachine name) still holds it; mark for re-check."""
     try:
         fresh = await client.get(POOLED_REMOTE_MACHINES, namespace, pooled_name)
@@ -152,7 +161,7 @@ async def release(client: KubeClient, namespace: str, pooled_name: str, claimant
         if error.conflict:
             raise Conflict(f"PooledRemoteMachine {pooled_name} changed while releasing") from error
         raise
-    _log.info("released pooled machine", pooled=pooled_name, machine=claimant)
+    log.info("released pooled machine", pooled=pooled_name, machine=claimant)
 
 
 def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
@@ -171,7 +180,9 @@ def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
     return desired
 
 
-async def unclaim_if_bound_elsewhere(client: KubeClient, rm: JSONDict, pooled: JSONDict) -> None:
+async def unclaim_if_bound_elsewhere(
+    client: KubeClient, rm: JSONDict, pooled: JSONDict, log: FilteringBoundLogger
+) -> None:
     """Our write of the host into the RemoteMachine lost a race: if the winner (another
     controller replica) bound it to another host, the host we claimed is nobody's."""
     meta = rm["metadata"]
@@ -183,7 +194,7 @@ async def unclaim_if_bound_elsewhere(client: KubeClient, rm: JSONDict, pooled: J
         fresh = None
     address = (fresh or {}).get("spec", {}).get("address")
     if fresh is None or (address and address != pooled["spec"]["machine"]["address"]):
-        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"])
+        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"], log)
 
 
 async def propagate_labels(client: KubeClient, machine: JSONDict, pooled: JSONDict) -> None:
@@ -201,8 +212,10 @@ async def propagate_labels(client: KubeClient, machine: JSONDict, pooled: JSONDi
     await client.patch(MACHINES, meta["namespace"], meta["name"], {"metadata": {"labels": labels}})
 
 
-async def release_held(client: KubeClient, store: Store, rm: JSONDict) -> None:
+async def release_held(
+    client: KubeClient, store: Store, rm: JSONDict, log: FilteringBoundLogger
+) -> None:
     """Give back every pooled host ``rm`` holds (its deletion)."""
     meta = rm["metadata"]
     for pooled in held_by(store, rm):
-        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"])
+        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"], log)

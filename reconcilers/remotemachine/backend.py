@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import attrs
+from structlog.typing import FilteringBoundLogger
 
 from capi_remote import Request
 from capi_remote.api import RemoteMachineSpec
@@ -35,6 +36,7 @@ class Machine:
     spec: RemoteMachineSpec
     machine: JSONDict  # the owning Cluster API Machine
     request: Request
+    log: FilteringBoundLogger  # the reconcile's (it carries the reconcile id)
 
     @property
     def max_attempts(self) -> int:

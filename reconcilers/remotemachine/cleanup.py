@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from structlog.typing import FilteringBoundLogger
+
 from capi_remote import ApiError, KubeClient, Request, Result, Store
 from capi_remote.resources import CAPI_GROUP, REMOTE_MACHINES
 from reconcilers import conditions as c
@@ -59,7 +61,7 @@ class Deletion:
         self.backends = backends
         self.pooled, self.capi_machines = stores
 
-    async def run(self, rm: JSONDict, request: Request) -> Result:
+    async def run(self, log: FilteringBoundLogger, rm: JSONDict, request: Request) -> Result:
         meta = rm["metadata"]
         uid = meta["uid"]
         if FINALIZER not in meta.get("finalizers", []):
@@ -77,7 +79,7 @@ class Deletion:
             pending = await self._cleanup(rm, request, self.jobs.state(uid))
             if pending is not None:
                 return pending
-        await release_held(self.client, self.pooled, rm)
+        await release_held(self.client, self.pooled, rm, log)
         desired = copy.deepcopy(rm)
         desired["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != FINALIZER]
         try:

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from capi_remote import ApiError, Informer, KubeClient
 from capi_remote.api import ProvisionJob
 from capi_remote.bootstrap import BootstrapPlan
@@ -57,8 +55,6 @@ JOB_INDEX = "machine-uid"
 SYNC_TIMEOUT = 30.0
 #: On deletion, how long the host cleanup waits for the Jobs' Pods to be gone.
 POD_GONE_TIMEOUT = 60.0
-
-_log = structlog.get_logger("capi_remote.provisionjob")
 
 
 def machine_key(job: JSONDict) -> list[str]:
@@ -116,7 +112,7 @@ class JobBackend:
             state = "is running" if active else "is waiting for its Pod"
             message = f"Job {name} {state} (attempt {attempt} of {machine.max_attempts})"
             return Running(attempt, c.PROVISIONING_JOB_RUNNING, message)
-        pod = await self._pod_result(job)
+        pod = await self._pod_result(machine, job)
         generation = jr.generation_of(job)
         if phase == "failed":
             view = jr.describe_failure(job, pod)
@@ -270,7 +266,7 @@ class JobBackend:
 
     # -- API reads and writes ------------------------------------------------------------------
 
-    async def _pod_result(self, job: JSONDict) -> jr.PodResult:
+    async def _pod_result(self, machine: Machine, job: JSONDict) -> jr.PodResult:
         job_uid = job["metadata"].get("uid", "")
         cached = self._pods.get(job_uid)
         if cached is not None:
@@ -283,7 +279,7 @@ class JobBackend:
                 label_selector=f"batch.kubernetes.io/controller-uid={job_uid}",
             )
         except ApiError as error:
-            _log.info("cannot read the Job's Pods", job=meta["name"], error=error.message)
+            machine.log.info("cannot read the Job's Pods", job=meta["name"], error=error.message)
             return jr.PodResult()
         result = jr.pod_result(list(pods.get("items") or []))
         if result.message or result.exit_code is not None:

@@ -21,8 +21,6 @@ import copy
 import time
 from typing import Any
 
-from structlog.typing import FilteringBoundLogger
-
 from capi_remote import Result
 from capi_remote.bootstrap import BootstrapParseError
 from capi_remote.ssh import InvalidCredentials
@@ -63,7 +61,6 @@ class ProvisionFlow:
 
     async def step(
         self,
-        log: FilteringBoundLogger,
         backend: Backend,
         m: Machine,
         status: JSONDict,
@@ -84,11 +81,11 @@ class ProvisionFlow:
             stale = not seen.outcome.ok and seen.generation not in (None, m.generation)
             if remembered.recorded != (seen.attempt, seen.generation):
                 if not stale:
-                    return await self._record(log, backend, m, status, seen)
+                    return await self._record(backend, m, status, seen)
                 remembered.recorded = (seen.attempt, seen.generation)
                 await backend.settle(m, seen)
             fresh = stale
-        return await self._next_attempt(log, backend, m, status, data_secret, fresh)
+        return await self._next_attempt(backend, m, status, data_secret, fresh)
 
     # -- an attempt under way ------------------------------------------------------------------
 
@@ -111,14 +108,13 @@ class ProvisionFlow:
 
     async def _record(
         self,
-        log: FilteringBoundLogger,
         backend: Backend,
         m: Machine,
         status: JSONDict,
         seen: Finished,
     ) -> Result:
         outcome = seen.outcome
-        log.info(
+        m.log.info(
             "bootstrap attempt ended",
             attempt=seen.attempt,
             ok=outcome.ok,
@@ -240,7 +236,6 @@ class ProvisionFlow:
 
     async def _next_attempt(
         self,
-        log: FilteringBoundLogger,
         backend: Backend,
         m: Machine,
         status: JSONDict,
@@ -280,7 +275,9 @@ class ProvisionFlow:
         except BootstrapParseError as error:
             remembered.invalid_input = inputs
             message = f"{error.key}: {error.message}"
-            log.info("bootstrap data is invalid", reason=c.INVALID_BOOTSTRAP_DATA, message=message)
+            m.log.info(
+                "bootstrap data is invalid", reason=c.INVALID_BOOTSTRAP_DATA, message=message
+            )
             mark(rm, status, c.READY, False, c.INVALID_BOOTSTRAP_DATA, message)
             status["phase"] = "Failed"
             set_failure(status, "InvalidConfiguration", message)
@@ -303,7 +300,7 @@ class ProvisionFlow:
         remembered.recorded = None  # its outcome is news, even under a number seen before
         if plan.warnings:
             self.writer.event(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
-        log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))
+        m.log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))
         previous = {k: v for k, v in bootstrap.items() if k != "lastOutputTail"}
         status["bootstrap"] = {
             **previous,

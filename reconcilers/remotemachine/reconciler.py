@@ -83,7 +83,7 @@ class RemoteMachineReconciler:
             return Result()
         rm = self.writer.view(rm)
         if rm["metadata"].get("deletionTimestamp"):
-            return await self.deletion.run(rm, request)
+            return await self.deletion.run(ctx.log, rm, request)
         if FINALIZER not in rm["metadata"].get("finalizers", []):
             desired = copy.deepcopy(rm)
             desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
@@ -146,8 +146,8 @@ class RemoteMachineReconciler:
                 c.WAITING_FOR_BOOTSTRAP_DATA,
                 f"waiting for bootstrap data Secret {data_name}",
             )
-        view = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), machine, request)
-        return await self.flow.step(log, self.backends.of(view), view, status, data_secret)
+        view = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), machine, request, log)
+        return await self.flow.step(self.backends.of(view), view, status, data_secret)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
         mark(rm, status, c.READY, False, reason, message)
@@ -158,7 +158,7 @@ class RemoteMachineReconciler:
     async def _claim(
         self, log: FilteringBoundLogger, rm: JSONDict, status: JSONDict, machine: JSONDict
     ) -> Result:
-        pooled = await pools.find_or_claim(self.client, self.stores.pooled, rm)
+        pooled = await pools.find_or_claim(self.client, self.stores.pooled, rm, log)
         if pooled is None:
             pool = rm["spec"]["pool"]
             return await self._wait(
@@ -170,11 +170,10 @@ class RemoteMachineReconciler:
         try:
             await self.writer.object(rm, pools.host_spec_for(rm, pooled))
         except Conflict:
-            await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled)
+            await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
             raise
         await pools.propagate_labels(self.client, machine, pooled)
         host = pooled["spec"]["machine"]["address"]
-        log.info("claimed a pooled host", pooled=pooled["metadata"]["name"], address=host)
         self.writer.event(
             rm,
             "Normal",

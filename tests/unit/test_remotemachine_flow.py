@@ -171,8 +171,8 @@ class Bed:
     async def step(self) -> Result:
         rm = copy.deepcopy(self.writer.obj)
         spec = from_dict(RemoteMachineSpec, rm["spec"])
-        machine = Machine(rm, spec, {"metadata": {"name": "m"}}, Request("ns", "m"))
-        return await self.flow.step(LOG, self.backend, machine, copy_status(rm), self.secret)
+        machine = Machine(rm, spec, {"metadata": {"name": "m"}}, Request("ns", "m"), LOG)
+        return await self.flow.step(self.backend, machine, copy_status(rm), self.secret)
 
     def time_passes(self) -> None:
         self.memory[UID].retry_at = 0.0
@@ -482,13 +482,13 @@ def deletion_bed(pods_going: float | None = None) -> tuple[Any, FakeWriter, list
 async def test_deletion_cancels_cleans_the_host_and_forgets() -> None:
     deletion, writer, backends = deletion_bed()
     request = Request("ns", "m")
-    await deletion.run(copy.deepcopy(writer.obj), request)
+    await deletion.run(LOG, copy.deepcopy(writer.obj), request)
     assert [b.cancelled for b in backends] == [1, 1]
     assert writer.status_["phase"] == "Deleting"
     job = deletion.jobs.state(UID)
     assert job is not None and job.task is not None
     await asyncio.wait_for(job.task, 5)
-    await deletion.run(copy.deepcopy(writer.obj), request)
+    await deletion.run(LOG, copy.deepcopy(writer.obj), request)
     assert deletion.access.cleanups == [("reset",)]
     assert writer.obj["metadata"]["finalizers"] == []
     assert len(deletion.memory) == 0
@@ -497,7 +497,7 @@ async def test_deletion_cancels_cleans_the_host_and_forgets() -> None:
 
 async def test_deletion_waits_for_a_backend_that_is_winding_down() -> None:
     deletion, writer, _ = deletion_bed(pods_going=2.0)
-    result = await deletion.run(copy.deepcopy(writer.obj), Request("ns", "m"))
+    result = await deletion.run(LOG, copy.deepcopy(writer.obj), Request("ns", "m"))
     assert result == Result(requeue_after=2.0)
     assert deletion.access.cleanups == []
     assert writer.obj["metadata"]["finalizers"]
