@@ -8,9 +8,12 @@ from typing import Any, NoReturn
 
 import attrs
 
+from capi_remote import api
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    Bastion,
+    PooledMachineSpec,
     Timeouts,
     from_dict,
     parse_duration,
@@ -132,51 +135,52 @@ class HostAccess:
     def _target_for(
         self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None
     ) -> Target:
+        host = from_dict(PooledMachineSpec, spec)  # a host spec; every default from the model
         pins = annotations or {}
-        connect = Deadlines.of(spec).connect  # the bastion hop gets the same deadline
+        connect = Deadlines.of_timeouts(host.timeouts).connect  # also for the bastion hop
         bastion = None
-        if spec.get("bastion"):
-            hop = dict(spec["bastion"])
-            if not hop.get("sshKeyRef") and not hop.get("passwordRef"):
-                hop["sshKeyRef"] = spec.get("sshKeyRef")  # the machine's key, as documented
+        if host.bastion is not None:
+            hop = host.bastion
+            if hop.ssh_key_ref is None:  # the machine's key, as documented
+                hop = attrs.evolve(hop, ssh_key_ref=host.ssh_key_ref)
             recorded_bastion = pins.get(BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
-            bastion = self._target(namespace, hop, recorded_bastion, connect)
+            bastion = self._target(namespace, hop, None, recorded_bastion, connect)
         recorded = pins.get(HOST_KEY_FINGERPRINT_ANNOTATION)
-        return self._target(namespace, spec, recorded, connect, via=bastion)
+        return self._target(namespace, host, host, recorded, connect, via=bastion)
 
     def _target(
         self,
         namespace: str,
-        spec: JSONDict,
+        host: PooledMachineSpec | Bastion,
+        passwords: PooledMachineSpec | None,  # the machine's password refs (a bastion has none)
         recorded: str | None,
         connect_timeout: float,
         via: Target | None = None,
     ) -> Target:
-        key_ref = spec.get("sshKeyRef") or {}
         private_key = passphrase = password = sudo_password = None
-        if key_ref.get("name"):
-            private_key = self._secret(namespace, key_ref["name"], "value")
-            phrase = key_ref.get("passphraseRef")
-            if phrase:
-                passphrase = self._secret(namespace, phrase["name"], phrase["key"])
-        if spec.get("passwordRef"):
-            ref = spec["passwordRef"]
-            password = self._secret(namespace, ref["name"], ref["key"])
-        if spec.get("sudoPasswordRef"):
-            ref = spec["sudoPasswordRef"]
-            sudo_password = self._secret(namespace, ref["name"], ref["key"])
+        if host.ssh_key_ref is not None:
+            private_key = self._secret(namespace, host.ssh_key_ref.name, "value")
+            phrase = host.ssh_key_ref.passphrase_ref
+            if phrase is not None:
+                passphrase = self._secret(namespace, phrase.name, phrase.key)
+        if passwords is not None and passwords.password_ref is not None:
+            ref = passwords.password_ref
+            password = self._secret(namespace, ref.name, ref.key)
+        if passwords is not None and passwords.sudo_password_ref is not None:
+            ref = passwords.sudo_password_ref
+            sudo_password = self._secret(namespace, ref.name, ref.key)
         credentials = Credentials(
-            user=spec.get("user") or "root",
+            user=host.user,
             private_key=private_key,
             passphrase=passphrase,
             password=password,
             sudo_password=sudo_password,
         )
         return Target(
-            address=spec["address"],
-            port=int(spec.get("port") or 22),
+            address=host.address,
+            port=host.port,
             credentials=credentials,
-            host_key=self._policy(namespace, spec.get("hostKeyPolicy") or {}, recorded),
+            host_key=self._policy(namespace, host.host_key_policy, recorded),
             via=via,
             connect_timeout=connect_timeout,
         )
@@ -188,31 +192,33 @@ class HostAccess:
             _raise_missing(self.secrets, "Secret", namespace, name, key)
         return _decoded(value, "Secret", namespace, name, key)
 
-    def _policy(self, namespace: str, policy: JSONDict, recorded: str | None) -> HostKeyPolicy:
+    def _policy(
+        self, namespace: str, policy: api.HostKeyPolicy | None, recorded: str | None
+    ) -> HostKeyPolicy:
         try:
-            return self._parse_policy(namespace, policy, recorded)
+            return self._parse_policy(namespace, policy or api.HostKeyPolicy(), recorded)
         except InvalidSpec:
             raise
         except ValueError as invalid:
             raise InvalidSpec(c.INVALID_HOST_KEY_POLICY, f"hostKeyPolicy: {invalid}") from None
 
     def _parse_policy(
-        self, namespace: str, policy: JSONDict, recorded: str | None
+        self, namespace: str, policy: api.HostKeyPolicy, recorded: str | None
     ) -> HostKeyPolicy:
-        if policy.get("insecureSkipVerification"):
+        if policy.insecure_skip_verification:
             return HostKeyPolicy.skip_verification()
-        if policy.get("fingerprint"):
-            return HostKeyPolicy.pinned(policy["fingerprint"])
-        if policy.get("knownHostsRef"):
-            ref = policy["knownHostsRef"]
-            source = self.configmaps if ref.get("kind") == "ConfigMap" else self.secrets
-            key = ref.get("key") or "known_hosts"
-            text = source.value(namespace, ref["name"], key)
+        if policy.fingerprint:
+            return HostKeyPolicy.pinned(policy.fingerprint)
+        if policy.known_hosts_ref is not None:
+            ref = policy.known_hosts_ref
+            source = self.configmaps if ref.kind == "ConfigMap" else self.secrets
+            text = source.value(namespace, ref.name, ref.key)
             if text is None:
-                _raise_missing(source, str(ref.get("kind")), namespace, ref["name"], key)
-            kind = str(ref.get("kind") or "Secret")
-            return HostKeyPolicy.from_known_hosts(_decoded(text, kind, namespace, ref["name"], key))
-        if policy.get("trustOnFirstUse"):
+                _raise_missing(source, ref.kind, namespace, ref.name, ref.key)
+            return HostKeyPolicy.from_known_hosts(
+                _decoded(text, ref.kind, namespace, ref.name, ref.key)
+            )
+        if policy.trust_on_first_use:
             return HostKeyPolicy.trust_on_first_use(recorded)
         # No policy: verification is still required; an empty known_hosts makes the first
         # connection fail with HostKeyUnknown, which tells the user what to configure.
