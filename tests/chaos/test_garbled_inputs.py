@@ -601,7 +601,9 @@ async def test_r5_garbled_inputs_get_clear_conditions(
             "known-hosts-binary",
             spec(hostKeyPolicy={"knownHostsRef": {"kind": "Secret", "name": "known-hosts-binary"}}),
             good,
-            Expect("InvalidSSHKey", "Pending", "known-hosts-binary key 'known_hosts' is not UTF-8"),
+            Expect(
+                "InvalidSecretData", "Pending", "known-hosts-binary key 'known_hosts' is not UTF-8"
+            ),
         ),
     ]
     assert next(connecting, None) is None, "QUIET_HOSTS does not match the cases"
