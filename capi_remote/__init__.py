@@ -9,7 +9,7 @@ framework's pieces re-exported here, plus the public subpackages ``capi_remote.a
 from capi_remote.app import Provider, ProviderOptions
 from capi_remote.kube.builder import ControllerBuilder
 from capi_remote.kube.cache import Store
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 from capi_remote.kube.controller import Controller
 from capi_remote.kube.events import EventRecorder
 from capi_remote.kube.handler import Mapper, own_object, owner_of_kind, request_for
@@ -47,6 +47,7 @@ __all__ = [
     "Selector",
     "Store",
     "TerminalError",
+    "TransportError",
     "get_condition",
     "own_object",
     "owner_of_kind",

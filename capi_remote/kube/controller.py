@@ -26,11 +26,10 @@ import asyncio
 import time
 import uuid
 
-import aiohttp
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from capi_remote.kube.client import ApiError
+from capi_remote.kube.client import ApiError, TransportError
 from capi_remote.kube.metrics import (
     RESULT_ERROR,
     RESULT_REQUEUE,
@@ -240,7 +239,7 @@ def _api_unavailable(error: Exception) -> bool:
     """The API server could not be reached, dropped the connection, or answered "not now"."""
     if isinstance(error, ApiError):
         return error.status in _UNAVAILABLE_STATUSES
-    return isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
+    return isinstance(error, TransportError)
 
 
 def _being_cancelled() -> bool:

@@ -19,12 +19,11 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import aiohttp
 import attrs
 import structlog
 
 from capi_remote.kube.cache import IndexFunc, Store, object_key
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 from capi_remote.kube.ratelimit import ExponentialBackoffPolicy, ExponentialFailureRateLimiter
 
 JSONDict = dict[str, Any]
@@ -122,7 +121,7 @@ class Informer:
                         need_list = True
                         continue
                     await self._pause(f"API error {error.status}: {error.message}")
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                except (TransportError, ValueError) as error:
                     await self._pause(f"{type(error).__name__}: {error}")
         finally:
             if resync is not None:

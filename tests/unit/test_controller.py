@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 
-import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -21,7 +20,7 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
-from capi_remote.kube.client import ApiError, KubeClient
+from capi_remote.kube.client import ApiError, TransportError
 from capi_remote.kube.status import Conflict
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
@@ -271,8 +270,7 @@ async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
 @pytest.mark.parametrize(
     "unavailable",
     [
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientPayloadError("Response payload is not completed"),
+        TransportError("GET", "/api/v1/secrets", "ServerDisconnectedError: Server disconnected"),
         ApiError(503, "ServiceUnavailable", "apiserver is shutting down"),
         ApiError(429, "TooManyRequests", "please try again later"),
     ],
@@ -311,7 +309,7 @@ async def test_keys_that_failed_in_an_outage_run_at_once_when_the_api_answers_ag
     limiter = SlowRateLimiter()
 
     async def outage(ctx: ReconcileContext, request: Request) -> Result:
-        raise aiohttp.ServerDisconnectedError()
+        raise TransportError("GET", "/api/v1/secrets", "ClientConnectorError: refused")
 
     reconciler = ScriptedReconciler(outage, fail, succeed)
     controller = make_controller(reconciler, CollectorRegistry(), limiter)
@@ -327,33 +325,6 @@ async def test_keys_that_failed_in_an_outage_run_at_once_when_the_api_answers_ag
     await controller.stop()
     assert [request for request, _ in reconciler.calls] == [A, B, A]
     assert A in limiter.forgotten and B not in limiter.forgotten
-
-
-async def test_the_client_says_when_the_api_server_answers_again() -> None:
-    class Response:
-        status = 200
-
-    class Api:
-        def __init__(self) -> None:
-            self.failing = True
-
-        async def call_api(self, *args: object, **kwargs: object) -> Response:
-            if self.failing:
-                raise aiohttp.ClientConnectionError("connection refused")
-            return Response()
-
-    api = Api()
-    client = KubeClient(api)  # type: ignore[arg-type]
-    calls: list[str] = []
-    client.on_reachable_again(lambda: calls.append("again"))
-    for _ in range(2):
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await client._request("GET", "/api")
-    assert calls == []
-    api.failing = False
-    await client._request("GET", "/api")
-    await client._request("GET", "/api")
-    assert calls == ["again"], "once per outage, on its first answer"
 
 
 async def test_a_worker_survives_exceptions_and_stray_cancellations() -> None:
