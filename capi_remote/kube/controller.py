@@ -11,6 +11,9 @@ Invariants:
   the API server answers again (``retry_after_outage``), such keys run at once, their backoff
   forgotten.
 - A write ``Conflict`` (stale read) is retried with backoff quietly, as a requeue, not an error.
+- Every line logged during a reconcile names it: ``ctx.log`` is bound to ``controller``,
+  ``namespace``, ``name`` and ``reconcile_id``, and the same fields are bound in structlog's
+  context variables for code that logs without a ``ctx`` (merged by ``capi_remote.logs``).
 - Success forgets the key's backoff; ``requeue_after`` schedules the next look; ``TerminalError``
   forgets and does not retry; a reconcile running past ``reconcile_timeout`` is cancelled and
   counts as an error.
@@ -164,10 +167,19 @@ class Controller:
 
     async def _reconcile(self, request: Request) -> None:
         reconcile_id = str(uuid.uuid4())
-        log = self._log.bind(
-            namespace=request.namespace, name=request.name, reconcile_id=reconcile_id
+        fields = {
+            "namespace": request.namespace,
+            "name": request.name,
+            "reconcile_id": reconcile_id,
+        }
+        ctx = ReconcileContext(
+            controller=self.name, reconcile_id=reconcile_id, log=self._log.bind(**fields)
         )
-        ctx = ReconcileContext(controller=self.name, reconcile_id=reconcile_id, log=log)
+        with structlog.contextvars.bound_contextvars(controller=self.name, **fields):
+            await self._run_reconcile(ctx, request)
+
+    async def _run_reconcile(self, ctx: ReconcileContext, request: Request) -> None:
+        log = ctx.log
         self._controller_metrics.active_workers.inc()
         started = time.perf_counter()
         timeout = asyncio.timeout(self.reconcile_timeout)

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -237,7 +238,10 @@ class InformerSet:
             informer = Informer(self.client, resource, selector, settings=self.settings)
             self._informers[key] = informer
             if self._started:  # a late informer starts right away
-                self._tasks.append(asyncio.create_task(informer.run()))
+                # In a context of its own: not in that of the reconcile that asked for it, whose
+                # reconcile_id its logs would otherwise carry forever.
+                task = asyncio.create_task(informer.run(), context=contextvars.Context())
+                self._tasks.append(task)
         return informer
 
     def all(self) -> list[Informer]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -22,6 +25,7 @@ from capi_remote.kube import (
 )
 from capi_remote.kube.client import ApiError, TransportError
 from capi_remote.kube.status import Conflict
+from capi_remote.logs import configure
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
 
@@ -187,6 +191,49 @@ async def test_logs_carry_controller_key_and_reconcile_id() -> None:
     assert (error["namespace"], error["name"]) == ("default", "a")
     assert error["reconcile_id"] == first_ctx.reconcile_id
     assert first_ctx.reconcile_id != reconciler.calls[1][1].reconcile_id
+
+
+async def test_a_reconcilers_own_lines_carry_the_reconcile_id() -> None:
+    async def log_through_ctx(ctx: ReconcileContext, request: Request) -> Result:
+        ctx.log.info("looked at it", found=True)
+        return Result()
+
+    reconciler = ScriptedReconciler(log_through_ctx)
+    controller = make_controller(reconciler, CollectorRegistry())
+    logs = await reconcile_a(controller, reconciler, 1)
+    [line] = [entry for entry in logs if entry["event"] == "looked at it"]
+    ctx = reconciler.calls[0][1]
+    assert line["reconcile_id"] == ctx.reconcile_id
+    assert (line["controller"], line["namespace"], line["name"]) == ("test", "default", "a")
+
+
+async def test_module_loggers_inside_a_reconcile_name_it_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A helper without a ctx logs through its module's logger: the JSON line still names the
+    reconcile; a line logged after it does not."""
+
+    async def log_through_a_module_logger(ctx: ReconcileContext, request: Request) -> Result:
+        structlog.get_logger("helper").info("deep inside")
+        return Result()
+
+    reconciler = ScriptedReconciler(log_through_a_module_logger)
+    controller = make_controller(reconciler, CollectorRegistry())
+    configure("json", "info")
+    try:
+        await controller.start()
+        controller.enqueue(A)
+        await reconciler.wait_finished(1)
+        await controller.stop()
+        structlog.get_logger("helper").info("outside")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = {e["event"]: e for e in map(json.loads, capsys.readouterr().err.splitlines())}
+    inside = lines["deep inside"]
+    assert inside["reconcile_id"] == reconciler.calls[0][1].reconcile_id
+    assert (inside["controller"], inside["namespace"], inside["name"]) == ("test", "default", "a")
+    assert "reconcile_id" not in lines["outside"]
 
 
 async def test_terminal_error_is_not_requeued() -> None:
