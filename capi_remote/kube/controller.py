@@ -172,14 +172,13 @@ class Controller:
             "name": request.name,
             "reconcile_id": reconcile_id,
         }
-        ctx = ReconcileContext(
-            controller=self.name, reconcile_id=reconcile_id, log=self._log.bind(**fields)
-        )
-        with structlog.contextvars.bound_contextvars(controller=self.name, **fields):
-            await self._run_reconcile(ctx, request)
-
-    async def _run_reconcile(self, ctx: ReconcileContext, request: Request) -> None:
-        log = ctx.log
+        log = self._log.bind(**fields)
+        ctx = ReconcileContext(controller=self.name, reconcile_id=reconcile_id, log=log)
+        # For code that logs without a ctx. The context is this worker task's own (and that of
+        # tasks the reconcile starts); the next reconcile on this worker overwrites the fields.
+        # (Not bound_contextvars: reading back and resetting cost a third of bench_reconcile's
+        # no-op throughput.)
+        structlog.contextvars.bind_contextvars(controller=self.name, **fields)
         self._controller_metrics.active_workers.inc()
         started = time.perf_counter()
         timeout = asyncio.timeout(self.reconcile_timeout)
