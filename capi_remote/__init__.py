@@ -14,6 +14,7 @@ from capi_remote.kube.controller import Controller
 from capi_remote.kube.events import EventRecorder
 from capi_remote.kube.handler import Mapper, own_object, owner_of_kind, request_for
 from capi_remote.kube.informer import Event, Informer, Selector
+from capi_remote.kube.kubeconfig import KubeconfigError
 from capi_remote.kube.manager import Manager
 from capi_remote.kube.reconcile import ReconcileContext, Reconciler, Request, Result, TerminalError
 from capi_remote.kube.status import (
@@ -35,6 +36,7 @@ __all__ = [
     "EventRecorder",
     "Informer",
     "KubeClient",
+    "KubeconfigError",
     "Manager",
     "Mapper",
     "Provider",
