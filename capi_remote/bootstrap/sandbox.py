@@ -1,0 +1,148 @@
+"""Parsing hostile bootstrap data in a child process that can really be stopped.
+
+A thread cannot be stopped: a parse that outlives the reconcile timeout kept running, and each
+retry started another. Here every parse runs in a child of a forkserver that has only the parser
+modules loaded (a fork is cheap, and the child holds none of the controller's memory: no tokens),
+under ``RLIMIT_AS`` and ``RLIMIT_CPU``, and is killed at its wall deadline or when the caller is
+cancelled. At most ``workers`` parses run at once; others wait their turn.
+
+Invariants:
+- :meth:`ParseSandbox.parse` returns a ``BootstrapPlan`` or raises ``BootstrapParseError``; a
+  limit hit is one too, with the key ``(limits)`` and a message saying which limit.
+- No child outlives the call that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+from multiprocessing.connection import Connection
+
+import attrs
+
+from capi_remote.bootstrap.budget import MAX_BOOTSTRAP_BYTES, Budget
+from capi_remote.bootstrap.errors import LIMITS, BootstrapParseError
+from capi_remote.bootstrap.jinja import InstanceMetadata
+from capi_remote.bootstrap.plan import BootstrapPlan
+
+# "__main__" too: a child whose server has not loaded it would re-run it (spawn semantics).
+_PRELOAD = ["__main__", "capi_remote.bootstrap", "capi_remote.bootstrap.sandbox"]
+
+
+@attrs.frozen
+class SandboxSettings:
+    """Limits of one parse and how many run at once."""
+
+    workers: int = 2
+    memory_bytes: int = 1 << 30
+    cpu_seconds: int = 10
+    wall_seconds: float = 20.0
+    max_bytes: int = MAX_BOOTSTRAP_BYTES
+
+
+@attrs.frozen
+class _Request:
+    data: bytes = attrs.field(repr=False)
+    format: str | None
+    metadata: InstanceMetadata
+    commands_as_script: bool
+
+
+class ParseSandbox:
+    """Bounded, stoppable ``parse_bootstrap``; one per controller process."""
+
+    def __init__(self, settings: SandboxSettings = SandboxSettings()) -> None:
+        self.settings = settings
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(_PRELOAD)
+        self._slots = asyncio.Semaphore(settings.workers)
+
+    async def parse(
+        self,
+        data: bytes,
+        format: str | None,
+        *,
+        metadata: InstanceMetadata,
+        commands_as_script: bool = False,
+    ) -> BootstrapPlan:
+        """``parse_bootstrap`` in a limited child process (waits for a free worker first)."""
+        request = _Request(data, format, metadata, commands_as_script)
+        async with self._slots:
+            return await self._run(request)
+
+    async def _run(self, request: _Request) -> BootstrapPlan:
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_child, args=(sender, request, self.settings), daemon=True
+        )
+        try:
+            await asyncio.to_thread(process.start)
+            sender.close()
+            async with asyncio.timeout(self.settings.wall_seconds):
+                await _readable(receiver, process.sentinel)
+                outcome = await asyncio.to_thread(_receive, receiver)
+        except TimeoutError:
+            raise BootstrapParseError(
+                LIMITS, f"parsing took longer than {self.settings.wall_seconds:g}s and was stopped"
+            ) from None
+        finally:
+            receiver.close()
+            sender.close()
+            if process.pid is not None:
+                process.kill()  # a no-op for a child that already exited
+                await asyncio.to_thread(process.join)
+                process.close()
+        if isinstance(outcome, BootstrapPlan):
+            return outcome
+        raise outcome
+
+
+async def _readable(receiver: Connection, sentinel: int) -> None:
+    """Wait until the child sent something or exited."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(receiver.fileno(), wake)
+    loop.add_reader(sentinel, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(receiver.fileno())
+        loop.remove_reader(sentinel)
+
+
+def _receive(receiver: Connection) -> BootstrapPlan | BootstrapParseError:
+    try:
+        outcome = receiver.recv()
+    except (EOFError, OSError):
+        outcome = None
+    if isinstance(outcome, BootstrapPlan | BootstrapParseError):
+        return outcome
+    return BootstrapParseError(LIMITS, "parsing exceeded its memory or CPU limit and was stopped")
+
+
+def _child(sender: Connection, request: _Request, settings: SandboxSettings) -> None:
+    """The parse process: limits first, then parse, then one message back."""
+    from capi_remote.bootstrap import parse_bootstrap
+
+    resource.setrlimit(resource.RLIMIT_AS, (settings.memory_bytes, settings.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (settings.cpu_seconds, settings.cpu_seconds + 1))
+    outcome: BootstrapPlan | BootstrapParseError
+    try:
+        outcome = parse_bootstrap(
+            request.data,
+            request.format,
+            metadata=request.metadata,
+            commands_as_script=request.commands_as_script,
+            budget=Budget(settings.max_bytes),
+        )
+    except BootstrapParseError as error:
+        outcome = error
+    except MemoryError:
+        outcome = BootstrapParseError(LIMITS, "parsing exceeded its memory limit and was stopped")
+    sender.send(outcome)
