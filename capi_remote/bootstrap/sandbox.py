@@ -32,12 +32,18 @@ _PRELOAD = ["__main__", "capi_remote.bootstrap", "capi_remote.bootstrap.sandbox"
 
 @attrs.frozen
 class SandboxSettings:
-    """Limits of one parse and how many run at once."""
+    """Limits of one parse and how many run at once.
+
+    ``memory_bytes`` is the child's address space, including the about 115 MiB it shares with
+    the forkserver (the interpreter and the imported package): each running parse may add up to
+    ``memory_bytes - 115 MiB`` to the controller container's memory, so ``workers`` times that
+    plus the controller must fit its memory limit (512 MiB in the default Deployment).
+    """
 
     workers: int = 2
-    memory_bytes: int = 1 << 30
-    cpu_seconds: int = 10
-    wall_seconds: float = 20.0
+    memory_bytes: int = 320 << 20
+    cpu_seconds: int = 5
+    wall_seconds: float = 10.0
     max_bytes: int = MAX_BOOTSTRAP_BYTES
 
 
