@@ -1,8 +1,9 @@
 """Bootstrap data (cloud-config, Ignition) → an ordered, hashable plan of steps.
 
 Pure: bytes in, plan out; no Kubernetes, no SSH (an import-linter contract keeps it that way).
-The only exception ``parse_bootstrap`` raises is ``BootstrapParseError``. See
-docs/bootstrap-formats.md for what each format supports.
+The only exception ``parse_bootstrap`` raises is ``BootstrapParseError`` (and ``MemoryError``,
+which ``ParseSandbox`` turns into one: the controller parses through it). See
+docs/bootstrap-formats.md for what each format supports and the limits of a parse.
 """
 
 from __future__ import annotations

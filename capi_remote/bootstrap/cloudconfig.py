@@ -169,7 +169,7 @@ def _load_yaml(text: str, what: str, budget: Budget) -> object:
             return loader.construct_document(root)
         finally:
             loader.dispose()
-    except BootstrapParseError:
+    except (BootstrapParseError, MemoryError):  # MemoryError: the sandbox's limit, reported there
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

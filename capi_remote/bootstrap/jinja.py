@@ -243,7 +243,7 @@ def render_jinja(template: str, metadata: InstanceMetadata, budget: Budget | Non
             budget.charge(len(chunk), TEMPLATE)
             chunks.append(chunk)
         return "".join(chunks)
-    except BootstrapParseError:
+    except (BootstrapParseError, MemoryError):  # MemoryError: the sandbox's limit, reported there
         raise
     except jinja2.TemplateSyntaxError as exc:
         # exc.message can quote the offending token; the line number is enough to find it.

@@ -96,7 +96,8 @@ class ParseSandbox:
             receiver.close()
             sender.close()
             if process.pid is not None:
-                process.kill()  # a no-op for a child that already exited
+                if process.exitcode is None:
+                    process.kill()
                 await asyncio.to_thread(process.join)
                 process.close()
         if isinstance(outcome, BootstrapPlan):
@@ -136,6 +137,7 @@ def _child(sender: Connection, request: _Request, settings: SandboxSettings) -> 
     """The parse process: limits first, then parse, then one message back."""
     from capi_remote.bootstrap import parse_bootstrap
 
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU dumps core: it would hold secrets
     resource.setrlimit(resource.RLIMIT_AS, (settings.memory_bytes, settings.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (settings.cpu_seconds, settings.cpu_seconds + 1))
     outcome: BootstrapPlan | BootstrapParseError

@@ -165,8 +165,7 @@ async def test_a_memory_bomb_hits_the_child_limit_not_the_controller() -> None:
     body = '{% set s = "x" * 1000000 %}{{ ([s] * 5000)|string|length }}'
     with pytest.raises(BootstrapParseError) as info:
         await sandbox.parse(template(body), None, metadata=METADATA)
-    assert info.value.key in ("(limits)", "(template)")
-    assert "memory" in info.value.message or "MemoryError" in info.value.message
+    assert info.value.key == "(limits)" and "memory limit" in info.value.message
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 64 * 1024
 

@@ -21,7 +21,13 @@ import yaml
 from aiohttp import web
 
 from capi_remote.devenv.pki import CertificateAuthority, KeyPair
-from capi_remote.kube.kubeconfig import MAX_KUBECONFIG_BYTES, KubeconfigError, parse_kubeconfig
+from capi_remote.kube.kubeconfig import (
+    MAX_KUBECONFIG_BYTES,
+    KubeconfigError,
+    WorkloadKubeconfig,
+    api_client,
+    parse_kubeconfig,
+)
 from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, link_node
 
 JSONDict = dict[str, Any]
@@ -269,3 +275,9 @@ async def test_a_refused_kubeconfig_is_reported_until_the_secret_changes(
     clients._secrets = Secrets(good, version="2")  # type: ignore[assignment]
     assert await clients.get("tenant", "c") is not None
     await clients.close()
+
+
+def test_unusable_certificate_data_is_a_kubeconfig_error() -> None:
+    garbage = b"-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+    with pytest.raises(KubeconfigError, match="not usable"):
+        api_client(WorkloadKubeconfig(server="https://h", certificate_authority=garbage))
