@@ -219,6 +219,17 @@ def _check_arguments(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[
         old, new = str(args[0]), str(args[1])
         hits = value.count(old) if old else len(value) + 1
         _check_length(len(value) + hits * max(0, len(new) - len(old)), "replace result")
+    elif name == "indent" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        prefix = len(width) if isinstance(width, str) else width
+        if isinstance(prefix, int):
+            _check_length(len(value) + (value.count("\n") + 1) * prefix, "indent result")
+    elif name == "wordwrap" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 79)
+        wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring") or "\n"
+        if isinstance(width, int) and isinstance(wrap, str):
+            breaks = len(value) // max(width, 1) + 1
+            _check_length(len(value) + breaks * len(wrap), "wordwrap result")
     elif name == "join" and isinstance(value, list | tuple):
         parts = [len(item) for item in value if isinstance(item, str)]
         separator = args[0] if args and isinstance(args[0], str) else ""

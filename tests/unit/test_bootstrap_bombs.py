@@ -78,7 +78,9 @@ def test_a_few_aliases_within_budget_still_work() -> None:
     [
         ('{{ "x"|center(10**10) }}', "center argument too large"),
         ('{{ "x".ljust(10**10) }}', "ljust argument too large"),
-        ('{{ "x"|indent(10**10) }}', "indent argument too large"),
+        ('{{ "x"|indent(10**10) }}', "indent"),
+        ('{{ ("x\n" * 10000)|indent("y" * 100000) }}', "indent result too large"),
+        ('{{ ("x " * 100000)|wordwrap(1, wrapstring="y" * 100000) }}', "wordwrap result"),
         ('{{ "%0999999999d"|format(1) }}', "format width"),
         ('{{ "%*d" % (999999999, 1) }}', "format width"),
         ('{{ "{:>999999999}".format(1) }}', "format width"),
