@@ -42,10 +42,11 @@ _MAX_ITERATIONS = 100_000
 TIME_LIMIT = 5.0
 _SIZED = (str, bytes, list, tuple)
 # Functions (filters, str methods, globals) whose result can be far larger than their input.
-_AMPLIFIERS = frozenset(
-    {"center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "truncate"}
-    | {"batch", "slice", "replace", "join", "format"}
+# Those whose integer arguments are sizes (a width, a count) are _SIZED_BY_ARGUMENT.
+_SIZED_BY_ARGUMENT = frozenset(
+    {"center", "ljust", "rjust", "zfill", "expandtabs", "batch", "slice"}
 )
+_AMPLIFIERS = _SIZED_BY_ARGUMENT | {"indent", "wordwrap", "replace", "join", "format"}
 # printf widths/precisions from arguments (*) or of 7+ digits; str.format specs likewise.
 _PADDING = re.compile(
     r"%[-#0 +]*(?:\*|\d{7,})|%[-#0 +]*\d*\.(?:\*|\d{7,})|\{[^{}]*:[^{}]*(?:\{|\d{7,})"
@@ -234,9 +235,10 @@ def _check_arguments(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[
         parts = [len(item) for item in value if isinstance(item, str)]
         separator = args[0] if args and isinstance(args[0], str) else ""
         _check_length(sum(parts) + len(separator) * len(value), "join result")
-    for argument in (*args, *kwargs.values()):
-        if isinstance(argument, int) and abs(argument) > _MAX_LENGTH:
-            raise SecurityError(f"{name} argument too large")
+    elif name in _SIZED_BY_ARGUMENT:
+        for argument in (*args, *kwargs.values()):
+            if isinstance(argument, int) and abs(argument) > _MAX_LENGTH:
+                raise SecurityError(f"{name} argument too large")
 
 
 def render_jinja(template: str, metadata: InstanceMetadata, budget: Budget | None = None) -> str:

@@ -110,6 +110,24 @@ def test_template_bombs_are_refused_by_the_sandbox(body: str, message: str) -> N
     assert message in error.message
 
 
+@pytest.mark.parametrize(
+    ("body", "rendered"),
+    [
+        ('{{ "%d"|format(1700000000) }}', "1700000000"),
+        ('{{ "{:>8}".format(12) }}', "      12"),
+        ('{{ "ab"|center(6) }}', "  ab  "),
+        ('{{ "ab"|indent(2, true) }}', "  ab"),
+        ('{{ "a-b"|replace("-", "--") }}', "a--b"),
+        ('{{ ["a", "b"]|join(", ") }}', "a, b"),
+        ('{% set ns = namespace(s="") %}{% for i in range(3) %}{% set ns.s = ns.s ~ i %}'
+         "{% endfor %}{{ ns.s }}", "012"),
+    ],
+)  # fmt: skip
+def test_ordinary_templates_still_render(body: str, rendered: str) -> None:
+    plan = parse_bootstrap(template("runcmd: ['" + body + "']"), None, metadata=METADATA)
+    assert plan.steps[0].shell == rendered  # type: ignore[union-attr]
+
+
 def test_lipsum_is_not_available() -> None:
     assert "undefined" in refusal(template("{{ lipsum(10**6) }}")).message
 
