@@ -15,14 +15,17 @@ from reconcilers.secrets import ObjectSource
 
 pytestmark = pytest.mark.integration
 
+# Watches of one named Secret (the API server's scope "resource"): ours; the test bed's managers
+# watch Secrets cluster-wide.
 _WATCHES = re.compile(
-    r'^apiserver_longrunning_requests\{[^}]*resource="secrets"[^}]*verb="WATCH"[^}]*\} (\d+)',
+    r'^apiserver_longrunning_requests\{(?=[^}]*resource="secrets")(?=[^}]*scope="resource")'
+    r'(?=[^}]*verb="WATCH")[^}]*\} (\d+)',
     re.MULTILINE,
 )
 
 
 async def secret_watches(kube: KubeClient) -> int:
-    """Secret watches open at the API server now (all scopes)."""
+    """Watches of single named Secrets open at the API server now."""
     response = await kube._request("GET", "/metrics")
     try:
         text = (await response.read()).decode()
@@ -32,9 +35,14 @@ async def secret_watches(kube: KubeClient) -> int:
 
 
 async def eventually(kube: KubeClient, expected: int, limit: float = 30.0) -> None:
-    async with asyncio.timeout(limit):
-        while await secret_watches(kube) != expected:
-            await asyncio.sleep(0.2)
+    seen: list[int] = []
+    try:
+        async with asyncio.timeout(limit):
+            while (count := await secret_watches(kube)) != expected:
+                seen.append(count)
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"{expected} Secret watches expected, saw {seen[-5:]}") from None
 
 
 def ignore(event: Event) -> None:
