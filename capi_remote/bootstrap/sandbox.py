@@ -93,13 +93,14 @@ class ParseSandbox:
                 LIMITS, f"parsing took longer than {self.settings.wall_seconds:g}s and was stopped"
             ) from None
         finally:
-            receiver.close()
-            sender.close()
+            # Kill first: a receive still running in its thread then ends with EOF.
             if process.pid is not None:
                 if process.exitcode is None:
                     process.kill()
                 await asyncio.to_thread(process.join)
                 process.close()
+            receiver.close()
+            sender.close()
         if isinstance(outcome, BootstrapPlan):
             return outcome
         raise outcome
