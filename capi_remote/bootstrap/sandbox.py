@@ -10,21 +10,27 @@ Invariants:
 - :meth:`ParseSandbox.parse` returns a ``BootstrapPlan`` or raises ``BootstrapParseError``; a
   limit hit is one too, with the key ``(limits)`` and a message saying which limit.
 - No child outlives the call that started it.
+- The child's reply is not trusted (a child that a template escaped from could send anything):
+  it is size-bounded, unpickled with only the plan and error classes allowed, and every step is
+  rebuilt through its validators.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import multiprocessing
+import pickle
 import resource
 from multiprocessing.connection import Connection
+from typing import Any
 
 import attrs
 
 from capi_remote.bootstrap.budget import MAX_BOOTSTRAP_BYTES, Budget
 from capi_remote.bootstrap.errors import LIMITS, BootstrapParseError
 from capi_remote.bootstrap.jinja import InstanceMetadata
-from capi_remote.bootstrap.plan import BootstrapPlan
+from capi_remote.bootstrap.plan import BootstrapPlan, MakeDirectory, RunCommand, WriteFile
 
 # "__main__" too: a child whose server has not loaded it would re-run it (spawn semantics).
 _PRELOAD = ["__main__", "capi_remote.bootstrap", "capi_remote.bootstrap.sandbox"]
@@ -87,7 +93,7 @@ class ParseSandbox:
             sender.close()
             async with asyncio.timeout(self.settings.wall_seconds):
                 await _readable(receiver, process.sentinel)
-                outcome = await asyncio.to_thread(_receive, receiver)
+                outcome = await asyncio.to_thread(_receive, receiver, self.settings.max_bytes)
         except TimeoutError:
             raise BootstrapParseError(
                 LIMITS, f"parsing took longer than {self.settings.wall_seconds:g}s and was stopped"
@@ -124,14 +130,48 @@ async def _readable(receiver: Connection, sentinel: int) -> None:
         loop.remove_reader(sentinel)
 
 
-def _receive(receiver: Connection) -> BootstrapPlan | BootstrapParseError:
+_REPLY_CLASSES = {
+    ("capi_remote.bootstrap.plan", cls.__name__): cls
+    for cls in (BootstrapPlan, WriteFile, MakeDirectory, RunCommand)
+} | {("capi_remote.bootstrap.errors", "BootstrapParseError"): BootstrapParseError}
+_FORMATS = ("cloud-config", "ignition", "script")
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _REPLY_CLASSES[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError("not a parse result") from None
+
+
+def _receive(receiver: Connection, max_bytes: int) -> BootstrapPlan | BootstrapParseError:
     try:
-        outcome = receiver.recv()
+        reply = receiver.recv_bytes(2 * max_bytes + (1 << 20))
     except (EOFError, OSError):
-        outcome = None
-    if isinstance(outcome, BootstrapPlan | BootstrapParseError):
-        return outcome
-    return BootstrapParseError(LIMITS, "parsing exceeded its memory or CPU limit and was stopped")
+        return BootstrapParseError(
+            LIMITS, "parsing exceeded its memory or CPU limit and was stopped"
+        )
+    try:
+        return _checked(_ReplyUnpickler(io.BytesIO(reply)).load())
+    except Exception:  # whatever a hostile reply makes the unpickler or a validator raise
+        return BootstrapParseError(LIMITS, "the parse process sent an invalid reply")
+
+
+def _checked(outcome: object) -> BootstrapPlan | BootstrapParseError:
+    """``outcome`` rebuilt through the constructors, so every validator runs again."""
+    if isinstance(outcome, BootstrapParseError):
+        return BootstrapParseError(str(outcome.key), str(outcome.message))
+    if not isinstance(outcome, BootstrapPlan) or outcome.format not in _FORMATS:
+        raise ValueError("not a parse result")
+    steps = tuple(outcome.steps)
+    if not all(isinstance(step, WriteFile | MakeDirectory | RunCommand) for step in steps):
+        raise ValueError("not a step")
+    return BootstrapPlan(
+        steps=tuple(attrs.evolve(step) for step in steps),
+        warnings=tuple(str(warning) for warning in outcome.warnings),
+        format=outcome.format,
+    )
 
 
 def _child(sender: Connection, request: _Request, settings: SandboxSettings) -> None:
@@ -154,4 +194,4 @@ def _child(sender: Connection, request: _Request, settings: SandboxSettings) -> 
         outcome = error
     except MemoryError:
         outcome = BootstrapParseError(LIMITS, "parsing exceeded its memory limit and was stopped")
-    sender.send(outcome)
+    sender.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))

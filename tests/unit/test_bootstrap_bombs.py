@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import multiprocessing
 import multiprocessing.forkserver
+import pickle
 import resource
 from pathlib import Path
 
@@ -15,11 +17,14 @@ import pytest
 
 from capi_remote.bootstrap import (
     BootstrapParseError,
+    BootstrapPlan,
     InstanceMetadata,
     ParseSandbox,
     SandboxSettings,
+    WriteFile,
     parse_bootstrap,
 )
+from capi_remote.bootstrap import sandbox as sandbox_module
 
 METADATA = InstanceMetadata(instance_id="uid", local_hostname="node", hostname="node")
 MiB = 1 << 20
@@ -214,3 +219,47 @@ async def test_parses_beyond_the_worker_count_wait() -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await wait_for(lambda: not children_of_forkserver())
+
+
+# -- the child's reply is not trusted --------------------------------------------------------
+
+
+class Exploit:
+    """What a child that escaped the template sandbox could send: code run at unpickling."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def reply(obj: object) -> BootstrapParseError | object:
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    sender.send_bytes(pickle.dumps(obj))
+    sender.close()
+    try:
+        return sandbox_module._receive(receiver, 1 << 20)
+    finally:
+        receiver.close()
+
+
+def test_a_reply_that_runs_code_when_unpickled_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    outcome = reply(Exploit(marker))
+    assert isinstance(outcome, BootstrapParseError) and "invalid reply" in outcome.message
+    assert not marker.exists()
+
+
+def test_a_reply_with_a_step_its_validators_refuse_is_refused() -> None:
+    step = WriteFile(path="/etc/ok", content=b"x")
+    object.__setattr__(step, "path", "/etc/../root/.ssh/authorized_keys")
+    outcome = reply(BootstrapPlan(steps=(step,)))
+    assert isinstance(outcome, BootstrapParseError) and "invalid reply" in outcome.message
+
+
+def test_a_valid_reply_is_rebuilt() -> None:
+    plan = BootstrapPlan(steps=(WriteFile(path="/a", content=b"x"),), warnings=("w",))
+    assert reply(plan) == plan
