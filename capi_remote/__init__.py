@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from capi_remote.kube.informer import Event as Event
     from capi_remote.kube.informer import Informer as Informer
     from capi_remote.kube.informer import Selector as Selector
+    from capi_remote.kube.kubeconfig import KubeconfigError as KubeconfigError
     from capi_remote.kube.manager import Manager as Manager
     from capi_remote.kube.reconcile import ReconcileContext as ReconcileContext
     from capi_remote.kube.reconcile import Reconciler as Reconciler
@@ -54,6 +55,7 @@ _PUBLIC = {
     "ProviderOptions": "capi_remote.app",
     "ControllerBuilder": "capi_remote.kube.builder",
     "Store": "capi_remote.kube.cache",
+    "KubeconfigError": "capi_remote.kube.kubeconfig",
     "ApiError": "capi_remote.kube.client",
     "KubeClient": "capi_remote.kube.client",
     "Resource": "capi_remote.kube.client",

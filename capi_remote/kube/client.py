@@ -31,6 +31,8 @@ import attrs
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from capi_remote.kube import kubeconfig
+
 JSONDict = dict[str, Any]
 
 
@@ -142,11 +144,10 @@ class KubeClient:
         return cls(k8s_client.ApiClient(configuration))
 
     @classmethod
-    async def from_kubeconfig_dict(cls, config: dict[str, Any]) -> KubeClient:
-        """From kubeconfig content (e.g. a workload cluster's ``<cluster>-kubeconfig`` Secret)."""
-        configuration = k8s_client.Configuration()
-        await k8s_config.load_kube_config_from_dict(config, client_configuration=configuration)
-        return cls(k8s_client.ApiClient(configuration))
+    def from_untrusted_kubeconfig(cls, data: bytes) -> KubeClient:
+        """From a tenant-written kubeconfig (``<cluster>-kubeconfig``): inline credentials only,
+        see kubeconfig.py; raises :class:`KubeconfigError`."""
+        return cls(kubeconfig.api_client(kubeconfig.parse_kubeconfig(data)))
 
     async def close(self) -> None:
         await self.api.close()
