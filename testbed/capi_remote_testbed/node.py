@@ -21,7 +21,7 @@ Why it looks the way it does:
   without the Node authorizer).
 
 ``start_node(plane)`` starts one against a :class:`ControlPlane`; ``python -m
-capi_remote.devenv.node images`` builds (or finds) the image archive and prints its path.
+capi_remote_testbed.node images`` builds (or finds) the image archive and prints its path.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from typing import Any
 import attrs
 import yaml
 
-from capi_remote.devenv import rootfs, toolchain
-from capi_remote.devenv.controlplane import ControlPlane, _http_ok, free_port
-from capi_remote.devenv.processes import ManagedProcess
-from capi_remote.devenv.toolchain import NodeBinaries, cache_root
+from capi_remote_testbed import rootfs, toolchain
+from capi_remote_testbed.controlplane import ControlPlane, _http_ok, free_port
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.toolchain import NodeBinaries, cache_root
 
 SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
 PAUSE_IMAGE = "localhost/capi-remote-pause:test"
@@ -522,7 +522,7 @@ def start_node(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["images"]:
-        print("usage: python -m capi_remote.devenv.node images", file=sys.stderr)
+        print("usage: python -m capi_remote_testbed.node images", file=sys.stderr)
         return 2
     print(ensure_image_archive(lambda line: print(line, file=sys.stderr)))
     return 0

@@ -250,6 +250,12 @@ def ensure(log: Callable[[str], None] = print) -> Toolchain:
     )
 
 
+def kubectl(log: Callable[[str], None]) -> Path:
+    """The toolchain's kubectl (built on a miss): the ``capi_remote.kubectl`` entry point, which
+    ``capi-remote manifests`` uses when there is no kubectl on PATH."""
+    return ensure(log=log).kubectl
+
+
 @attrs.frozen
 class NodeBinaries:
     kubelet: Path

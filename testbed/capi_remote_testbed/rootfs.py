@@ -54,7 +54,7 @@ _STRIP = (
 
 
 def cache_root() -> Path:
-    """Where devenv caches live: ``$CAPI_REMOTE_CACHE`` or ``~/.cache/capi-remote``."""
+    """Where test-bed caches live: ``$CAPI_REMOTE_CACHE`` or ``~/.cache/capi-remote``."""
     env = os.environ.get("CAPI_REMOTE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "capi-remote"
 
@@ -217,7 +217,7 @@ def _postprocess(root: Path) -> None:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m capi_remote.devenv.rootfs",
+        prog="python -m capi_remote_testbed.rootfs",
         description="Build (or find in the cache) the rootfs of the namespaced test hosts.",
     )
     parser.parse_args(argv)

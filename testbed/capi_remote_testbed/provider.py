@@ -17,8 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError, free_port
+from capi_remote_testbed.processes import ManagedProcess, log_tail
 
 CRD_DIR = Path(__file__).resolve().parent.parent.parent / "manifests" / "crds"
 

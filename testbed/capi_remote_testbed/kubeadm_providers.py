@@ -28,9 +28,9 @@ from typing import Any
 import attrs
 import yaml
 
-from capi_remote.devenv import toolchain
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
+from capi_remote_testbed import toolchain
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError, free_port
+from capi_remote_testbed.processes import ManagedProcess, log_tail
 
 _MODULE_DIR = "capi-kubeadm"
 BOOTSTRAP = toolchain.Component(

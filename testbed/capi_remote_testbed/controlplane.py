@@ -31,9 +31,9 @@ import attrs
 import tenacity
 import yaml
 
-from capi_remote.devenv.pki import CertificateAuthority, KeyPair, service_account_key
-from capi_remote.devenv.processes import ManagedProcess
-from capi_remote.devenv.toolchain import Toolchain
+from capi_remote_testbed.pki import CertificateAuthority, KeyPair, service_account_key
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.toolchain import Toolchain
 
 _LOOPBACK = "127.0.0.1"
 
@@ -389,7 +389,7 @@ class ControlPlane:
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
                 # The job controller runs provisionJob-mode Jobs (their Pods need a node:
-                # capi_remote.devenv.node).
+                # capi_remote_testbed.node).
                 "--controllers=garbage-collector-controller,namespace-controller,job-controller",
                 "--leader-elect=false",
                 f"--bind-address={_LOOPBACK}",

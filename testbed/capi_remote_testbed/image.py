@@ -13,7 +13,7 @@
   one step, never in a layer). ``--offline`` instead builds a wheelhouse on the host
   (``pip wheel``) and the build installs from it with ``--no-index``.
 
-``python -m capi_remote.devenv.image base|build`` (``make image``).
+``python -m capi_remote_testbed.image base|build`` (``make image``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from capi_remote.devenv.toolchain import cache_root
+from capi_remote_testbed.toolchain import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CONTAINERFILE = REPO_ROOT / "Containerfile"
@@ -53,7 +53,7 @@ _BUILDER_LABEL = "io.capi-remote.stage=builder"
 _STRIP = ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man", "usr/share/info")
 
 CONTAINERS_CONF = """\
-# Written by capi_remote.devenv.image; used through CONTAINERS_CONF by our podman calls only.
+# Written by capi_remote_testbed.image; used through CONTAINERS_CONF by our podman calls only.
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
@@ -287,7 +287,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m capi_remote.devenv.image",
+        prog="python -m capi_remote_testbed.image",
         description="Build the controller image with podman, without a container registry.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

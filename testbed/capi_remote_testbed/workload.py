@@ -24,9 +24,9 @@ from pathlib import Path
 import attrs
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlaneError
-from capi_remote.devenv.pki import CertificateAuthority, service_account_key
-from capi_remote.devenv.processes import ManagedProcess
+from capi_remote_testbed.controlplane import ControlPlaneError
+from capi_remote_testbed.pki import CertificateAuthority, service_account_key
+from capi_remote_testbed.processes import ManagedProcess
 
 # The first address of --service-cluster-ip-range (the "kubernetes" Service).
 _SERVICE_RANGE, _SERVICE_IP = "10.96.0.0/16", "10.96.0.1"
