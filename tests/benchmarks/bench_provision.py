@@ -67,8 +67,9 @@ from capi_remote.resources import (
     SECRETS,
 )
 from capi_remote_testbed import samples, toolchain
-from capi_remote_testbed.controlplane import ControlPlane, Settings, free_port
+from capi_remote_testbed.controlplane import ControlPlane, Settings
 from capi_remote_testbed.hosts import HostFleet, known_hosts_line
+from capi_remote_testbed.net import free_port
 from capi_remote_testbed.pki import KeyPair
 from capi_remote_testbed.processes import ManagedProcess, log_tail
 from capi_remote_testbed.provider import install_crds, issue_webhook_certificate

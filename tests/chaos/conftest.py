@@ -31,7 +31,8 @@ import pytest
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import MACHINES
 from capi_remote_testbed import toolchain as toolchain_module
-from capi_remote_testbed.controlplane import ControlPlane, free_port
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess, log_tail
 from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
 from e2e.bed import Bed, bed_factory

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from capi_remote_testbed import image as image_module
-from capi_remote_testbed.controlplane import ControlPlane, free_port
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port
 from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -30,7 +30,8 @@ import yaml
 
 from capi_remote.cli import build_parser
 from capi_remote_testbed import toolchain as toolchain_module
-from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError, free_port
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
 
