@@ -33,7 +33,7 @@ import yaml
 from capi_remote_testbed import capiconfig
 from capi_remote_testbed.kubeconfig import write_kubeconfig
 from capi_remote_testbed.net import LOOPBACK, free_port, http_ok
-from capi_remote_testbed.pki import CertificateAuthority, KeyPair, service_account_key
+from capi_remote_testbed.pki import CertificateAuthority, service_account_key
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.toolchain import Toolchain
 
@@ -314,23 +314,13 @@ class ControlPlane:
         self._apiserver_argv = argv
         self._apiserver = self._spawn("kube-apiserver", argv)
         self._wait_apiserver(self._apiserver)
-        self._write_kubeconfig(admin)
+        write_kubeconfig(self.kubeconfig, "capi-remote-dev", self.server, self.ca.cert_pem, admin)
 
     def _wait_apiserver(self, process: ManagedProcess) -> None:
         self._wait(
             process,
             lambda: self._https_ok(f"{self.server}/readyz", self._admin_files()),
             "kube-apiserver",
-        )
-
-    def _write_kubeconfig(self, admin: KeyPair) -> None:
-        write_kubeconfig(
-            self.kubeconfig,
-            name="capi-remote-dev",
-            server=self.server,
-            ca_pem=self.ca.cert_pem,
-            cert_pem=admin.cert_pem,
-            key_pem=admin.key_pem,
         )
 
     def _start_controller_manager(self) -> None:

@@ -26,6 +26,7 @@ import attrs
 
 from capi_remote_testbed import capiconfig, toolchain
 from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.locks import build_lock
 from capi_remote_testbed.net import free_port, http_ok
 from capi_remote_testbed.processes import ManagedProcess, log_tail
 
@@ -67,7 +68,7 @@ class KubeadmProviders:
 def _build(component: toolchain.Component, log: Callable[[str], None]) -> None:
     target = component.cache_dir
     binary = _BINARIES[component.name]
-    with toolchain._locked(target.with_suffix(".lock")):
+    with build_lock(target.with_suffix(".lock")):
         if (target / binary).is_file() and (target / "config").is_dir():
             return
         log(

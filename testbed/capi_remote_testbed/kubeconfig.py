@@ -10,11 +10,12 @@ from pathlib import Path
 
 import yaml
 
+from capi_remote_testbed.pki import KeyPair
 
-def write_kubeconfig(
-    path: Path, *, name: str, server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
-) -> None:
-    """One cluster, one user ``admin`` (a client certificate), one context, all called ``name``."""
+
+def write_kubeconfig(path: Path, name: str, server: str, ca_pem: bytes, admin: KeyPair) -> None:
+    """One cluster, one user ``admin`` (``admin``'s client certificate), one context, all called
+    ``name``."""
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
@@ -31,7 +32,10 @@ def write_kubeconfig(
         "users": [
             {
                 "name": "admin",
-                "user": {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)},
+                "user": {
+                    "client-certificate-data": b64(admin.cert_pem),
+                    "client-key-data": b64(admin.key_pem),
+                },
             }
         ],
         "contexts": [{"name": name, "context": {"cluster": name, "user": "admin"}}],

@@ -11,8 +11,6 @@ rootfs, the tags), and it appears atomically under a lock, so a cached archive i
 half-written.
 """
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
 import io
@@ -21,11 +19,12 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from capi_remote_testbed import rootfs
+from capi_remote_testbed.locks import build_lock
 from capi_remote_testbed.toolchain import cache_root
 
 SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
@@ -39,17 +38,6 @@ _PAUSE_COMMAND = [
     "-c",
     "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
 ]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _layer_tar(source: Path, out: io.BufferedWriter) -> None:
@@ -151,7 +139,7 @@ def ensure_image_archive(log: Callable[[str], None] = print) -> Path:
     ).hexdigest()[:12]
     images = cache_root() / "images"
     archive = images / f"node-images-{recipe}.oci.tar"
-    with _locked(images / ".node-images.lock"):
+    with build_lock(images / ".node-images.lock"):
         if not archive.is_file():
             log(f"building the node's images from {source} into {archive}")
             build_image_archive(archive, source)

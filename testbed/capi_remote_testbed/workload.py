@@ -78,14 +78,7 @@ class WorkloadApiServer:
         admin = self.ca.issue("kubernetes-admin", organizations=("system:masters",), client=True)
         admin_cert, admin_key = admin.write(pki, "admin")
         sa_public, sa_private = service_account_key().write(pki, "sa")
-        write_kubeconfig(
-            self.kubeconfig,
-            name="workload",
-            server=self.server,
-            ca_pem=self.ca.cert_pem,
-            cert_pem=admin.cert_pem,
-            key_pem=admin.key_pem,
-        )
+        write_kubeconfig(self.kubeconfig, "workload", self.server, self.ca.cert_pem, admin)
         self._process = ManagedProcess(
             "workload-kube-apiserver",
             [
