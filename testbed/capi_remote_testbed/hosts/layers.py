@@ -26,7 +26,7 @@ from capi_remote_testbed.hosts.system import (
 # holds: EOF means the harness died, so the host exits (and the kernel kills all its processes)
 # instead of lingering as an orphan.
 INIT_SCRIPT = r"""#!/bin/sh
-# PID 1 of a capi-remote test host; written by testbed/capi_remote_testbed/hosts.py.
+# PID 1 of a capi-remote test host; written by capi_remote_testbed/hosts/layers.py.
 set -eu
 hostdir=$1 name=$2 lower=$3
 m=$hostdir/merged
