@@ -14,7 +14,8 @@ from capi_remote.ssh import BootstrapIncomplete, HostKeyPolicy, Runner, SSHSetti
 from capi_remote.ssh import Job as RunnerJob
 from capi_remote.ssh.auth import Credentials
 from capi_remote.ssh.executor import step_name
-from capi_remote_testbed.node import SSH_CLIENT_IMAGE, Node
+from capi_remote_testbed.node import Node
+from capi_remote_testbed.nodeimages import SSH_CLIENT_IMAGE
 from e2e.bed import Bed, BedFactory
 from reconcilers.provisionjob import MACHINE_UID_LABEL
 
