@@ -47,13 +47,7 @@ from capi_remote_testbed.hosts.slots import (
     subnet_taken,
     try_lock_slot,
 )
-from capi_remote_testbed.hosts.system import (
-    BASE_ENV,
-    HostError,
-    child_pid,
-    kill_hosts,
-    run,
-)
+from capi_remote_testbed.hosts.system import BASE_ENV, HostError, child_pid, kill_hosts, run
 from capi_remote_testbed.tcpproxy import TcpProxy
 
 LIVE_FLEETS: weakref.WeakSet[HostFleet] = weakref.WeakSet()

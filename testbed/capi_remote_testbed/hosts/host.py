@@ -17,18 +17,9 @@ from typing import TYPE_CHECKING
 import paramiko
 
 from capi_remote_testbed.hosts.keys import SshKey, known_hosts_line, public_pkey
-from capi_remote_testbed.hosts.layers import (
-    write_host_key,
-)
-from capi_remote_testbed.hosts.names import (
-    ROOT,
-    SSH_PORT,
-)
-from capi_remote_testbed.hosts.system import (
-    BASE_ENV,
-    HostError,
-    run,
-)
+from capi_remote_testbed.hosts.layers import write_host_key
+from capi_remote_testbed.hosts.names import ROOT, SSH_PORT
+from capi_remote_testbed.hosts.system import BASE_ENV, HostError, run
 from capi_remote_testbed.tcpproxy import DropMode, TcpProxy
 
 if TYPE_CHECKING:

@@ -19,9 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from capi_remote_testbed.hosts.names import (
-    SSH_PORT,
-)
+from capi_remote_testbed.hosts.names import SSH_PORT
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from capi_remote_testbed.hosts.keys import SshKey
-from capi_remote_testbed.hosts.names import (
-    DEPLOY,
-    OPERATOR,
-    ROOT,
-)
-from capi_remote_testbed.hosts.system import (
-    run,
-)
+from capi_remote_testbed.hosts.names import DEPLOY, OPERATOR, ROOT
+from capi_remote_testbed.hosts.system import run
 
 # PID 1 of every host. Runs inside the host's netns and fresh mount/UTS/PID namespaces; builds the
 # root filesystem, pivots into it and supervises sshd. Commands arrive on stdin, a pipe the harness

@@ -8,12 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from capi_remote_testbed.hosts.fleet import LIVE_FLEETS
-from capi_remote_testbed.hosts.names import (
-    LOCK_DIR,
-    MARKER,
-    default_state_dir,
-    slot_of,
-)
+from capi_remote_testbed.hosts.names import LOCK_DIR, MARKER, default_state_dir, slot_of
 from capi_remote_testbed.hosts.slots import (
     destroy_slot,
     lock_path,

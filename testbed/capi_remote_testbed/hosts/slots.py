@@ -16,16 +16,8 @@ import signal
 import time
 from pathlib import Path
 
-from capi_remote_testbed.hosts.names import (
-    LINK_RE,
-    LOCK_DIR,
-    MARKER,
-    slot_of,
-)
-from capi_remote_testbed.hosts.system import (
-    pid_alive,
-    run,
-)
+from capi_remote_testbed.hosts.names import LINK_RE, LOCK_DIR, MARKER, slot_of
+from capi_remote_testbed.hosts.system import pid_alive, run
 
 
 def subnet_taken(subnet: ipaddress.IPv4Network) -> bool:
