@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import structlog
 import yaml
 
-from capi_remote import ApiError, KubeClient
+from capi_remote import ApiError, KubeClient, TransportError
 from capi_remote.resources import NODES
 from reconcilers.secrets import ObjectSource
 
 JSONDict = dict[str, Any]
+
+_log = structlog.get_logger("capi_remote.workload")
 
 
 class WorkloadClients:
@@ -52,8 +55,19 @@ async def link_node(
     """Give the Node that is this host (by name, else by address) our providerID.
 
     Returns what happened: "linked", "already" (it has ours), "not-registered" (no such Node
-    yet), or "conflict: <id>" when the Node carries another providerID (left alone).
+    yet), "unreachable" (its API server cannot be asked, e.g. not up yet), or "conflict: <id>"
+    when the Node carries another providerID (left alone).
     """
+    try:
+        return await _link_node(client, names, addresses, provider_id)
+    except TransportError as error:
+        _log.debug("workload cluster not reachable", error=str(error))
+        return "unreachable"
+
+
+async def _link_node(
+    client: KubeClient, names: list[str], addresses: set[str], provider_id: str
+) -> str:
     node = None
     for name in names:
         try:

@@ -15,16 +15,16 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import aiohttp
 import attrs
 import structlog
 
 from capi_remote.kube.cache import IndexFunc, Store, object_key
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 from capi_remote.kube.ratelimit import ExponentialBackoffPolicy, ExponentialFailureRateLimiter
 
 JSONDict = dict[str, Any]
@@ -122,7 +122,7 @@ class Informer:
                         need_list = True
                         continue
                     await self._pause(f"API error {error.status}: {error.message}")
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                except (TransportError, ValueError) as error:
                     await self._pause(f"{type(error).__name__}: {error}")
         finally:
             if resync is not None:
@@ -238,7 +238,10 @@ class InformerSet:
             informer = Informer(self.client, resource, selector, settings=self.settings)
             self._informers[key] = informer
             if self._started:  # a late informer starts right away
-                self._tasks.append(asyncio.create_task(informer.run()))
+                # In a context of its own: not in that of the reconcile that asked for it, whose
+                # reconcile_id its logs would otherwise carry forever.
+                task = asyncio.create_task(informer.run(), context=contextvars.Context())
+                self._tasks.append(task)
         return informer
 
     def all(self) -> list[Informer]:
