@@ -14,17 +14,30 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 
 from capi_remote.kube.client import Resource
 from capi_remote.kube.controller import Controller
 from capi_remote.kube.handler import Mapper, own_object
-from capi_remote.kube.informer import Selector
+from capi_remote.kube.informer import Informer, Selector
 
-if TYPE_CHECKING:
-    from capi_remote.kube.manager import Manager
+
+class _Manager(Protocol):
+    """What the builder needs of the Manager (which imports this module)."""
+
+    def add(self, controller: Controller) -> Controller: ...
+
+    def watch(
+        self,
+        controller: Controller,
+        resource: Resource,
+        mapper: Mapper,
+        selector: Selector = ...,
+        *,
+        filtered: bool = ...,
+    ) -> Informer: ...
 
 
 @attrs.frozen
@@ -41,7 +54,7 @@ class ControllerBuilder:
 
     def __init__(
         self,
-        manager: Manager,
+        manager: _Manager,
         controller: Controller,
         for_: Resource,
         selector: Selector = Selector(),

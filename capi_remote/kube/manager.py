@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import attrs
 import structlog
@@ -27,7 +28,14 @@ from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.controller import DEFAULT_RECONCILE_TIMEOUT, Controller
 from capi_remote.kube.events import EventRecorder, EventSettings
 from capi_remote.kube.handler import Mapper
-from capi_remote.kube.informer import Event, Informer, InformerSet, InformerSettings, Selector
+from capi_remote.kube.informer import (
+    Event,
+    Informer,
+    InformerSet,
+    InformerSettings,
+    Selector,
+    strip_managed_fields,
+)
 from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
 from capi_remote.kube.metrics import Metrics
 from capi_remote.kube.ratelimit import RateLimiter
@@ -35,6 +43,7 @@ from capi_remote.kube.reconcile import Reconciler
 
 _log = structlog.get_logger("capi_remote.manager")
 WATCH_FILTER_LABEL = "cluster.x-k8s.io/watch-filter"
+JSONDict = dict[str, Any]
 
 
 @attrs.frozen
@@ -105,11 +114,16 @@ class Manager:
         return controller
 
     def informer(
-        self, resource: Resource, selector: Selector = Selector(), *, filtered: bool = True
+        self,
+        resource: Resource,
+        selector: Selector = Selector(),
+        *,
+        filtered: bool = True,
+        transform: Callable[[JSONDict], JSONDict] = strip_managed_fields,
     ) -> Informer:
         """The shared informer for ``resource``, scoped to the manager's namespace; with
         ``filtered`` also to its watch filter (leave it off for Secrets and other objects that
-        users do not label)."""
+        users do not label). ``transform`` trims what its store keeps (see InformerSet.get)."""
         labels = selector.label_selector
         if filtered and self.settings.watch_filter:
             wanted = f"{WATCH_FILTER_LABEL}={self.settings.watch_filter}"
@@ -119,7 +133,7 @@ class Manager:
             namespace=selector.namespace or self.settings.namespace,
             label_selector=labels,
         )
-        return self.informers.get(resource, scoped)
+        return self.informers.get(resource, scoped, transform=transform)
 
     def watch(
         self,
