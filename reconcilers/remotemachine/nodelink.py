@@ -37,23 +37,14 @@ class NodeLink:
     ) -> Result:
         """Provisioned: keep the conditions true (never decaying to Unknown), and make sure the
         host's Node carries our providerID so Cluster API can link it to the Machine."""
-        self.memory[rm["metadata"]["uid"]].provisioned = False  # the cache shows it now
+        # The cache shows it provisioned: nothing of its provisioning needs remembering.
+        self.memory.forget(rm["metadata"]["uid"])
         keep_true(rm, status, c.READY, c.PROVISIONED)
         keep_true(rm, status, c.BOOTSTRAP_SUCCEEDED, c.PROVISIONED)
         status["phase"] = "Provisioned"
         await self.writer.status(rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
             return Result()
-        return await self._link(log, rm, status, machine, cluster)
-
-    async def _link(
-        self,
-        log: FilteringBoundLogger,
-        rm: JSONDict,
-        status: JSONDict,
-        machine: JSONDict,
-        cluster: str,
-    ) -> Result:
         client = await self.workloads.get(rm["metadata"]["namespace"], cluster)
         if client is None:
             return Result(requeue_after=NODE_LINK_INTERVAL)
