@@ -10,12 +10,12 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from capi_remote import ApiError, Result
+from capi_remote import ApiError, Result, TransportError
 from reconcilers import conditions as c
 from reconcilers.remotemachine.machinestatus import keep_true
 from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.writer import Writer
-from reconcilers.workload import WorkloadClients, link_node
+from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, link_node
 
 JSONDict = dict[str, Any]
 NODE_LINK_INTERVAL = 20.0
@@ -45,7 +45,15 @@ class NodeLink:
         await self.writer.status(rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
             return Result()
-        client = await self.workloads.get(rm["metadata"]["namespace"], cluster)
+        try:
+            client = await self.workloads.get(rm["metadata"]["namespace"], cluster)
+        except InvalidWorkloadKubeconfig as refused:
+            # The tenant-written kubeconfig asks for something the controller never does (exec,
+            # files, proxies...): say so (aggregated by the recorder) and look again later; the
+            # machine itself stays provisioned.
+            log.info("workload kubeconfig refused", reason=refused.reason, message=str(refused))
+            self.writer.event(rm, "Warning", refused.reason, str(refused))
+            return Result(requeue_after=NODE_LINK_INTERVAL)
         if client is None:
             return Result(requeue_after=NODE_LINK_INTERVAL)
         recorded = status.get("addresses") or []
@@ -56,7 +64,7 @@ class NodeLink:
         }
         try:
             outcome = await link_node(client, names, addresses, rm["spec"]["providerID"])
-        except (ApiError, OSError, TimeoutError) as error:
+        except (ApiError, TransportError) as error:
             log.debug("workload cluster not reachable yet", cluster=cluster, error=str(error))
             return Result(requeue_after=NODE_LINK_INTERVAL)
         if outcome == "linked":

@@ -1,16 +1,20 @@
-"""The one place where a bootstrap data Secret becomes a BootstrapPlan (both backends run it)."""
+"""The one place where a bootstrap data Secret becomes a BootstrapPlan (both backends run it).
+
+The data is tenant-written: the parse runs through a :class:`Parser`, in the controller the
+``ParseSandbox`` of ``capi_remote.bootstrap`` (a child process under memory, CPU and wall-clock
+limits that is killed when it overruns or the reconcile is cancelled). Only the cheap checks and
+the providerID substitution run here.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from typing import Any
+from typing import Any, Protocol
 
 from capi_remote.bootstrap import (
     BootstrapParseError,
     BootstrapPlan,
     InstanceMetadata,
-    parse_bootstrap,
     substitute_provider_id,
 )
 from reconcilers.remotemachine.machinestatus import ipv4_or_none
@@ -18,7 +22,23 @@ from reconcilers.remotemachine.machinestatus import ipv4_or_none
 JSONDict = dict[str, Any]
 
 
-def _plan(rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str) -> BootstrapPlan:
+class Parser(Protocol):
+    """What turns bootstrap data into a plan (``capi_remote.bootstrap.ParseSandbox``)."""
+
+    async def parse(
+        self,
+        data: bytes,
+        format: str | None,
+        *,
+        metadata: InstanceMetadata,
+        commands_as_script: bool = False,
+    ) -> BootstrapPlan: ...
+
+
+async def bootstrap_plan(
+    parser: Parser, rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str
+) -> BootstrapPlan:
+    """Raises BootstrapParseError (a limit hit is one too, with the key ``(limits)``)."""
     data = base64.b64decode((secret.get("data") or {}).get("value", ""))
     if not data:
         raise BootstrapParseError("value", "the bootstrap data Secret has no 'value' key")
@@ -36,17 +56,9 @@ def _plan(rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str) -> Bootst
         hostname=hostname,
         local_ipv4=ipv4_or_none(rm["spec"]["address"]),
     )
-    return parse_bootstrap(
+    return await parser.parse(
         data,
         fmt,
         metadata=metadata,
         commands_as_script=bool(rm["spec"].get("commandsAsScript")),
     )
-
-
-async def bootstrap_plan(
-    rm: JSONDict, machine: JSONDict, secret: JSONDict, pid: str
-) -> BootstrapPlan:
-    """Raises BootstrapParseError. In a thread: a slow parse must not stall every other
-    reconcile on the event loop."""
-    return await asyncio.to_thread(_plan, rm, machine, secret, pid)

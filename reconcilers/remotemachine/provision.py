@@ -37,7 +37,7 @@ from reconcilers.remotemachine.machinestatus import (
     set_failure,
 )
 from reconcilers.remotemachine.memory import InputKey, MachineMemory
-from reconcilers.remotemachine.plan import bootstrap_plan
+from reconcilers.remotemachine.plan import Parser, bootstrap_plan
 from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.writer import Writer
 
@@ -54,10 +54,13 @@ def _under_way(status: JSONDict) -> bool:
 
 
 class ProvisionFlow:
-    def __init__(self, writer: Writer, memory: MachineMemory, policy: AttemptPolicy) -> None:
+    def __init__(
+        self, writer: Writer, memory: MachineMemory, policy: AttemptPolicy, parser: Parser
+    ) -> None:
         self.writer = writer
         self.memory = memory
         self.policy = policy
+        self.parser = parser
 
     async def step(
         self,
@@ -271,7 +274,7 @@ class ProvisionFlow:
         if remembered.invalid_input == inputs and status.get("phase") == "Failed":
             return Result()  # the same data, already reported invalid
         try:
-            plan = await bootstrap_plan(rm, m.machine, data_secret, pid)
+            plan = await bootstrap_plan(self.parser, rm, m.machine, data_secret, pid)
         except BootstrapParseError as error:
             remembered.invalid_input = inputs
             message = f"{error.key}: {error.message}"

@@ -17,6 +17,7 @@ from capi_remote import (
     request_for,
 )
 from capi_remote.api import GROUP
+from capi_remote.bootstrap import ParseSandbox, SandboxSettings
 from capi_remote.resources import (
     CLUSTERS,
     CONFIGMAPS,
@@ -72,6 +73,12 @@ def referenced_secrets(rm: JSONDict) -> list[str]:
     return [f"{namespace}/{n}" for n in sorted(names)]
 
 
+def _pooled_secrets(pooled: JSONDict) -> list[str]:
+    """What a pooled host's spec names (probes read those Secrets too)."""
+    host = (pooled.get("spec") or {}).get("machine") or {}
+    return referenced_secrets({"metadata": pooled["metadata"], "spec": host})
+
+
 def machine_to_remote(machine: JSONDict) -> list[Request]:
     ref = machine.get("spec", {}).get("infrastructureRef") or {}
     if ref.get("kind") != "RemoteMachine":
@@ -110,13 +117,22 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     capi_machines = manager.informer(MACHINES)
     capi_machines.store.add_indexer(DATA_SECRET_INDEX, _data_secret)
     capi_machines.store.add_indexer(CLUSTER_INDEX, _cluster)
-    stores = Stores(
-        remote.store,
-        capi_machines.store,
-        manager.informer(CLUSTERS).store,
-        pools.pool_informer(provider).store,
-    )
+    pooled = pools.pool_informer(provider).store
+    pooled.add_indexer(SECRET_REF_INDEX, _pooled_secrets)
+    stores = Stores(remote.store, capi_machines.store, manager.informer(CLUSTERS).store, pooled)
     wake = Wake()
+
+    def referenced(namespace: str, name: str) -> bool:
+        """Whether any object still names ``namespace/name`` (else its watch may close)."""
+        key = f"{namespace}/{name}"
+        return any(
+            store.by_index(index, key)
+            for store, index in (
+                (remote.store, SECRET_REF_INDEX),
+                (pooled, SECRET_REF_INDEX),
+                (capi_machines.store, DATA_SECRET_INDEX),
+            )
+        )
 
     def on_referenced_object(event: Event) -> None:
         key = f"{event.obj['metadata'].get('namespace', '')}/{event.obj['metadata']['name']}"
@@ -131,8 +147,9 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
         SECRETS,
         on_referenced_object,
         shared_selector=Selector(field_selector=f"type={BOOTSTRAP_SECRET_TYPE}"),
+        referenced=referenced,
     )
-    configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object)
+    configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object, referenced=referenced)
     access = HostAccess(runner, secrets, configmaps)
     reconciler = _reconciler(provider, stores, secrets, access, wake)
     wake.controller = _build(provider, reconciler, stores)
@@ -177,7 +194,7 @@ def _reconciler(
         secrets,
         writer,
         backends,
-        ProvisionFlow(writer, memory, policy),
+        ProvisionFlow(writer, memory, policy, ParseSandbox(SandboxSettings())),
         deletion,
         NodeLink(writer, memory, workloads),
     )

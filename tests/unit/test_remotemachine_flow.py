@@ -17,13 +17,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from capi_remote import Request, Result
 from capi_remote.api import RemoteMachineSpec, from_dict
-from capi_remote.bootstrap import BootstrapPlan
+from capi_remote.bootstrap import BootstrapPlan, InstanceMetadata, parse_bootstrap
 from capi_remote.ssh import InvalidCredentials
 from reconcilers import conditions as c
 from reconcilers.common import copy_status
 from reconcilers.hostjobs import Outcome
 from reconcilers.remote import InvalidSpec, MissingSecret
-from reconcilers.remotemachine import provision
 from reconcilers.remotemachine.backend import (
     Finished,
     Machine,
@@ -150,16 +149,37 @@ def data_secret(
     }
 
 
+class CountingParser:
+    """parse_bootstrap in process, counted (the controller parses in its ParseSandbox)."""
+
+    def __init__(self) -> None:
+        self.parses = 0
+
+    async def parse(
+        self,
+        data: bytes,
+        format: str | None,
+        *,
+        metadata: InstanceMetadata,
+        commands_as_script: bool = False,
+    ) -> BootstrapPlan:
+        self.parses += 1
+        return parse_bootstrap(
+            data, format, metadata=metadata, commands_as_script=commands_as_script
+        )
+
+
 @attrs.define
 class Bed:
     writer: FakeWriter
     backend: FakeBackend
     memory: MachineMemory = attrs.field(factory=MachineMemory)
+    parser: CountingParser = attrs.field(factory=CountingParser)
     secret: JSONDict = attrs.field(factory=data_secret)
 
     @property
     def flow(self) -> ProvisionFlow:
-        return ProvisionFlow(self.writer, self.memory, AttemptPolicy())
+        return ProvisionFlow(self.writer, self.memory, AttemptPolicy(), self.parser)
 
     @property
     def status(self) -> JSONDict:
@@ -290,17 +310,7 @@ async def test_resetting_attempts_to_zero_retries_a_terminal_failure() -> None:
 
 
 @pytest.mark.parametrize("make", BACKENDS)
-async def test_invalid_bootstrap_data_is_remembered(
-    make: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    parses: list[str] = []
-    real = provision.bootstrap_plan
-
-    async def counting(*args: Any) -> BootstrapPlan:
-        parses.append(args[2]["metadata"]["resourceVersion"])
-        return await real(*args)
-
-    monkeypatch.setattr(provision, "bootstrap_plan", counting)
+async def test_invalid_bootstrap_data_is_remembered(make: Any) -> None:
     b = bed(make())
     b.secret = data_secret("#cloud-config\nwrite_files: 7\n")
     await b.step()
@@ -308,11 +318,11 @@ async def test_invalid_bootstrap_data_is_remembered(
     assert b.ready()["reason"] == c.INVALID_BOOTSTRAP_DATA
     assert b.status["deprecated"]["v1beta1"]["failureReason"] == "InvalidConfiguration"
     await b.step()
-    assert parses == ["1"]  # the same Secret version: not parsed again
+    assert b.parser.parses == 1  # the same Secret version: not parsed again
     assert b.writer.reasons() == [c.INVALID_BOOTSTRAP_DATA]
     b.secret = data_secret(version="2")
     await b.step()
-    assert parses == ["1", "2"]
+    assert b.parser.parses == 2
     assert b.backend.starts == [1]
 
 
