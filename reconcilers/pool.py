@@ -207,7 +207,13 @@ async def _annotate(client: KubeClient, obj: JSONDict, annotations: dict[str, st
 
 
 class PooledRemoteMachineReconciler:
-    """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims."""
+    """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims.
+
+    Probes: a free host is probed when it is marked for a re-check, when its spec changed since
+    its last probe (``health.observedGeneration``), and every PROBE_INTERVAL. What a probe writes
+    (health, first-use pins, the mark's removal) is conditional on the version it started from,
+    so a request or spec change that came while it ran is answered by the next probe, never
+    swallowed by this one."""
 
     def __init__(
         self, client: KubeClient, pooled: Informer, machines: Informer, prober: Prober
