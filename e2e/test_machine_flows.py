@@ -427,18 +427,22 @@ async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
         {"metadata": {"annotations": {RECHECK_ANNOTATION: "true"}}},
     )
 
-    async def refused() -> str:
+    async def answered() -> dict[str, object]:
+        """The health the re-check's probe wrote: only a probe that started after the mark was
+        set removes it, right after writing its result."""
         pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
-        health = (pooled.get("status") or {}).get("health") or {}
-        return str(health.get("message") or "") if health.get("state") == "Unreachable" else ""
+        if RECHECK_ANNOTATION in (pooled["metadata"].get("annotations") or {}):
+            return {}
+        return dict((pooled.get("status") or {}).get("health") or {})
 
-    message = await bed.wait_for(
+    health = await bed.wait_for(
         "the probe to refuse the new key",
-        refused,
+        answered,
         60,
         diagnose=lambda: bed.describe("pooledremotemachine", host.name),
     )
-    assert "HostKeyMismatch" in message
+    assert health["state"] == "Unreachable", health
+    assert "HostKeyMismatch" in str(health["message"])
     assert await pinned() != host.host_key.fingerprint
 
     await bed.remote_machine("tofu-1", {"pool": pool})
