@@ -4,14 +4,12 @@ validates the control-plane endpoint against the Cluster, honours pause and repo
 from __future__ import annotations
 
 from capi_remote import (
-    Controller,
     Event,
     Informer,
     Provider,
     ReconcileContext,
     Request,
     Result,
-    own_object,
     patch_status,
     request_for,
     set_condition,
@@ -91,15 +89,6 @@ def setup(provider: Provider) -> None:
     manager = provider.manager
     remote = manager.informer(REMOTE_CLUSTERS)
     clusters = manager.informer(CLUSTERS)
-    controller = manager.add(
-        Controller(
-            "remotecluster",
-            RemoteClusterReconciler(provider, remote, clusters),
-            workers=2,
-            metrics=manager.metrics,
-        )
-    )
-    manager.watch(controller, REMOTE_CLUSTERS, own_object)
 
     def cluster_to_infra(event: Event) -> list[Request]:
         ref = event.obj.get("spec", {}).get("infrastructureRef") or {}
@@ -107,4 +96,9 @@ def setup(provider: Provider) -> None:
             return []
         return [Request(request_for(event.obj).namespace, str(ref["name"]))]
 
-    manager.watch(controller, CLUSTERS, cluster_to_infra)
+    manager.controller(
+        "remotecluster",
+        RemoteClusterReconciler(provider, remote, clusters),
+        for_=REMOTE_CLUSTERS,
+        workers=2,
+    ).watches(CLUSTERS, cluster_to_infra).build()

@@ -27,7 +27,6 @@ import structlog
 from capi_remote import (
     ApiError,
     Conflict,
-    Controller,
     Event,
     Informer,
     KubeClient,
@@ -36,7 +35,6 @@ from capi_remote import (
     Request,
     Result,
     Store,
-    own_object,
     patch_object,
     patch_status,
 )
@@ -392,15 +390,6 @@ def setup(provider: Provider, prober: Prober) -> None:
     manager = provider.manager
     pooled = pool_informer(provider)
     machines = manager.informer(REMOTE_MACHINES)
-    controller = manager.add(
-        Controller(
-            "pooledremotemachine",
-            PooledRemoteMachineReconciler(provider.client, pooled, machines, prober),
-            workers=provider.options.pool_workers,
-            metrics=manager.metrics,
-        )
-    )
-    manager.watch(controller, POOLED_REMOTE_MACHINES, own_object)
 
     def deleted_machine_to_claimed_host(event: Event) -> list[Request]:
         if event.type != "DELETED":
@@ -412,4 +401,9 @@ def setup(provider: Provider, prober: Prober) -> None:
             for p in pooled.store.by_index(CLAIM_INDEX, key)
         ]
 
-    manager.watch(controller, REMOTE_MACHINES, deleted_machine_to_claimed_host)
+    manager.controller(
+        "pooledremotemachine",
+        PooledRemoteMachineReconciler(provider.client, pooled, machines, prober),
+        for_=POOLED_REMOTE_MACHINES,
+        workers=provider.options.pool_workers,
+    ).watches(REMOTE_MACHINES, deleted_machine_to_claimed_host).build()

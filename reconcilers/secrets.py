@@ -1,10 +1,19 @@
 """Reading Secrets and ConfigMaps without caching every one of them in the cluster.
 
 - Bootstrap data Secrets carry the contract's type ``cluster.x-k8s.io/secret``: one informer
-  filtered by that type serves them all.
-- Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts) gets a watch
-  of its own, filtered by name, started on first use. Such objects are few and shared by many
-  machines, so this costs a handful of watches, and one created late still wakes its machines.
+  filtered by that type serves them all. So does every other Secret of that type (CA keys, etcd
+  and service-account keys of every cluster), so its store keeps only what the controller reads
+  of them: the ``value`` and ``format`` keys (``SHARED_KEYS``), no annotations (kubectl's
+  last-applied copy of the data lives there).
+- Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts), and any other
+  key, gets a watch of its own, filtered by name, started on first use. Such objects are few and
+  shared by many machines, so this costs a handful of watches, and one created late still wakes
+  its machines.
+- Per-name watches are released: when one is about to be opened and there are many, those whose
+  name nothing references any more (``referenced``, e.g. the RemoteMachine index) are closed; and
+  there are never more than ``max_watches``: past that, the least recently used is closed (its
+  next use opens it again and waits for its list, as after a restart). Renaming ``sshKeyRef`` in
+  a loop therefore cannot open unbounded watches.
 
 Secret contents stay in memory only; nothing here logs them.
 """
@@ -12,17 +21,42 @@ Secret contents stay in memory only; nothing here logs them.
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from capi_remote import Event, Informer, Manager, Resource, Selector
 
 JSONDict = dict[str, Any]
 BOOTSTRAP_SECRET_TYPE = "cluster.x-k8s.io/secret"
+#: The data keys the shared store keeps of ``cluster.x-k8s.io/secret`` Secrets.
+SHARED_KEYS = frozenset({"value", "format"})
+DEFAULT_MAX_WATCHES = 1024
+# Unreferenced watches are looked for when the count reaches this, then twice the count left.
+_FIRST_SWEEP = 64
+
+_log = structlog.get_logger("capi_remote.secrets")
+
+
+def shared_view(obj: JSONDict) -> JSONDict:
+    """What the shared store keeps of a ``cluster.x-k8s.io/secret`` Secret."""
+    meta = obj.get("metadata") or {}
+    meta.pop("managedFields", None)
+    meta.pop("annotations", None)
+    data = obj.get("data") or {}
+    obj["data"] = {key: value for key, value in data.items() if key in SHARED_KEYS}
+    obj.pop("stringData", None)
+    return obj
 
 
 class ObjectSource:
-    """``get``/``value`` of named Secrets or ConfigMaps, backed by narrow watches."""
+    """``get``/``value`` of named Secrets or ConfigMaps, backed by narrow watches.
+
+    ``get`` may answer from the shared store, which holds only ``SHARED_KEYS`` of its objects;
+    ``value`` of any other key always reads the object's own watch.
+    """
 
     def __init__(
         self,
@@ -30,15 +64,28 @@ class ObjectSource:
         resource: Resource,
         on_change: Callable[[Event], None],
         shared_selector: Selector | None = None,
+        *,
+        referenced: Callable[[str, str], bool] | None = None,
+        max_watches: int = DEFAULT_MAX_WATCHES,
     ) -> None:
         self._manager = manager
         self._resource = resource
         self._on_change = on_change
+        self._referenced = referenced
+        self._max_watches = max_watches
+        self._sweep_at = _FIRST_SWEEP
         self._shared: Informer | None = None
         if shared_selector is not None:
-            self._shared = manager.informer(resource, shared_selector, filtered=False)
+            self._shared = manager.informer(
+                resource, shared_selector, filtered=False, transform=shared_view
+            )
             self._shared.add_handler(on_change)
-        self._by_name: dict[tuple[str, str], Informer] = {}
+        self._by_name: OrderedDict[tuple[str, str], Informer] = OrderedDict()
+
+    @property
+    def watches(self) -> int:
+        """How many per-name watches are open."""
+        return len(self._by_name)
 
     def get(self, namespace: str, name: str) -> JSONDict | None:
         """The object if known; None while unknown (its watch reports it when it appears)."""
@@ -46,28 +93,24 @@ class ObjectSource:
             found = self._shared.store.get_by_name(namespace, name)
             if found is not None:
                 return found
-        informer = self._by_name.get((namespace, name))
-        if informer is None:
-            informer = self._manager.informer(
-                self._resource,
-                Selector(namespace=namespace, field_selector=f"metadata.name={name}"),
-                filtered=False,
-            )
-            informer.add_handler(self._on_change)
-            self._by_name[(namespace, name)] = informer
-        return informer.store.get_by_name(namespace, name)
+        return self._watch(namespace, name).store.get_by_name(namespace, name)
 
     def known(self, namespace: str, name: str) -> bool:
         """Whether :meth:`get` can be believed: the object is cached, or its watch has listed
         (then None means absent; before, it means not known yet, as after a restart)."""
-        if self._shared is not None and self._shared.store.get_by_name(namespace, name):
-            return True
         informer = self._by_name.get((namespace, name))
-        return informer is not None and informer.synced.is_set()
+        if informer is not None:
+            return informer.synced.is_set()
+        return (
+            self._shared is not None and self._shared.store.get_by_name(namespace, name) is not None
+        )
 
     def value(self, namespace: str, name: str, key: str) -> bytes | None:
         """One data key, decoded (Secrets are base64 in ``data``); None if missing."""
-        obj = self.get(namespace, name)
+        if key in SHARED_KEYS:
+            obj = self.get(namespace, name)
+        else:
+            obj = self._watch(namespace, name).store.get_by_name(namespace, name)
         if obj is None:
             return None
         data = obj.get("data") or {}
@@ -76,3 +119,43 @@ class ObjectSource:
         if self._resource.kind == "Secret":
             return base64.b64decode(data[key])
         return str(data[key]).encode()
+
+    def release(self, namespace: str, name: str) -> None:
+        """Close the watch of this name, if any (e.g. when the last object naming it is gone)."""
+        informer = self._by_name.pop((namespace, name), None)
+        if informer is not None:
+            self._manager.informers.discard(informer)
+
+    def _watch(self, namespace: str, name: str) -> Informer:
+        key = (namespace, name)
+        informer = self._by_name.get(key)
+        if informer is not None:
+            self._by_name.move_to_end(key)
+            return informer
+        if len(self._by_name) >= self._sweep_at:
+            self._sweep()
+        while len(self._by_name) >= self._max_watches:
+            (old_namespace, old_name), _ = next(iter(self._by_name.items()))
+            _log.warning(
+                "too many per-name watches, closing the least recently used",
+                kind=self._resource.kind,
+                limit=self._max_watches,
+                namespace=old_namespace,
+                name=old_name,
+            )
+            self.release(old_namespace, old_name)
+        informer = self._manager.informer(
+            self._resource,
+            Selector(namespace=namespace, field_selector=f"metadata.name={name}"),
+            filtered=False,
+        )
+        informer.add_handler(self._on_change)
+        self._by_name[key] = informer
+        return informer
+
+    def _sweep(self) -> None:
+        if self._referenced is not None:
+            for namespace, name in list(self._by_name):
+                if not self._referenced(namespace, name):
+                    self.release(namespace, name)
+        self._sweep_at = max(_FIRST_SWEEP, 2 * len(self._by_name))

@@ -11,14 +11,12 @@ import copy
 from typing import Any
 
 from capi_remote import (
-    Controller,
     Event,
     Informer,
     Provider,
     ReconcileContext,
     Request,
     Result,
-    own_object,
     patch_status,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINE_TEMPLATES
@@ -90,15 +88,6 @@ def setup(provider: Provider) -> None:
         lambda t: [f"{t['metadata'].get('namespace', '')}/{_template_pool(t)}"],
     )
     pooled = pool_informer(provider)
-    controller = manager.add(
-        Controller(
-            "remotemachinetemplate",
-            RemoteMachineTemplateReconciler(provider, templates, pooled),
-            workers=2,
-            metrics=manager.metrics,
-        )
-    )
-    manager.watch(controller, REMOTE_MACHINE_TEMPLATES, own_object)
 
     def host_to_templates(event: Event) -> list[Request]:
         meta = event.obj["metadata"]
@@ -108,4 +97,9 @@ def setup(provider: Provider) -> None:
             for t in templates.store.by_index(TEMPLATE_POOL_INDEX, key)
         ]
 
-    manager.watch(controller, POOLED_REMOTE_MACHINES, host_to_templates)
+    manager.controller(
+        "remotemachinetemplate",
+        RemoteMachineTemplateReconciler(provider, templates, pooled),
+        for_=REMOTE_MACHINE_TEMPLATES,
+        workers=2,
+    ).watches(POOLED_REMOTE_MACHINES, host_to_templates).build()

@@ -9,41 +9,70 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import yaml
+import structlog
 
-from capi_remote import ApiError, KubeClient
+from capi_remote import ApiError, KubeClient, KubeconfigError, TransportError
 from capi_remote.resources import NODES
 from reconcilers.secrets import ObjectSource
 
 JSONDict = dict[str, Any]
 
+_log = structlog.get_logger("capi_remote.workload")
+
 
 class WorkloadClients:
-    """One client per cluster, rebuilt when its kubeconfig Secret changes."""
+    """One client per cluster, rebuilt when its kubeconfig Secret changes.
+
+    The Secret is tenant-written: it is loaded by ``KubeClient.from_untrusted_kubeconfig`` (inline
+    server, CA, client certificate and token only). A refused kubeconfig raises
+    :class:`InvalidWorkloadKubeconfig` until the Secret changes, without being parsed again.
+    """
 
     def __init__(self, secrets: ObjectSource) -> None:
         self._secrets = secrets
-        self._clients: dict[tuple[str, str], tuple[str, KubeClient]] = {}
+        self._clients: dict[tuple[str, str], tuple[str, KubeClient | KubeconfigError]] = {}
 
     async def get(self, namespace: str, cluster: str) -> KubeClient | None:
-        secret = self._secrets.get(namespace, f"{cluster}-kubeconfig")
+        """The cluster's client; None while its Secret (or its ``value``) does not exist."""
+        name = f"{cluster}-kubeconfig"
+        secret = self._secrets.get(namespace, name)
         if secret is None or "value" not in (secret.get("data") or {}):
             return None
         version = str(secret["metadata"].get("resourceVersion"))
         known = self._clients.get((namespace, cluster))
-        if known is not None and known[0] == version:
-            return known[1]
-        if known is not None:
-            await known[1].close()
-        config = yaml.safe_load(base64.b64decode(secret["data"]["value"]))
-        client = await KubeClient.from_kubeconfig_dict(config)
-        self._clients[(namespace, cluster)] = (version, client)
-        return client
+        if known is None or known[0] != version:
+            if known is not None and isinstance(known[1], KubeClient):
+                await known[1].close()
+            known = (version, _load(secret["data"]["value"]))
+            self._clients[(namespace, cluster)] = known
+        if isinstance(known[1], KubeconfigError):
+            raise InvalidWorkloadKubeconfig(f"Secret {namespace}/{name}: {known[1].message}")
+        return known[1]
 
     async def close(self) -> None:
         for _, client in self._clients.values():
-            await client.close()
+            if isinstance(client, KubeClient):
+                await client.close()
         self._clients.clear()
+
+
+class InvalidWorkloadKubeconfig(Exception):
+    """The ``<cluster>-kubeconfig`` Secret holds a kubeconfig the controller refuses to use.
+
+    ``str()`` names the Secret and the refused key (never a value): fit for a condition message.
+    """
+
+    reason = "InvalidWorkloadKubeconfig"
+
+
+def _load(encoded: str) -> KubeClient | KubeconfigError:
+    # The API server bounds a Secret (about 1.5 MiB); the loader bounds the decoded document.
+    try:
+        return KubeClient.from_untrusted_kubeconfig(base64.b64decode(encoded))
+    except KubeconfigError as error:
+        return error
+    except ValueError:  # undecodable base64
+        return KubeconfigError("the Secret's 'value' is not valid base64")
 
 
 async def link_node(
@@ -52,8 +81,19 @@ async def link_node(
     """Give the Node that is this host (by name, else by address) our providerID.
 
     Returns what happened: "linked", "already" (it has ours), "not-registered" (no such Node
-    yet), or "conflict: <id>" when the Node carries another providerID (left alone).
+    yet), "unreachable" (its API server cannot be asked, e.g. not up yet), or "conflict: <id>"
+    when the Node carries another providerID (left alone).
     """
+    try:
+        return await _link_node(client, names, addresses, provider_id)
+    except TransportError as error:
+        _log.debug("workload cluster not reachable", error=str(error))
+        return "unreachable"
+
+
+async def _link_node(
+    client: KubeClient, names: list[str], addresses: set[str], provider_id: str
+) -> str:
     node = None
     for name in names:
         try:

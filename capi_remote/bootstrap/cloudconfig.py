@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from capi_remote.bootstrap.budget import Budget, expanded_size
 from capi_remote.bootstrap.errors import DOCUMENT, HEADER, BootstrapParseError
 from capi_remote.bootstrap.jinja import JINJA_HEADER, InstanceMetadata, render_jinja
 from capi_remote.bootstrap.plan import (
@@ -63,9 +64,14 @@ _WHITESPACE = re.compile(rb"\s+")
 
 
 def parse_cloud_config(
-    data: bytes, *, metadata: InstanceMetadata, commands_as_script: bool = False
+    data: bytes,
+    *,
+    metadata: InstanceMetadata,
+    commands_as_script: bool = False,
+    budget: Budget | None = None,
 ) -> BootstrapPlan:
     """Parse cloud-config bytes; ``commands_as_script`` folds each command section into one step."""
+    budget = budget or Budget()
     try:
         text = data.decode("utf-8").lstrip()
     except UnicodeDecodeError:
@@ -73,13 +79,13 @@ def parse_cloud_config(
     header, _, rest = text.partition("\n")
     rendered = bool(JINJA_HEADER.fullmatch(header.strip()))
     if rendered:
-        text = render_jinja(rest, metadata).lstrip()
+        text = render_jinja(rest, metadata, budget).lstrip()
         header = text.partition("\n")[0]
     if header.strip().lower() != "#cloud-config":
         raise BootstrapParseError(
             HEADER, "bootstrap data must start with '#cloud-config' or '## template: jinja'"
         )
-    document = _load_yaml(text, "rendered document" if rendered else "document")
+    document = _load_yaml(text, "rendered document" if rendered else "document", budget)
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -94,7 +100,7 @@ def parse_cloud_config(
     instance_env = (("INSTANCE_ID", metadata.instance_id),) if metadata.instance_id else ()
     bootcmd = _commands(document.get("bootcmd"), "bootcmd", "bootcmd", instance_env)
     runcmd = _commands(document.get("runcmd"), "runcmd", "runcmd", ())
-    files = _write_files(document.get("write_files"), warnings)
+    files = _write_files(document.get("write_files"), warnings, budget)
     if commands_as_script:
         bootcmd = [combine_commands(bootcmd)] if bootcmd else []
         runcmd = [combine_commands(runcmd)] if runcmd else []
@@ -118,23 +124,25 @@ def display_key(key: object) -> str:
     return repr(text if len(text) <= 64 else text[:61] + "...")
 
 
-def decode_base64(data: bytes, key: str) -> bytes:
+def decode_base64(data: bytes, key: str, budget: Budget) -> bytes:
     """Strict base64 (whitespace such as line wrapping allowed)."""
+    budget.charge(len(data) * 3 // 4, key)
     try:
         return base64.b64decode(_WHITESPACE.sub(b"", data), validate=True)
     except (binascii.Error, ValueError):
         raise BootstrapParseError(key, "content is not valid base64") from None
 
 
-def gunzip(data: bytes, key: str) -> bytes:
-    """gzip (possibly multi-member) with a decompressed size limit."""
+def gunzip(data: bytes, key: str, budget: Budget) -> bytes:
+    """gzip (possibly multi-member), never decompressing past the file cap or the budget."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            result = stream.read(MAX_FILE_BYTES + 1)
+            result = stream.read(min(MAX_FILE_BYTES, max(budget.remaining, 0)) + 1)
     except (OSError, EOFError, zlib.error):
         raise BootstrapParseError(key, "content is not valid gzip data") from None
     if len(result) > MAX_FILE_BYTES:
         raise BootstrapParseError(key, f"decompressed content exceeds {MAX_FILE_BYTES} bytes")
+    budget.charge(len(result), key)
     return result
 
 
@@ -146,10 +154,23 @@ def encode_text(text: str, key: str) -> bytes:
         raise BootstrapParseError(key, "text is not valid UTF-8") from None
 
 
-def _load_yaml(text: str, what: str) -> object:
-    """YAML errors say where (in ``what``, which may be the output of a template), not what."""
+def _load_yaml(text: str, what: str, budget: Budget) -> object:
+    """YAML errors say where (in ``what``, which may be the output of a template), not what.
+
+    The node graph is charged, aliases expanded, before any Python object is built.
+    """
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None
+            budget.charge(expanded_size(root), DOCUMENT)
+            return loader.construct_document(root)
+        finally:
+            loader.dispose()
+    except (BootstrapParseError, MemoryError):  # MemoryError: the sandbox's limit, reported there
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1} of the {what}" if mark else ""
@@ -171,12 +192,14 @@ def _optional(
     return value
 
 
-def _write_files(value: object, warnings: list[str]) -> list[WriteFile]:
+def _write_files(value: object, warnings: list[str], budget: Budget) -> list[WriteFile]:
     entries = _list(value, "write_files")
-    return [_write_file(item, f"write_files[{i}]", warnings) for i, item in enumerate(entries)]
+    return [
+        _write_file(item, f"write_files[{i}]", warnings, budget) for i, item in enumerate(entries)
+    ]
 
 
-def _write_file(item: object, key: str, warnings: list[str]) -> WriteFile:
+def _write_file(item: object, key: str, warnings: list[str], budget: Budget) -> WriteFile:
     if not isinstance(item, dict):
         raise BootstrapParseError(key, "must be a mapping")
     for name in item:
@@ -193,7 +216,7 @@ def _write_file(item: object, key: str, warnings: list[str]) -> WriteFile:
         raise BootstrapParseError(f"{key}.path", str(exc)) from None
     return WriteFile(
         path=path,
-        content=_content(item, key),
+        content=_content(item, key, budget),
         mode=_permissions(item.get("permissions"), f"{key}.permissions"),
         owner=_owner(item.get("owner"), f"{key}.owner"),
         append=_optional(item, "append", key, bool, False),
@@ -201,7 +224,7 @@ def _write_file(item: object, key: str, warnings: list[str]) -> WriteFile:
     )
 
 
-def _content(item: dict[Any, Any], key: str) -> bytes:
+def _content(item: dict[Any, Any], key: str, budget: Budget) -> bytes:
     encoding = _optional(item, "encoding", key, str, "").strip().lower()
     if encoding not in _ENCODINGS:
         known = ", ".join(name for name in _ENCODINGS if name)
@@ -218,9 +241,9 @@ def _content(item: dict[Any, Any], key: str) -> bytes:
         raise BootstrapParseError(content_key, "must be a string or !!binary")
     for step in _ENCODINGS[encoding]:
         content = (
-            decode_base64(content, content_key)
+            decode_base64(content, content_key, budget)
             if step == "base64"
-            else gunzip(content, content_key)
+            else gunzip(content, content_key, budget)
         )
     return content
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 DOCUMENT = "(document)"
 HEADER = "(header)"
 TEMPLATE = "(template)"
+#: The parse as a whole ran out of its memory or time (see sandbox.py).
+LIMITS = "(limits)"
 
 
 class BootstrapParseError(Exception):

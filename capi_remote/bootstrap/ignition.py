@@ -24,6 +24,7 @@ import re
 import urllib.parse
 from typing import Any
 
+from capi_remote.bootstrap.budget import Budget
 from capi_remote.bootstrap.cloudconfig import decode_base64, display_key, gunzip
 from capi_remote.bootstrap.errors import DOCUMENT, BootstrapParseError
 from capi_remote.bootstrap.plan import (
@@ -73,8 +74,10 @@ _UNIT_KEYS = frozenset({"name", "enabled", "enable", "mask", "contents", "dropin
 _DROPIN_KEYS = frozenset({"name", "contents"})
 
 
-def parse_ignition(data: bytes) -> BootstrapPlan:
+def parse_ignition(data: bytes, budget: Budget | None = None) -> BootstrapPlan:
     """Parse an Ignition config into directories, files, unit files and systemctl commands."""
+    budget = budget or Budget()
+    budget.charge(len(data), DOCUMENT)
     try:
         document = json.loads(data)
     except ValueError as exc:  # includes JSONDecodeError and undecodable bytes
@@ -86,7 +89,7 @@ def parse_ignition(data: bytes) -> BootstrapPlan:
         raise BootstrapParseError(DOCUMENT, f"invalid JSON{where}") from None
     except RecursionError:
         raise BootstrapParseError(DOCUMENT, "invalid JSON (nested too deeply)") from None
-    parser = _Parser()
+    parser = _Parser(budget)
     steps = parser.parse(_mapping(document, DOCUMENT))
     return BootstrapPlan(steps=tuple(steps), warnings=tuple(parser.warnings), format="ignition")
 
@@ -94,7 +97,8 @@ def parse_ignition(data: bytes) -> BootstrapPlan:
 class _Parser:
     """One parse: collects warnings and remembers the spec major version."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
         self.warnings: list[str] = []
         self.v2 = False
         self.paths: set[str] = set()
@@ -197,10 +201,10 @@ class _Parser:
             return None
         if not isinstance(source, str):
             raise BootstrapParseError(f"{key}.source", "must be a string")
-        data = _data_url(source, f"{key}.source")
+        data = _data_url(source, f"{key}.source", self.budget)
         compression = resource.get("compression")
         if compression == "gzip":
-            data = gunzip(data, f"{key}.source")
+            data = gunzip(data, f"{key}.source", self.budget)
         elif compression not in (None, ""):
             raise BootstrapParseError(f"{key}.compression", "only gzip is supported")
         verification = _mapping(resource.get("verification"), f"{key}.verification")
@@ -359,7 +363,7 @@ def _unit_name(value: object, key: str, suffixes: frozenset[str]) -> str:
     return value
 
 
-def _data_url(source: str, key: str) -> bytes:
+def _data_url(source: str, key: str, budget: Budget) -> bytes:
     """Decode an RFC 2397 ``data:`` URL; every other scheme is refused by name only."""
     match = _SCHEME.match(source)
     if not match:
@@ -380,7 +384,7 @@ def _data_url(source: str, key: str) -> bytes:
         raise BootstrapParseError(key, "data URL is not valid UTF-8 text") from None
     parameters = header.split(";")
     if len(parameters) > 1 and parameters[-1].strip().lower() == "base64":
-        data = decode_base64(data, key)
+        data = decode_base64(data, key, budget)
     return data
 
 

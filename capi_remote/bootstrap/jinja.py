@@ -12,23 +12,45 @@ data becomes the machine's providerID.
 
 from __future__ import annotations
 
+import functools
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import jinja2
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import _PassArg
 
+from capi_remote.bootstrap.budget import Budget
 from capi_remote.bootstrap.errors import TEMPLATE, BootstrapParseError
 
 JINJA_HEADER = re.compile(r"##\s*template:\s*jinja\s*", re.IGNORECASE)
 PROVIDER_ID_PLACEHOLDER = b"PROVIDER_ID"
 
-# Guards against templates that would stall a controller worker: 9**9**9, "x" * 10**12.
+# Guards against templates that would stall or exhaust the parser: 9**9**9, "x" * 10**12,
+# "x"|center(10**10), doubling a string in a loop, "%099999999d" padding, nested range loops.
 _MAX_EXPONENT = 4096
-_MAX_REPEAT = 1 << 20
+_MAX_LENGTH = 1 << 20
+_MAX_ITERATIONS = 100_000
+#: Seconds one render may take (checked at every operation; the parse process has a hard limit).
+TIME_LIMIT = 5.0
+_SIZED = (str, bytes, list, tuple)
+# Functions (filters, str methods, globals) whose result can be far larger than their input.
+# Those whose integer arguments are sizes (a width, a count) are _SIZED_BY_ARGUMENT.
+_SIZED_BY_ARGUMENT = frozenset(
+    {"center", "ljust", "rjust", "zfill", "expandtabs", "batch", "slice"}
+)
+_AMPLIFIERS = _SIZED_BY_ARGUMENT | {"indent", "wordwrap", "replace", "join", "format"}
+# printf widths/precisions from arguments (*) or of 7+ digits; str.format specs likewise.
+_PADDING = re.compile(
+    r"%[-#0 +]*(?:\*|\d{7,})|%[-#0 +]*\d*\.(?:\*|\d{7,})|\{[^{}]*:[^{}]*(?:\{|\d{7,})"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A URI scheme, then characters that are plain in YAML and JSON strings (IPv6 brackets allowed).
 _PROVIDER_ID = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/@%+=\[\]-]*")
@@ -77,34 +99,165 @@ class InstanceMetadata:
         return {"ds": {"meta_data": meta_data}, "v1": v1, **v1}
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` into a size-checked concatenation (jinja's own is not interceptable)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for argument in node.nodes:
+            self.visit(argument, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _BoundedSandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    """A sandbox whose templates cannot build huge values, loop without end or run long.
+
+    Every operator, call, attribute access, concatenation and output chunk checks the render's
+    deadline; values (strings, lists) a template builds stay under ``_MAX_LENGTH``; ``range``
+    calls of one render share ``_MAX_ITERATIONS``. Anything these checks miss (a join of many
+    references to one large string) is stopped by the parse process's memory and time limits.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, time_limit: float) -> None:
+        super().__init__(
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            keep_trailing_newline=True,
+            extensions=["jinja2.ext.do"],
+            autoescape=False,
+        )
+        self.deadline = time.monotonic() + time_limit
+        self.iterations_left = _MAX_ITERATIONS
+        self.globals["range"] = self.bounded_range
+        del self.globals["lipsum"]  # lipsum(n) writes n paragraphs; cloud-init has no use for it
+        for name in _AMPLIFIERS & self.filters.keys():
+            self.filters[name] = self._guarded_filter(name, self.filters[name])
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise SecurityError("template exceeded its time limit")
+
+    def bounded_range(self, *args: int) -> range:
+        self.check_time()
+        result = range(*args)
+        self.iterations_left -= len(result)
+        if self.iterations_left < 0:
+            raise SecurityError(f"template loops exceed {_MAX_ITERATIONS} range() items")
+        return result
+
+    def bounded_concat(self, values: tuple[Any, ...]) -> str:
+        self.check_time()
+        parts = [str(value) for value in values]
+        _check_length(sum(map(len, parts)), "concatenation")
+        return "".join(parts)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        self.check_time()
         if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
             raise SecurityError("exponent too large")
         if operator == "*":
             for count, other in ((left, right), (right, left)):
-                sequence = isinstance(other, str | bytes | list | tuple)
-                if sequence and isinstance(count, int) and count * len(other) > _MAX_REPEAT:
-                    raise SecurityError("repetition too large")
+                if isinstance(other, _SIZED) and isinstance(count, int):
+                    _check_length(count * len(other), "repetition")
+        if operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
+            _check_length(len(left) + len(right), "concatenation")
+        if operator == "%" and isinstance(left, str):
+            _check_format(left)
         return super().call_binop(context, operator, left, right)
 
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        __self.check_time()
+        name = getattr(__obj, "__name__", "")
+        if name in _AMPLIFIERS:
+            wrapped = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+            _check_arguments(name, getattr(wrapped, "__self__", None), args, kwargs)
+        result = SandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+        for value in (result, getattr(__obj, "__self__", None)):  # list.extend grows its list
+            if isinstance(value, (*_SIZED, dict, set)):
+                _check_length(len(value), "value")
+        return result
 
-def render_jinja(template: str, metadata: InstanceMetadata) -> str:
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        self.check_time()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        self.check_time()
+        return super().getitem(obj, argument)
+
+    def _guarded_filter(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        skip = 1 if _PassArg.from_obj(function) is not None else 0  # context/environment first
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self.check_time()
+            value = args[skip] if len(args) > skip else None
+            _check_arguments(name, value, args[skip + 1 :], kwargs)
+            return function(*args, **kwargs)
+
+        return guarded
+
+
+def _check_length(length: int, what: str) -> None:
+    if length > _MAX_LENGTH:
+        raise SecurityError(f"{what} too large (over {_MAX_LENGTH} items)")
+
+
+def _check_format(text: str) -> None:
+    if _PADDING.search(text):
+        raise SecurityError("format width or precision too large")
+
+
+def _check_arguments(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse calls of amplifying functions whose result would exceed ``_MAX_LENGTH``."""
+    if name == "format" and isinstance(value, str):
+        _check_format(value)
+    elif name == "replace" and isinstance(value, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        hits = value.count(old) if old else len(value) + 1
+        _check_length(len(value) + hits * max(0, len(new) - len(old)), "replace result")
+    elif name == "indent" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        prefix = len(width) if isinstance(width, str) else width
+        if isinstance(prefix, int):
+            _check_length(len(value) + (value.count("\n") + 1) * prefix, "indent result")
+    elif name == "wordwrap" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 79)
+        wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring") or "\n"
+        if isinstance(width, int) and isinstance(wrap, str):
+            breaks = len(value) // max(width, 1) + 1
+            _check_length(len(value) + breaks * len(wrap), "wordwrap result")
+    elif name == "join" and isinstance(value, list | tuple):
+        parts = [len(item) for item in value if isinstance(item, str)]
+        separator = args[0] if args and isinstance(args[0], str) else ""
+        _check_length(sum(parts) + len(separator) * len(value), "join result")
+    elif name in _SIZED_BY_ARGUMENT:
+        for argument in (*args, *kwargs.values()):
+            if isinstance(argument, int) and abs(argument) > _MAX_LENGTH:
+                raise SecurityError(f"{name} argument too large")
+
+
+def render_jinja(template: str, metadata: InstanceMetadata, budget: Budget | None = None) -> str:
     """Render ``template`` (the data after the ``## template: jinja`` line).
 
-    Errors report the template line and the kind of failure, never template text.
+    The output is charged to ``budget`` as it is produced. Errors report the template line and
+    the kind of failure, never template text.
     """
-    env = _BoundedSandbox(
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        keep_trailing_newline=True,
-        extensions=["jinja2.ext.do"],
-        autoescape=False,
-    )
+    budget = budget or Budget()
+    env = _BoundedSandbox(TIME_LIMIT)
     try:
-        return env.from_string(template).render(metadata.template_variables())
+        chunks = []
+        for chunk in env.from_string(template).generate(metadata.template_variables()):
+            env.check_time()
+            budget.charge(len(chunk), TEMPLATE)
+            chunks.append(chunk)
+        return "".join(chunks)
+    except (BootstrapParseError, MemoryError):  # MemoryError: the sandbox's limit, reported there
+        raise
     except jinja2.TemplateSyntaxError as exc:
         # exc.message can quote the offending token; the line number is enough to find it.
         raise BootstrapParseError(

@@ -4,6 +4,7 @@ It knows nothing of RemoteMachines (an import-linter contract keeps it that way)
 on one asyncio event loop; see docs/architecture-core.md for the semantics and invariants.
 """
 
+from capi_remote.kube.builder import ControllerBuilder
 from capi_remote.kube.controller import Controller
 from capi_remote.kube.delaying import Clock, DelayingQueue, LoopClock
 from capi_remote.kube.metrics import Metrics
@@ -29,6 +30,7 @@ from capi_remote.kube.reconcile import (
 __all__ = [
     "Clock",
     "Controller",
+    "ControllerBuilder",
     "DelayingQueue",
     "ExponentialBackoffPolicy",
     "ExponentialFailureRateLimiter",

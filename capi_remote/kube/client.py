@@ -8,15 +8,21 @@ own into typed models.
 Invariants:
 - Every non-2xx answer raises :class:`ApiError` carrying the status code and the server's message;
   the body is never logged (Secrets travel through here).
+- A request that gets no complete answer (connection refused, reset or dropped, TLS failure, no
+  answer in time) raises :class:`TransportError`, from the library's exception: no aiohttp or
+  socket exception leaves this module, so callers tell "the server said no" (ApiError) from "the
+  server could not be asked" (TransportError) without knowing the HTTP stack. A cancellation
+  passes through untouched.
 - Watch streams are parsed incrementally, so a single large object (a bootstrap Secret) is not
   limited by a line-length cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +30,8 @@ import aiohttp
 import attrs
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+
+from capi_remote.kube import kubeconfig
 
 JSONDict = dict[str, Any]
 
@@ -74,6 +82,26 @@ class ApiError(Exception):
         return self.status == 410
 
 
+class TransportError(Exception):
+    """No complete answer: connecting failed, the connection broke, or the answer took too long.
+
+    Whether a write was applied is unknown. Retrying later may succeed; the original exception is
+    the ``__cause__``.
+    """
+
+    def __init__(self, method: str, path: str, detail: str) -> None:
+        super().__init__(f"{method} {path}: {detail}")
+        self.method = method
+        self.path = path
+        self.detail = detail
+
+
+#: What aiohttp and the socket layer raise when a request gets no complete answer. A dropped
+#: connection is an aiohttp.ClientError that is not an OSError (ServerDisconnectedError,
+#: ClientPayloadError); aiohttp's deadline is a TimeoutError.
+_TRANSPORT_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
+
+
 def _error_from(status: int, body: bytes) -> ApiError:
     try:
         payload = json.loads(body)
@@ -116,11 +144,10 @@ class KubeClient:
         return cls(k8s_client.ApiClient(configuration))
 
     @classmethod
-    async def from_kubeconfig_dict(cls, config: dict[str, Any]) -> KubeClient:
-        """From kubeconfig content (e.g. a workload cluster's ``<cluster>-kubeconfig`` Secret)."""
-        configuration = k8s_client.Configuration()
-        await k8s_config.load_kube_config_from_dict(config, client_configuration=configuration)
-        return cls(k8s_client.ApiClient(configuration))
+    def from_untrusted_kubeconfig(cls, data: bytes) -> KubeClient:
+        """From a tenant-written kubeconfig (``<cluster>-kubeconfig``): inline credentials only,
+        see kubeconfig.py; raises :class:`KubeconfigError`."""
+        return cls(kubeconfig.api_client(kubeconfig.parse_kubeconfig(data)))
 
     async def close(self) -> None:
         await self.api.close()
@@ -145,12 +172,13 @@ class KubeClient:
         request_timeout: float | None = 60.0,
         api: k8s_client.ApiClient | None = None,
     ) -> Any:
-        """Send a request and return the raw aiohttp response (status not yet checked)."""
+        """Send a request and return the raw aiohttp response (status not yet checked); read its
+        body inside ``_transport`` too."""
         params = [
             (k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
         ]
         # The REST layer JSON-encodes dict bodies itself for JSON and apply content types.
-        try:
+        with self._transport(method, path):
             response = await (api or self.api).call_api(
                 path,
                 method,
@@ -161,14 +189,33 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=request_timeout,
             )
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
-            self._unreachable = True
-            raise
         if self._unreachable:
             self._unreachable = False
             for listener in self._reachable_again:
                 listener()
         return response
+
+    @contextlib.contextmanager
+    def _transport(self, method: str, path: str) -> Iterator[None]:
+        """Raise the transport failures of the block as TransportError, and remember that the
+        API server could not be reached (see ``on_reachable_again``)."""
+        try:
+            yield
+        except _TRANSPORT_FAILURES as error:
+            self._unreachable = True
+            raise TransportError(method, path, f"{type(error).__name__}: {error}") from error
+
+    async def _stream(
+        self, method: str, path: str, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """``chunks`` of a response body, its transport failures raised as TransportError."""
+        while True:
+            with self._transport(method, path):
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+            yield chunk
 
     def on_reachable_again(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever a request gets an answer after one
@@ -178,7 +225,8 @@ class KubeClient:
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
         response = await self._request(method, path, **kwargs)
         try:
-            payload = await response.read()
+            with self._transport(method, path):
+                payload = await response.read()
         finally:
             response.release()
         if not 200 <= response.status < 300:
@@ -293,18 +341,17 @@ class KubeClient:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
+        path = resource.path(namespace)
         response = await self._request(
-            "GET",
-            resource.path(namespace),
-            query=query,
-            request_timeout=None,
-            api=self._watches(),
+            "GET", path, query=query, request_timeout=None, api=self._watches()
         )
         try:
             if not 200 <= response.status < 300:
-                raise _error_from(response.status, await response.read())
+                with self._transport("GET", path):
+                    body = await response.read()
+                raise _error_from(response.status, body)
             buffer = b""
-            async for chunk in response.content.iter_any():
+            async for chunk in self._stream("GET", path, response.content.iter_any()):
                 buffer += chunk
                 while (newline := buffer.find(b"\n")) >= 0:
                     line, buffer = buffer[:newline], buffer[newline + 1 :]

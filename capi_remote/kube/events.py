@@ -87,9 +87,8 @@ class EventRecorder:
             try:
                 await self._write(*item)
             except Exception as error:  # whatever it is, the drain must go on
-                # Not only ApiError/OSError: a connection the API server drops mid-request is an
-                # aiohttp.ClientError that is neither. A drain task that died would leave every
-                # later Event unwritten and stop() waiting forever for the queue to empty.
+                # Not only ApiError/TransportError: a drain task that died of anything would
+                # leave every later Event unwritten and stop() waiting forever for the queue.
                 _log.warning(
                     "could not write an event",
                     reason=item[2],

@@ -15,16 +15,16 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import aiohttp
 import attrs
 import structlog
 
 from capi_remote.kube.cache import IndexFunc, Store, object_key
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 from capi_remote.kube.ratelimit import ExponentialBackoffPolicy, ExponentialFailureRateLimiter
 
 JSONDict = dict[str, Any]
@@ -122,7 +122,7 @@ class Informer:
                         need_list = True
                         continue
                     await self._pause(f"API error {error.status}: {error.message}")
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                except (TransportError, ValueError) as error:
                     await self._pause(f"{type(error).__name__}: {error}")
         finally:
             if resync is not None:
@@ -228,25 +228,48 @@ class InformerSet:
         self.client = client
         self.settings = settings
         self._informers: dict[tuple[Resource, Selector], Informer] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[tuple[Resource, Selector], asyncio.Task[None]] = {}
         self._started = False
 
-    def get(self, resource: Resource, selector: Selector = Selector()) -> Informer:
+    def get(
+        self,
+        resource: Resource,
+        selector: Selector = Selector(),
+        *,
+        transform: Callable[[JSONDict], JSONDict] = strip_managed_fields,
+    ) -> Informer:
+        """The informer of (resource, selector); ``transform`` applies when this call creates
+        it (callers sharing one informer must agree on it)."""
         key = (resource, selector)
         informer = self._informers.get(key)
         if informer is None:
-            informer = Informer(self.client, resource, selector, settings=self.settings)
+            informer = Informer(
+                self.client, resource, selector, settings=self.settings, transform=transform
+            )
             self._informers[key] = informer
             if self._started:  # a late informer starts right away
-                self._tasks.append(asyncio.create_task(informer.run()))
+                # In a context of its own: not in that of the reconcile that asked for it, whose
+                # reconcile_id its logs would otherwise carry forever.
+                self._tasks[key] = asyncio.create_task(
+                    informer.run(), context=contextvars.Context()
+                )
         return informer
+
+    def discard(self, informer: Informer) -> None:
+        """Stop ``informer``'s watch and forget it (its last store stays with its holders)."""
+        key = (informer.resource, informer.selector)
+        if self._informers.get(key) is informer:
+            del self._informers[key]
+            task = self._tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
 
     def all(self) -> list[Informer]:
         return list(self._informers.values())
 
     def start(self) -> None:
         self._started = True
-        self._tasks = [asyncio.create_task(inf.run()) for inf in self._informers.values()]
+        self._tasks = {key: asyncio.create_task(inf.run()) for key, inf in self._informers.items()}
 
     async def wait_synced(self) -> None:
         """Wait until every informer has listed once (bound it with ``asyncio.timeout``)."""
@@ -257,8 +280,8 @@ class InformerSet:
         return all(inf.synced.is_set() for inf in self._informers.values())
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         self._started = False

@@ -18,17 +18,15 @@ import datetime
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
 import attrs
 import structlog
 
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
-#: What a lease call may fail with when the API server is unreachable or restarting: a dropped
-#: connection mid-request is an aiohttp.ClientError that is not an OSError
-#: (ServerDisconnectedError, ClientPayloadError). Each only means "this attempt failed".
-_TRANSIENT = (ApiError, aiohttp.ClientError, OSError, TimeoutError)
+#: What a lease call may fail with when the API server is unreachable, restarting or refusing:
+#: each only means "this attempt failed".
+_TRANSIENT = (ApiError, TransportError)
 
 _log = structlog.get_logger("capi_remote.leader")
 

@@ -15,23 +15,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import attrs
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from capi_remote.kube.builder import ControllerBuilder
 from capi_remote.kube.client import KubeClient, Resource
-from capi_remote.kube.controller import Controller
+from capi_remote.kube.controller import DEFAULT_RECONCILE_TIMEOUT, Controller
 from capi_remote.kube.events import EventRecorder, EventSettings
 from capi_remote.kube.handler import Mapper
-from capi_remote.kube.informer import Event, Informer, InformerSet, InformerSettings, Selector
+from capi_remote.kube.informer import (
+    Event,
+    Informer,
+    InformerSet,
+    InformerSettings,
+    Selector,
+    strip_managed_fields,
+)
 from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
 from capi_remote.kube.metrics import Metrics
+from capi_remote.kube.ratelimit import RateLimiter
+from capi_remote.kube.reconcile import Reconciler
 
 _log = structlog.get_logger("capi_remote.manager")
 WATCH_FILTER_LABEL = "cluster.x-k8s.io/watch-filter"
+JSONDict = dict[str, Any]
 
 
 @attrs.frozen
@@ -66,17 +78,52 @@ class Manager:
     def is_leader(self) -> bool:
         return self._elector is None or self._elector.is_leader
 
+    def controller(
+        self,
+        name: str,
+        reconciler: Reconciler,
+        *,
+        for_: Resource,
+        selector: Selector = Selector(),
+        filtered: bool = True,
+        workers: int = 1,
+        reconcile_timeout: float | None = DEFAULT_RECONCILE_TIMEOUT,
+        rate_limiter: RateLimiter | None = None,
+    ) -> ControllerBuilder:
+        """Start wiring a controller that reconciles ``for_`` objects (watched with ``selector``,
+        see ``informer``); ``.watches(...)`` adds related kinds, ``.build()`` makes it."""
+        controller = Controller(
+            name,
+            reconciler,
+            workers=workers,
+            reconcile_timeout=reconcile_timeout,
+            rate_limiter=rate_limiter,
+            metrics=self.metrics,
+        )
+        return ControllerBuilder(self, controller, for_, selector, filtered=filtered)
+
     def add(self, controller: Controller) -> Controller:
+        """Run ``controller`` with the others; ``controller(...).build()`` calls this."""
+        if controller.metrics is not self.metrics:
+            raise ValueError(
+                f"controller {controller.name!r} records on other metrics than the manager's "
+                "(it would be missing from /metrics): build it with manager.controller(...)"
+            )
         self.controllers.append(controller)
         self.client.on_reachable_again(controller.retry_after_outage)
         return controller
 
     def informer(
-        self, resource: Resource, selector: Selector = Selector(), *, filtered: bool = True
+        self,
+        resource: Resource,
+        selector: Selector = Selector(),
+        *,
+        filtered: bool = True,
+        transform: Callable[[JSONDict], JSONDict] = strip_managed_fields,
     ) -> Informer:
         """The shared informer for ``resource``, scoped to the manager's namespace; with
         ``filtered`` also to its watch filter (leave it off for Secrets and other objects that
-        users do not label)."""
+        users do not label). ``transform`` trims what its store keeps (see InformerSet.get)."""
         labels = selector.label_selector
         if filtered and self.settings.watch_filter:
             wanted = f"{WATCH_FILTER_LABEL}={self.settings.watch_filter}"
@@ -86,7 +133,7 @@ class Manager:
             namespace=selector.namespace or self.settings.namespace,
             label_selector=labels,
         )
-        return self.informers.get(resource, scoped)
+        return self.informers.get(resource, scoped, transform=transform)
 
     def watch(
         self,

@@ -59,8 +59,12 @@ class Result:
 class ReconcileContext:
     """Per-reconcile facts the controller hands to the reconciler.
 
-    ``log`` is already bound to ``controller``, ``namespace``, ``name`` and ``reconcile_id`` so
-    every line a reconcile writes can be correlated with the controller's own lines.
+    ``log`` is THE logger of a reconcile: bound to ``controller``, ``namespace``, ``name`` and
+    ``reconcile_id``, so every line a reconcile writes can be correlated with the controller's own
+    lines. Reconcilers log through it (and pass it to helpers that log) rather than a module
+    logger; a module logger called during a reconcile still gets those fields from structlog's
+    context variables once ``capi_remote.logs`` configured logging, but not in tests that capture
+    logs, nor on the threads of a pool (the SSH runner's).
     """
 
     controller: str

@@ -12,7 +12,7 @@ See docs/ssh-runner.md for what happens on the host.
 
 from __future__ import annotations
 
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import (
     AuthenticationFailed,
     BootstrapChanged,

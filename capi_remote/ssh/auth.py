@@ -1,4 +1,4 @@
-"""Credentials, private key loading, and how commands become root (directly or through sudo).
+"""Private key loading, and how commands become root (directly or through sudo).
 
 Secrets stay out of ``repr``, logs, messages and argv: a sudo password only ever travels on the
 command's stdin (``sudo -S -p ''``), followed by a marker line the host-side helpers skip to, so a
@@ -8,7 +8,6 @@ password sudo did not ask for is never mistaken for data.
 from __future__ import annotations
 
 import io
-import re
 from typing import Literal, TypeAlias
 
 import attrs
@@ -18,44 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from capi_remote.ssh.credentials import ROOT, Credentials
 from capi_remote.ssh.errors import InvalidCredentials, SudoFailed
 from capi_remote.ssh.transport import Connection
 
-ROOT = "root"
-_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
-
 PrivilegeMode: TypeAlias = Literal["root", "sudo", "sudo-password"]
-
-
-def _check_user(_: object, __: attrs.Attribute[str], value: str) -> None:
-    if not _USER.fullmatch(value):
-        raise ValueError("user must be a plain login name")
-
-
-def _check_single_line(
-    _: object, attribute: attrs.Attribute[str | None], value: str | None
-) -> None:
-    if value is not None and ("\n" in value or "\r" in value or "\0" in value):
-        raise ValueError(f"{attribute.name} must be a single line")
-
-
-@attrs.frozen
-class Credentials:
-    """How to log in (key and/or password) and, for non-root users, how to use sudo.
-
-    Non-root users run everything through ``sudo``: without ``sudo_password`` it must not ask for
-    one (``sudo -n``, NOPASSWD); with it, the password is fed on stdin.
-    """
-
-    user: str = attrs.field(default=ROOT, validator=_check_user)
-    private_key: str | None = attrs.field(default=None, repr=False)
-    passphrase: str | None = attrs.field(default=None, repr=False)
-    password: str | None = attrs.field(default=None, repr=False, validator=_check_single_line)
-    sudo_password: str | None = attrs.field(default=None, repr=False, validator=_check_single_line)
-
-    def __attrs_post_init__(self) -> None:
-        if self.private_key is None and self.password is None:
-            raise ValueError("credentials need a private key or a password")
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:

@@ -17,7 +17,9 @@ What lives on the host (``<state>`` = ``<state_root>/<machine uid>``, root-owned
   replaced: makes an append exactly-once even if the runner dies between rename and ``.rc``).
 - the lock file: ``<owner> <heartbeat> <boot id>``, the heartbeat in whole seconds since boot
   (``/proc/uptime``: immune to clock steps); changes are serialised with ``flock`` on
-  ``<lock>.guard``.
+  ``<lock>.guard`` and written through a ``mktemp`` file renamed over it (the lock's directory,
+  ``/run/lock`` by default, may be world-writable: a predictable temporary name could be a
+  symlink planted by any local user).
 
 Commands run detached (``setsid``, own process group, output to the log) so a runner crash neither
 kills nor repeats them: a restarted runner finds the ``.pid`` alive and waits for it.
@@ -62,7 +64,11 @@ lock_age() {
 }
 lock_write() {
   clock
-  printf '%s %s %s\n' "$owner" "$now" "$boot" > "$lock.$$" && mv -f "$lock.$$" "$lock"
+  _lt=$(mktemp "$lock.XXXXXXXXXX") || return 1
+  if printf '%s %s %s\n' "$owner" "$now" "$boot" > "$_lt" && chmod 644 "$_lt" &&
+    mv -f "$_lt" "$lock"; then return 0; fi
+  rm -f "$_lt"
+  return 1
 }
 lock_release() {
   lock_read

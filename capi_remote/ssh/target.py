@@ -7,7 +7,7 @@ import re
 import attrs
 from attrs.validators import instance_of
 
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.hostkeys import DEFAULT_PORT, HostKeyPolicy
 
 _ADDRESS = re.compile(r"[A-Za-z0-9.:_%-]{1,253}")

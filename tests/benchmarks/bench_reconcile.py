@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from capi_remote.kube import Controller, ReconcileContext, Request, Result
+from capi_remote.kube import Controller, Metrics, ReconcileContext, Request, Result
 
 
 def quiet_logger() -> FilteringBoundLogger:
@@ -59,7 +59,9 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
 async def measure_throughput(keys: int, workers: int) -> dict[str, Any]:
     """Enqueue ``keys`` distinct keys at once, then time until every one has been reconciled."""
     reconciler = CountingReconciler(keys)
-    controller = Controller("bench-throughput", reconciler, workers=workers, logger=quiet_logger())
+    controller = Controller(
+        "bench-throughput", reconciler, workers=workers, metrics=Metrics(), logger=quiet_logger()
+    )
     requests = [Request("bench", f"object-{n}") for n in range(keys)]
     await controller.start()
     started = time.perf_counter()
@@ -82,7 +84,9 @@ async def measure_throughput(keys: int, workers: int) -> dict[str, Any]:
 async def measure_latency(keys: int, workers: int, rate: float) -> dict[str, Any]:
     """Add ``keys`` keys at ``rate`` per second; report add→reconcile-start latency."""
     reconciler = CountingReconciler(keys)
-    controller = Controller("bench-latency", reconciler, workers=workers, logger=quiet_logger())
+    controller = Controller(
+        "bench-latency", reconciler, workers=workers, metrics=Metrics(), logger=quiet_logger()
+    )
     requests = [Request("bench", f"object-{n}") for n in range(keys)]
     await controller.start()
     started = time.perf_counter()

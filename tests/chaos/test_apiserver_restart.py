@@ -35,14 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
-from capi_remote.devenv.hosts import Host
-from capi_remote.devenv.tcpproxy import TcpProxy
-from capi_remote.kube.client import ApiError, Resource
+from capi_remote.kube.client import ApiError, Resource, TransportError
 from capi_remote.resources import MACHINES, REMOTE_MACHINES
+from capi_remote_testbed.hosts import Host
+from capi_remote_testbed.tcpproxy import TcpProxy
 from e2e.bed import Bed
 from tests.chaos.conftest import (
     ChaosBedFactory,
@@ -88,7 +87,7 @@ async def _retrying(action: Callable[[], Awaitable[object]], within: float = 30.
         try:
             await action()
             return
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        except TransportError as error:
             failure = error
         except ApiError as error:
             if error.conflict and failure is not None:

@@ -12,7 +12,6 @@ import sys
 
 from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.controller import Controller
-from capi_remote.kube.handler import own_object
 from capi_remote.kube.informer import Informer, Selector
 from capi_remote.kube.leader import LeaderElectionSettings
 from capi_remote.kube.manager import Manager, ManagerSettings
@@ -71,8 +70,9 @@ def build(
     selector = Selector(namespace=namespace, label_selector="stamp=yes")
     informer = manager.informer(CONFIGMAPS, selector)
     reconciler = StampReconciler(client, informer, identity)
-    controller = manager.add(Controller("stamp", reconciler, workers=4, metrics=manager.metrics))
-    manager.watch(controller, CONFIGMAPS, own_object, selector)
+    controller = manager.controller(
+        "stamp", reconciler, for_=CONFIGMAPS, selector=selector, workers=4
+    ).build()
     return manager, reconciler, controller
 
 

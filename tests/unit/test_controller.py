@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 
-import aiohttp
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -21,8 +23,9 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
-from capi_remote.kube.client import ApiError, KubeClient
+from capi_remote.kube.client import ApiError, TransportError
 from capi_remote.kube.status import Conflict
+from capi_remote.logs import configure
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
 
@@ -190,6 +193,49 @@ async def test_logs_carry_controller_key_and_reconcile_id() -> None:
     assert first_ctx.reconcile_id != reconciler.calls[1][1].reconcile_id
 
 
+async def test_a_reconcilers_own_lines_carry_the_reconcile_id() -> None:
+    async def log_through_ctx(ctx: ReconcileContext, request: Request) -> Result:
+        ctx.log.info("looked at it", found=True)
+        return Result()
+
+    reconciler = ScriptedReconciler(log_through_ctx)
+    controller = make_controller(reconciler, CollectorRegistry())
+    logs = await reconcile_a(controller, reconciler, 1)
+    [line] = [entry for entry in logs if entry["event"] == "looked at it"]
+    ctx = reconciler.calls[0][1]
+    assert line["reconcile_id"] == ctx.reconcile_id
+    assert (line["controller"], line["namespace"], line["name"]) == ("test", "default", "a")
+
+
+async def test_module_loggers_inside_a_reconcile_name_it_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A helper without a ctx logs through its module's logger: the JSON line still names the
+    reconcile; a line logged after it does not."""
+
+    async def log_through_a_module_logger(ctx: ReconcileContext, request: Request) -> Result:
+        structlog.get_logger("helper").info("deep inside")
+        return Result()
+
+    reconciler = ScriptedReconciler(log_through_a_module_logger)
+    controller = make_controller(reconciler, CollectorRegistry())
+    configure("json", "info")
+    try:
+        await controller.start()
+        controller.enqueue(A)
+        await reconciler.wait_finished(1)
+        await controller.stop()
+        structlog.get_logger("helper").info("outside")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = {e["event"]: e for e in map(json.loads, capsys.readouterr().err.splitlines())}
+    inside = lines["deep inside"]
+    assert inside["reconcile_id"] == reconciler.calls[0][1].reconcile_id
+    assert (inside["controller"], inside["namespace"], inside["name"]) == ("test", "default", "a")
+    assert "reconcile_id" not in lines["outside"]
+
+
 async def test_terminal_error_is_not_requeued() -> None:
     registry = CollectorRegistry()
     limiter = RecordingRateLimiter()
@@ -271,8 +317,7 @@ async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
 @pytest.mark.parametrize(
     "unavailable",
     [
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientPayloadError("Response payload is not completed"),
+        TransportError("GET", "/api/v1/secrets", "ServerDisconnectedError: Server disconnected"),
         ApiError(503, "ServiceUnavailable", "apiserver is shutting down"),
         ApiError(429, "TooManyRequests", "please try again later"),
     ],
@@ -311,7 +356,7 @@ async def test_keys_that_failed_in_an_outage_run_at_once_when_the_api_answers_ag
     limiter = SlowRateLimiter()
 
     async def outage(ctx: ReconcileContext, request: Request) -> Result:
-        raise aiohttp.ServerDisconnectedError()
+        raise TransportError("GET", "/api/v1/secrets", "ClientConnectorError: refused")
 
     reconciler = ScriptedReconciler(outage, fail, succeed)
     controller = make_controller(reconciler, CollectorRegistry(), limiter)
@@ -327,33 +372,6 @@ async def test_keys_that_failed_in_an_outage_run_at_once_when_the_api_answers_ag
     await controller.stop()
     assert [request for request, _ in reconciler.calls] == [A, B, A]
     assert A in limiter.forgotten and B not in limiter.forgotten
-
-
-async def test_the_client_says_when_the_api_server_answers_again() -> None:
-    class Response:
-        status = 200
-
-    class Api:
-        def __init__(self) -> None:
-            self.failing = True
-
-        async def call_api(self, *args: object, **kwargs: object) -> Response:
-            if self.failing:
-                raise aiohttp.ClientConnectionError("connection refused")
-            return Response()
-
-    api = Api()
-    client = KubeClient(api)  # type: ignore[arg-type]
-    calls: list[str] = []
-    client.on_reachable_again(lambda: calls.append("again"))
-    for _ in range(2):
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await client._request("GET", "/api")
-    assert calls == []
-    api.failing = False
-    await client._request("GET", "/api")
-    await client._request("GET", "/api")
-    assert calls == ["again"], "once per outage, on its first answer"
 
 
 async def test_a_worker_survives_exceptions_and_stray_cancellations() -> None:
@@ -500,7 +518,7 @@ async def test_worker_gauges_and_validation() -> None:
     assert controller_sample(registry, "controller_runtime_max_concurrent_reconciles") == 3
     await controller.stop()
     with pytest.raises(ValueError, match="at least one worker"):
-        Controller("bad", ScriptedReconciler(succeed), workers=0)
+        Controller("bad", ScriptedReconciler(succeed), workers=0, metrics=Metrics())
 
 
 def test_request_and_result_values() -> None:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from capi_remote.ssh import HostKeyPolicy, Target, jobscript
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import InvalidCredentials
 from reconcilers import provisionjob as pj
 

@@ -8,7 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from capi_remote.ssh import hostscript
-from capi_remote.ssh.auth import Credentials, Privilege, describe_sudo_error, load_private_key
+from capi_remote.ssh.auth import Privilege, describe_sudo_error, load_private_key
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import InvalidCredentials
 
 PASSPHRASE = "open sesame"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from capi_remote.bootstrap import BootstrapPlan, MakeDirectory, RunCommand, WriteFile
 from capi_remote.ssh import hostscript
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import (
     BootstrapChanged,
     BootstrapIncomplete,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import RemoteError, SudoFailed
 from capi_remote.ssh.hostkeys import HostKeyPolicy
 from capi_remote.ssh.probe import HostAddress, probe

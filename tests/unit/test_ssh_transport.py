@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capi_remote.ssh import errors
-from capi_remote.ssh.auth import Credentials
+from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import AuthenticationFailed, HostUnreachable, SSHError
 from capi_remote.ssh.hostkeys import HostKeyPolicy
 from capi_remote.ssh.paramiko_transport import (

@@ -1,9 +1,9 @@
 """Leader election and the Event recorder keep going when the API server drops a connection.
 
-A kube-apiserver that dies (or restarts) mid-request makes aiohttp raise
-``ServerDisconnectedError`` or ``ClientPayloadError``: ``aiohttp.ClientError``s that are *not*
-``OSError``s. Each only means "this attempt failed", never "stop": a leader that renews in time
-keeps leading, and the Event drain goes on with the next Event (found by the R6 chaos test,
+A kube-apiserver that dies (or restarts) mid-request makes the client raise ``TransportError``
+(tests/unit/test_kube_client.py: whatever aiohttp raised), or answer 503 while it starts. Each only
+means "this attempt failed", never "stop": a leader that renews in time keeps leading, and the
+Event drain goes on with the next Event (found by the R6 chaos test,
 tests/chaos/test_apiserver_restart.py).
 """
 
@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from typing import Any, cast
 
-import aiohttp
 import pytest
 
-from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 from capi_remote.kube.events import EventRecorder
 from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector, LeadershipLost
 
 JSONDict = dict[str, Any]
 
-DROPPED: list[type[Exception]] = [
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientPayloadError,
-    aiohttp.ClientConnectionError,
-]
+
+def _dropped(detail: str) -> Exception:
+    return TransportError("PUT", "/apis/coordination.k8s.io/v1/leases", detail)
+
+
+def _starting(detail: str) -> Exception:
+    return ApiError(503, "ServiceUnavailable", detail)
+
+
+DROPPED: list[Callable[[str], Exception]] = [_dropped, _starting]
 
 
 class FlakyLeaseServer:
@@ -77,7 +82,7 @@ def _settings() -> LeaderElectionSettings:
 
 @pytest.mark.parametrize("error", DROPPED)
 async def test_a_dropped_connection_is_a_failed_renewal_not_a_crash(
-    error: type[Exception],
+    error: Callable[[str], Exception],
 ) -> None:
     server = FlakyLeaseServer()
     elector = LeaderElector(cast(KubeClient, server), _settings())
@@ -99,7 +104,7 @@ async def test_a_dropped_connection_is_a_failed_renewal_not_a_crash(
 
 @pytest.mark.parametrize("error", DROPPED)
 async def test_a_connection_dropped_beyond_the_renew_deadline_loses_leadership(
-    error: type[Exception],
+    error: Callable[[str], Exception],
 ) -> None:
     server = FlakyLeaseServer()
     elector = LeaderElector(cast(KubeClient, server), _settings())
@@ -116,7 +121,7 @@ async def test_a_connection_dropped_beyond_the_renew_deadline_loses_leadership(
 
 async def test_acquiring_retries_through_dropped_connections() -> None:
     server = FlakyLeaseServer()
-    server.failing = aiohttp.ServerDisconnectedError()
+    server.failing = _dropped("ServerDisconnectedError: Server disconnected")
     elector = LeaderElector(cast(KubeClient, server), _settings())
     led = asyncio.Event()
 
@@ -163,7 +168,7 @@ def _object(name: str) -> JSONDict:
 
 @pytest.mark.parametrize(
     "error",
-    [aiohttp.ServerDisconnectedError(), aiohttp.ClientPayloadError("cut"), ValueError("bad")],
+    [_dropped("ClientPayloadError: cut"), _starting("not ready"), ValueError("bad")],
 )
 async def test_the_event_drain_survives_a_failed_write(error: Exception) -> None:
     client = FlakyEvents(error, failures=1)
