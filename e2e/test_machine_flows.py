@@ -404,9 +404,18 @@ async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
     )
     await bed.kube.delete(MACHINES, bed.namespace, "tofu-0")
 
-    async def rechecked() -> bool:  # released, and its re-check probe is over
+    async def rechecked() -> bool:
+        """Free, and found healthy by a probe that started after the release: the release
+        changed the spec (its claim), and the probe's result names that generation. A status
+        left over from before the claim, or written by a probe that started earlier, does not
+        count (issue 18)."""
         pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
-        return is_free(pooled) and pooled["status"]["health"]["state"] == "Healthy"
+        health = (pooled.get("status") or {}).get("health") or {}
+        return (
+            is_free(pooled)
+            and health.get("observedGeneration") == pooled["metadata"]["generation"]
+            and health.get("state") == "Healthy"
+        )
 
     await bed.wait_for("the host back in the pool", rechecked, 120)
 
@@ -418,18 +427,22 @@ async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
         {"metadata": {"annotations": {RECHECK_ANNOTATION: "true"}}},
     )
 
-    async def refused() -> str:
+    async def answered() -> dict[str, object]:
+        """The health the re-check's probe wrote: only a probe that started after the mark was
+        set removes it, right after writing its result."""
         pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
-        health = (pooled.get("status") or {}).get("health") or {}
-        return str(health.get("message") or "") if health.get("state") == "Unreachable" else ""
+        if RECHECK_ANNOTATION in (pooled["metadata"].get("annotations") or {}):
+            return {}
+        return dict((pooled.get("status") or {}).get("health") or {})
 
-    message = await bed.wait_for(
+    health = await bed.wait_for(
         "the probe to refuse the new key",
-        refused,
+        answered,
         60,
         diagnose=lambda: bed.describe("pooledremotemachine", host.name),
     )
-    assert "HostKeyMismatch" in message
+    assert health["state"] == "Unreachable", health
+    assert "HostKeyMismatch" in str(health["message"])
     assert await pinned() != host.host_key.fingerprint
 
     await bed.remote_machine("tofu-1", {"pool": pool})
@@ -442,3 +455,44 @@ async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
     await bed.wait_for("the next machine to wait for a trustworthy host", waiting, 60)
     sentinel = host.exec_inside(["test", "-e", "/run/cluster-api/bootstrap-success.complete"])
     assert sentinel.returncode != 0, "nothing ran on the host with the changed key"
+
+
+async def test_a_pool_host_given_a_host_key_policy_is_probed_at_once(make_bed: BedFactory) -> None:
+    """Without a host-key policy a pool host's key cannot be verified; adding one re-probes the
+    host right away (any change to how a host is reached does), not at the next periodic probe
+    minutes later."""
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    spec = bed.host_spec(host)
+    policy = spec.pop("hostKeyPolicy")
+    await bed.create(samples.pooled(host.name, bed.namespace, "unverified", spec))
+
+    async def health(generation: int) -> dict[str, object]:
+        """The pool host's health once a probe of ``generation`` (or a later one) answered."""
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+        found = (pooled.get("status") or {}).get("health") or {}
+        if int(found.get("observedGeneration") or 0) < generation or "lastProbeTime" not in found:
+            return {}
+        return {**found, "generation": pooled["metadata"]["generation"]}
+
+    refused = await bed.wait_for("the first probe", lambda: health(1), 60)
+    assert refused["state"] == "Unreachable"
+    assert "HostKeyUnknown" in str(refused["message"])
+
+    changed = await bed.kube.patch(
+        POOLED_REMOTE_MACHINES,
+        bed.namespace,
+        host.name,
+        {"spec": {"machine": {"hostKeyPolicy": policy}}},
+    )
+    generation = changed["metadata"]["generation"]
+    assert generation > refused["generation"]
+    # Well within the periodic probe's 5 minutes: only the spec change can have probed it.
+    probed = await bed.wait_for(
+        "a probe of the new spec",
+        lambda: health(generation),
+        30,
+        diagnose=lambda: bed.describe("pooledremotemachine", host.name),
+    )
+    assert probed["state"] == "Healthy"
+    assert probed["hostKeyFingerprint"] == host.host_key.fingerprint

@@ -646,6 +646,15 @@ class Health:
     last_probe_time: str | None = attrs.field(
         default=None, metadata=doc("When the last probe ran.", fmt="date-time")
     )
+    observed_generation: int | None = attrs.field(
+        default=None,
+        metadata=doc(
+            "The metadata.generation the last probe reached the host with; a spec changed since"
+            " (address, credentials, host-key policy, bastion) is probed at once.",
+            fmt="int64",
+            minimum=0,
+        ),
+    )
     message: str | None = attrs.field(
         default=None, metadata=doc("Details of the last probe's outcome.", max_length=1024)
     )

@@ -21,6 +21,7 @@ from capi_remote import (
     ReconcileContext,
     Request,
     Result,
+    patch_object,
     patch_status,
 )
 from capi_remote.api import (
@@ -83,8 +84,28 @@ def first_use_pins(obj: JSONDict, spec: JSONDict, seen: JSONDict) -> dict[str, s
     return pins
 
 
+async def _annotate(client: KubeClient, obj: JSONDict, annotations: dict[str, str | None]) -> None:
+    """Set (None: remove) annotations on exactly the version ``obj`` is, or raise Conflict: a
+    re-check asked for after the probe started is never cleared by it (a request that changes
+    nothing, the same value again while the mark is there, joins the pending one)."""
+    desired = copy.deepcopy(obj)
+    current = desired["metadata"].setdefault("annotations", {})
+    for key, value in annotations.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = value
+    await patch_object(client, POOLED_REMOTE_MACHINES, obj, desired)
+
+
 class PooledRemoteMachineReconciler:
-    """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims."""
+    """Keeps each pooled host's health fresh, mirrors its claim, and frees stale claims.
+
+    Probes: a free host is probed when it is marked for a re-check, when its spec changed since
+    its last probe (``health.observedGeneration``), and every PROBE_INTERVAL. What a probe writes
+    (health, first-use pins, the mark's removal) is conditional on the version it started from,
+    so a request or spec change that came while it ran is answered by the next probe, never
+    swallowed by this one."""
 
     def __init__(
         self, client: KubeClient, pooled: Informer, machines: Informer, prober: Prober
@@ -112,28 +133,31 @@ class PooledRemoteMachineReconciler:
             status.pop("machineRef", None)
         health = status.get("health") or {}
         marked = RECHECK_ANNOTATION in obj["metadata"].get("annotations", {})
-        recheck = marked or health.get("state") in (None, "Unknown")
+        generation = obj["metadata"].get("generation")
+        recheck = (
+            marked
+            or health.get("state") in (None, "Unknown")
+            or health.get("observedGeneration") != generation  # reached differently now
+        )
         due = _age(health.get("lastProbeTime")) >= PROBE_INTERVAL
         # A claimed host is the RemoteMachine's business: probing it would compete for sshd.
         retry_soon = False
         if (recheck or due) and not claim:
-            health = await self.prober(obj)
+            health = {**await self.prober(obj), "observedGeneration": generation}
             # "Unknown": the probe could not even start (a Secret or ConfigMap it needs is not
             # there or not cached yet): look again soon instead of in PROBE_INTERVAL.
             retry_soon = health.get("state") == "Unknown"
             status["health"] = health if retry_soon else {**health, "lastProbeTime": _now()}
-        await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
+        # Both writes are conditional on the version the probe started from (the status
+        # write's precondition, then the version it wrote): a re-check asked for or a spec
+        # changed meanwhile makes them a Conflict, and the reconcile that follows probes anew.
+        written = await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
         annotations: dict[str, str | None] = {}
         if marked and not claim and not retry_soon:  # cleared only by a probe that ran
             annotations[RECHECK_ANNOTATION] = None
         annotations.update(first_use_pins(obj, obj["spec"]["machine"], status.get("health") or {}))
         if annotations:
-            await self.client.patch(
-                POOLED_REMOTE_MACHINES,
-                request.namespace,
-                request.name,
-                {"metadata": {"annotations": annotations}},
-            )
+            await _annotate(self.client, written or obj, annotations)
         return Result(requeue_after=PROBE_RETRY if retry_soon else PROBE_INTERVAL)
 
     async def _adopt_status_reservation(self, obj: JSONDict) -> bool:

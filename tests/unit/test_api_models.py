@@ -176,6 +176,7 @@ status:
     state: Healthy
     reachable: true
     lastProbeTime: "2026-08-01T10:05:00Z"
+    observedGeneration: 3
     message: ok
     facts:
       os: Debian GNU/Linux 12 (bookworm)

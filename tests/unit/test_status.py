@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capi_remote.kube.status import _merge_patch, set_condition
+from tests.support.merge_patch import apply_merge_patch
 
 
 def test_transition_time_moves_only_when_status_changes() -> None:
@@ -31,19 +32,6 @@ def test_set_condition_keeps_others_and_does_not_mutate_input() -> None:
     assert len(base) == 1
 
 
-def _apply(target: object, patch: object) -> object:
-    """RFC 7386 application, to check the patch we compute."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _apply(result.get(key), value)
-    return result
-
-
 json_values = st.recursive(
     st.one_of(st.integers(), st.text(max_size=5), st.booleans()),
     lambda children: st.one_of(
@@ -57,7 +45,7 @@ json_objects = st.dictionaries(st.text(max_size=3), json_values, max_size=5)
 
 @given(json_objects, json_objects)
 def test_merge_patch_turns_old_into_new(old: dict[str, object], new: dict[str, object]) -> None:
-    assert _apply(old, _merge_patch(old, new)) == new
+    assert apply_merge_patch(old, _merge_patch(old, new)) == new
 
 
 @given(json_objects)
