@@ -9,35 +9,43 @@ Pure data: no Kubernetes client here. Reconcilers use the hub version (v1beta2),
   ``docs/api-reference.md`` from the models.
 """
 
+from capi_remote.api.cluster import (
+    APIEndpoint,
+    RemoteClusterSpec,
+)
 from capi_remote.api.common import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     GROUP,
     HOST_KEY_FINGERPRINT_ANNOTATION,
-    APIEndpoint,
+    parse_duration,
+)
+from capi_remote.api.connection import (
     Bastion,
-    BootstrapProgress,
-    Condition,
-    Health,
-    HostFacts,
     HostKeyPolicy,
     KnownHostsRef,
-    MachineAddress,
     NamespacedName,
-    NodeInfo,
-    PoolClaim,
-    PooledRemoteMachineStatus,
     ProvisionJob,
-    RemoteClusterSpec,
-    RemoteMachineTemplateStatus,
     SecretKeyRef,
     SSHKeyRef,
     Timeouts,
-    V1Beta1Condition,
-    parse_duration,
 )
 from capi_remote.api.conversion import ConversionError, convert, review_response
 from capi_remote.api.meta import ObjectMeta, OwnerReference, TemplateMeta
 from capi_remote.api.serde import from_dict, to_dict
+from capi_remote.api.status import (
+    BootstrapProgress,
+    Condition,
+    Health,
+    HostFacts,
+    MachineAddress,
+    PoolClaim,
+    PooledRemoteMachineStatus,
+    V1Beta1Condition,
+)
+from capi_remote.api.templates import (
+    NodeInfo,
+    RemoteMachineTemplateStatus,
+)
 from capi_remote.api.v1beta2 import (
     API_VERSION,
     DeprecatedStatus,

@@ -11,28 +11,36 @@ from typing import Final, Literal
 
 import attrs
 
-from capi_remote.api.common import (
-    API_VERSION_DOC,
-    CLAIM_DOC,
-    KIND_DOC,
-    METADATA_DOC,
-    Condition,
-    MachineSpecBase,
-    MachineStatusBase,
-    PoolClaim,
-    PooledMachineSpecBase,
-    PooledRemoteMachineStatus,
+from capi_remote.api.cluster import (
     RemoteClusterSpec,
     RemoteClusterTemplateSpec,
-    RemoteMachineTemplateSpec,
-    RemoteMachineTemplateStatus,
-    V1Beta1Condition,
+)
+from capi_remote.api.common import (
+    API_VERSION_DOC,
+    KIND_DOC,
+    METADATA_DOC,
     clean_up_commands_doc,
-    conditions_doc,
-    v1beta1_conditions_doc,
+)
+from capi_remote.api.connection import (
+    MachineSpecBase,
+    PooledMachineSpecBase,
 )
 from capi_remote.api.fields import doc
 from capi_remote.api.meta import ObjectMeta
+from capi_remote.api.status import (
+    CLAIM_DOC,
+    Condition,
+    MachineStatusBase,
+    PoolClaim,
+    PooledRemoteMachineStatus,
+    V1Beta1Condition,
+    conditions_doc,
+    v1beta1_conditions_doc,
+)
+from capi_remote.api.templates import (
+    RemoteMachineTemplateSpec,
+    RemoteMachineTemplateStatus,
+)
 
 API_VERSION: Final = "infrastructure.cluster.x-k8s.io/v1beta1"
 
