@@ -114,7 +114,7 @@ async def serving(reviewer: FakeReviewer) -> AsyncIterator[str]:
         yield f"https://{host}:{port}/metrics"
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
+def scrape(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # self-signed: the test checks auth, not the chain
@@ -130,10 +130,10 @@ def _get(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
 
 async def test_https_server_answers_401_403_200() -> None:
     async with serving(FakeReviewer()) as url:
-        status, _, headers = await asyncio.to_thread(_get, url)
+        status, _, headers = await asyncio.to_thread(scrape, url)
         assert status == 401 and headers.get("WWW-Authenticate") == "Bearer"
-        assert (await asyncio.to_thread(_get, url, "stranger-token"))[0] == 403
-        status, body, _ = await asyncio.to_thread(_get, url, "reader-token")
+        assert (await asyncio.to_thread(scrape, url, "stranger-token"))[0] == 403
+        status, body, _ = await asyncio.to_thread(scrape, url, "reader-token")
         assert status == 200 and 'workqueue_adds_total{name="widgets"} 1.0' in body
 
 
@@ -147,6 +147,6 @@ async def test_plain_http_is_refused_by_the_tls_server() -> None:
 async def test_oversized_header_is_refused_before_review() -> None:
     reviewer = FakeReviewer()
     async with serving(reviewer) as url:
-        status, _, _ = await asyncio.to_thread(_get, url, "x" * (MAX_TOKEN_BYTES * 2))
+        status, _, _ = await asyncio.to_thread(scrape, url, "x" * (MAX_TOKEN_BYTES * 2))
         assert status in (400, 431)
         assert reviewer.authentications == 0
