@@ -70,17 +70,21 @@ def service_account_token(plane: ControlPlane, namespace: str, name: str) -> str
     return plane.kubectl("create", "token", name, "-n", namespace, "--duration=1h").strip()
 
 
-MakeTenant = Callable[[], Awaitable[Tenant]]
+MakeTenant = Callable[..., Awaitable[Tenant]]
 
 
 @pytest.fixture
 async def make_tenant(control_plane: ControlPlane) -> AsyncIterator[MakeTenant]:
-    """Makes tenants, each in a fresh namespace; all are removed afterwards."""
+    """``await make_tenant()``: a tenant in a fresh namespace (removed afterwards), or with
+    ``namespace=`` in an existing one (e.g. an e2e bed's, whose shared objects an admin made)."""
     made: list[Tenant] = []
+    created: list[str] = []
 
-    async def make() -> Tenant:
-        namespace = f"tenant-{uuid.uuid4().hex[:8]}"
-        control_plane.kubectl("create", "namespace", namespace)
+    async def make(namespace: str | None = None) -> Tenant:
+        if namespace is None:
+            namespace = f"tenant-{uuid.uuid4().hex[:8]}"
+            control_plane.kubectl("create", "namespace", namespace)
+            created.append(namespace)
         control_plane.apply(tenant_documents(namespace))
         token = service_account_token(control_plane, namespace, "tenant")
         tenant = Tenant(
@@ -95,7 +99,8 @@ async def make_tenant(control_plane: ControlPlane) -> AsyncIterator[MakeTenant]:
     yield make
     for tenant in made:
         await tenant.kube.close()
-        control_plane.kubectl("delete", "namespace", tenant.namespace, "--wait=false")
+    for namespace in created:
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 @pytest.fixture
