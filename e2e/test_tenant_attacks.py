@@ -9,18 +9,24 @@ writes itself.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
-import socket
-import threading
+import os
+import ssl
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from capi_remote.devenv import samples
+from capi_remote.devenv.pki import CertificateAuthority
 from capi_remote.devenv.provider import ControllerProcess
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.resources import (
@@ -43,39 +49,88 @@ SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 _RESOURCES = {r.kind: r for r in (CLUSTERS, MACHINES, REMOTE_MACHINES, SECRETS)}
 
 
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def _inode_of_client(client_port: int, server_port: int) -> str | None:
+    """The inode of the loopback client socket ``client_port`` -> ``server_port``."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rsplit(":", 1)[1], 16) == client_port and (
+                int(remote.rsplit(":", 1)[1], 16) == server_port
+            ):
+                return fields[9]
+    return None
+
+
 class Listener:
-    """A loopback TCP listener that records every connection's first bytes."""
+    """The tenant's "API server": HTTPS on loopback with a certificate its kubeconfig trusts.
+    Records every request's Authorization header and which of the ``processes`` (name: pid)
+    sent it, "other" for the rest (Cluster API core, say, reads the same Secret)."""
 
-    def __init__(self) -> None:
-        self._socket = socket.create_server(("127.0.0.1", 0))
-        self._socket.settimeout(0.2)
-        self.port = self._socket.getsockname()[1]
-        self.received: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.ca = CertificateAuthority.create("tenant-ca")
+        self.processes = processes
+        self.requests: list[tuple[str | None, str]] = []
+        self.url = ""
+        self.port = 0
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._socket.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(65536) or b"<connected>")
-                except OSError:
-                    self.received.append(b"<connected>")
+    async def handle(self, request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        inode = _inode_of_client(peer[1], self.port) if peer else None
+        sender = next(
+            (name for name, pid in self.processes.items() if inode in _socket_inodes(pid)),
+            "other" if inode else "unknown",
+        )
+        self.requests.append((request.headers.get("Authorization"), sender))
+        return web.json_response({"kind": "Status", "status": "Failure", "code": 403}, status=403)
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Listener]:
-        self._thread.start()
+    @contextlib.asynccontextmanager
+    async def running(self, directory: Path) -> AsyncIterator[Listener]:
+        cert, key = self.ca.issue("api", hosts=("127.0.0.1",), server=True).write(directory, "api")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"https://127.0.0.1:{self.port}"
         try:
             yield self
         finally:
-            self._stop.set()
-            self._thread.join(5)
-            self._socket.close()
+            await runner.cleanup()
+
+    def kubeconfig(self, user: dict[str, Any]) -> bytes:
+        ca = base64.b64encode(self.ca.cert_pem).decode()
+        cluster = {"server": self.url, "certificate-authority-data": ca}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": user}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        return yaml.safe_dump(config).encode()
+
+
+def _probe(url: str, ca: CertificateAuthority) -> None:
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer probe"})
+    with contextlib.suppress(urllib.error.HTTPError):
+        urllib.request.urlopen(request, context=context, timeout=10).close()
 
 
 async def _as_tenant(tenant: Tenant, obj: dict[str, Any]) -> None:
@@ -114,60 +169,50 @@ async def _phase(bed: Bed, name: str, phase: str, within: float = 120.0) -> None
     )
 
 
-def _evil_kubeconfig(server: str, user: dict[str, Any]) -> bytes:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
-        ],
-        "users": [{"name": "u", "user": user}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    return yaml.safe_dump(config).encode()
-
-
 async def test_workload_kubeconfig_cannot_steal_the_token_or_run_a_command(
     make_bed: BedFactory,
     make_tenant: MakeTenant,
     controller: ControllerProcess,
     tmp_path: Path,
 ) -> None:
-    """Point 1: tokenFile and exec in the tenant's <cluster>-kubeconfig are refused; the tenant's
-    server never hears from the controller; other machines keep provisioning."""
+    """Point 1: tokenFile and exec in the tenant's <cluster>-kubeconfig are refused: the
+    tenant's server gets no request from the controller, the plugin never runs in the
+    controller, and another of the tenant's clusters still provisions."""
     bed = await make_bed(4)
     tenant = await make_tenant(namespace=bed.namespace)
+    controller_pid = controller.process.pid
+    assert controller_pid is not None
     stolen = f"controller-token-{uuid.uuid4().hex}"
     token_file = tmp_path / "token"
     token_file.write_text(stolen)
-    marker = tmp_path / "exec-ran"
+    marker = tmp_path / "exec-ran"  # one line per run: the pid of the process that ran it
     exec_plugin = {
         "apiVersion": "client.authentication.k8s.io/v1",
         "command": "/bin/sh",
-        "args": ["-c", f"touch {marker}; echo '{{}}'"],
+        "args": ["-c", f"echo $PPID >> {marker}; exit 1"],
         "interactiveMode": "Never",
     }
-    with Listener().running() as listener:
-        server = f"https://127.0.0.1:{listener.port}"
-        await _tenant_cluster(
-            bed, tenant, "steal", _evil_kubeconfig(server, {"tokenFile": str(token_file)})
-        )
-        await _tenant_cluster(
-            bed, tenant, "sapath", _evil_kubeconfig(server, {"tokenFile": SERVICE_ACCOUNT_TOKEN})
-        )
-        await _tenant_cluster(bed, tenant, "run", _evil_kubeconfig(server, {"exec": exec_plugin}))
+    processes = {"controller": controller_pid, "test": os.getpid()}
+    async with Listener(processes).running(tmp_path) as listener:
+        # The listener tells who sent a request: a request of this test process says "test".
+        await asyncio.to_thread(_probe, listener.url, listener.ca)
+        assert listener.requests == [("Bearer probe", "test")]
+        attacks = {
+            "steal": {"tokenFile": str(token_file)},
+            "sapath": {"tokenFile": SERVICE_ACCOUNT_TOKEN},
+            "run": {"exec": exec_plugin},
+        }
         script = bed.registration_script()
-        await _tenant_machine(bed, tenant, "steal-0", "steal", script, 0)
-        await _tenant_machine(bed, tenant, "sapath-0", "sapath", script, 1)
-        await _tenant_machine(bed, tenant, "run-0", "run", script, 2)
-        for name in ("steal-0", "sapath-0", "run-0"):
-            await _phase(bed, name, "Provisioned")
+        for host, (name, user) in enumerate(attacks.items()):
+            await _tenant_cluster(bed, tenant, name, listener.kubeconfig(user))
+            await _tenant_machine(bed, tenant, f"{name}-0", name, script, host)
+        for name in attacks:
+            await _phase(bed, f"{name}-0", "Provisioned")
 
-        # The controller reached the point of using each kubeconfig, and refused it.
+        # The controller got to the point of using each kubeconfig, and refused it.
         async def refused() -> bool:
             log = controller.process.log.read_text(errors="replace")
-            return all(f"{bed.namespace}/{c}-kubeconfig" in log for c in ("steal", "sapath", "run"))
+            return all(f"{bed.namespace}/{name}-kubeconfig" in log for name in attacks)
 
         await bed.wait_for("the kubeconfigs to be refused", refused, 60, controller.log_tail)
 
@@ -176,8 +221,10 @@ async def test_workload_kubeconfig_cannot_steal_the_token_or_run_a_command(
         await _tenant_machine(bed, tenant, "honest-0", "honest", script, 3)
         await _phase(bed, "honest-0", "Provisioned")
 
-    assert listener.received == []
-    assert not marker.exists()
+    senders = {sender for _, sender in listener.requests[1:]}
+    assert senders <= {"other"}, f"the controller sent requests to the tenant's server: {senders}"
+    runs = marker.read_text().split() if marker.exists() else []
+    assert str(controller_pid) not in runs, "the exec plugin ran in the controller"
     assert stolen not in controller.process.log.read_text(errors="replace")
 
 
