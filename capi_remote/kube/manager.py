@@ -41,7 +41,13 @@ from capi_remote.kube.informer import (
 )
 from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
 from capi_remote.kube.metrics import Metrics
-from capi_remote.kube.metricsauth import SERVER_LIMITS, KubeReviewer, MetricsAuth, Reviewer
+from capi_remote.kube.metricsauth import (
+    REFUSALS,
+    SERVER_LIMITS,
+    KubeReviewer,
+    MetricsAuth,
+    Reviewer,
+)
 from capi_remote.kube.ratelimit import RateLimiter
 from capi_remote.kube.reconcile import Reconciler
 from capi_remote.kube.tls import ReloadingContext, self_signed_context
@@ -208,7 +214,7 @@ class Manager:
                 app = web.Application(client_max_size=1024)
                 tls = None
                 if self.settings.metrics_secure:
-                    app.router.add_get("/metrics", self.metrics_auth.protect(self._metrics))
+                    app.router.add_get("/metrics", self._authorized_metrics)
                     tls = self._metrics_tls()
                 else:
                     app.router.add_get("/metrics", self._metrics)
@@ -252,6 +258,15 @@ class Manager:
         if self.ready.is_set():
             return web.Response(text="ok")
         return web.Response(status=503, text="caches not synced")
+
+    async def _authorized_metrics(self, request: web.Request) -> web.Response:
+        status = await self.metrics_auth.status(
+            request.headers.get("Authorization"), "get", request.path
+        )
+        if status != 200:
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return web.Response(status=status, text=REFUSALS[status], headers=headers)
+        return await self._metrics(request)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 import attrs
 import structlog
-from aiohttp import web
 
 from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 
@@ -130,11 +129,12 @@ class _Expiring:
         return len(self._entries)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The body of each refusal.
+REFUSALS = {401: "Unauthorized", 403: "Forbidden", 500: "Authorization error"}
 
 
 class MetricsAuth:
-    """Decides a request's status (200, 401, 403, 500) and wraps a handler with that decision."""
+    """Decides a request's status: 200, or one of ``REFUSALS`` (the server answers those)."""
 
     def __init__(
         self,
@@ -178,16 +178,3 @@ class MetricsAuth:
             allowed = await self._reviewer.allowed(user, verb, path)
             self.decisions.put(key, allowed)
         return bool(allowed)
-
-    def protect(self, handler: Handler) -> Handler:
-        """``handler`` behind the check; the SubjectAccessReview's verb is ``get``."""
-
-        async def checked(request: web.Request) -> web.StreamResponse:
-            status = await self.status(request.headers.get("Authorization"), "get", request.path)
-            if status == 200:
-                return await handler(request)
-            texts = {401: "Unauthorized", 403: "Forbidden", 500: "Authorization error"}
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return web.Response(status=status, text=texts[status], headers=headers)
-
-        return checked
