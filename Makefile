@@ -10,10 +10,13 @@ APT_PACKAGES := debootstrap iproute2 iptables openssh-client sudo util-linux pro
 # podman (with runc: crun fails here) builds and runs the controller image (`make image`).
 APT_PACKAGES += podman runc
 # containerd (with runc) is the container runtime of the test bed's node: the kubelet that runs
-# provisionJob mode's Jobs in the e2e suite (capi_remote/devenv/node.py).
+# provisionJob mode's Jobs in the e2e suite (testbed/capi_remote_testbed/node.py).
 APT_PACKAGES += containerd
 
 .PHONY: run test lint fmt deps system-deps venv toolchain clean-devenv manifests docs
+
+# Everything ruff checks and formats: the product, its test bed and the tests.
+PY_SOURCES := capi_remote reconcilers testbed tests e2e
 
 run: deps
 	$(BIN)/capi-remote dev up
@@ -22,8 +25,8 @@ test: deps
 	$(BIN)/pytest -ra
 
 lint: venv
-	$(BIN)/ruff check capi_remote reconcilers tests e2e
-	$(BIN)/ruff format --check capi_remote reconcilers tests e2e
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -36,8 +39,8 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 fmt: venv
-	$(BIN)/ruff format capi_remote reconcilers tests e2e
-	$(BIN)/ruff check --fix capi_remote reconcilers tests e2e
+	$(BIN)/ruff format $(PY_SOURCES)
+	$(BIN)/ruff check --fix $(PY_SOURCES)
 
 deps: system-deps venv toolchain
 
@@ -50,21 +53,23 @@ system-deps:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The product and its test bed (testbed/, a distribution of its own) in one pip call, so the test
+# bed's dependency on capi-remote resolves to this checkout.
+$(STAMP): pyproject.toml testbed/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./testbed
 	touch $(STAMP)
 
 # Builds (or finds in the cache) kube-apiserver, kube-controller-manager, kubectl, etcd, the
 # Cluster API manager and its kubeadm bootstrap/control-plane providers (e2e ClusterClass flow);
 # see docs/development.md for the cache location.
 toolchain: venv
-	$(BIN)/python -m capi_remote.devenv.toolchain
-	$(BIN)/python -m capi_remote.devenv.kubeadm_providers
+	$(BIN)/python -m capi_remote_testbed.toolchain
+	$(BIN)/python -m capi_remote_testbed.kubeadm_providers
 
 clean-devenv: venv
-	$(BIN)/python -m capi_remote.devenv.hosts cleanup
+	$(BIN)/python -m capi_remote_testbed.hosts cleanup
 
 .PHONY: release-manifests image
 
@@ -80,7 +85,7 @@ release-manifests: $(if $(KUBECTL),,venv)
 	@set -euo pipefail; \
 	kubectl="$(KUBECTL)"; \
 	if [ -z "$$kubectl" ]; then \
-	  kubectl=$$($(BIN)/python -m capi_remote.devenv.toolchain | sed -n 's/^kubectl: //p'); \
+	  kubectl=$$($(BIN)/python -m capi_remote_testbed.toolchain | sed -n 's/^kubectl: //p'); \
 	fi; \
 	out="$(RELEASE_DIR)/infrastructure-remote/$(RELEASE_VERSION)"; \
 	rm -rf "$$out" && mkdir -p "$$out"; \
@@ -94,7 +99,7 @@ IMAGE ?= localhost/capi-remote:dev
 IMAGE_FLAGS ?=
 
 image: system-deps venv
-	$(BIN)/python -m capi_remote.devenv.image build --tag $(IMAGE) $(IMAGE_FLAGS)
+	$(BIN)/python -m capi_remote_testbed.image build --tag $(IMAGE) $(IMAGE_FLAGS)
 
 .PHONY: bench chaos
 

@@ -1,4 +1,5 @@
-"""The ``capi-remote`` command: the controller manager, the local environment, preflight, manifests.
+"""The ``capi-remote`` command: the controller manager, preflight, manifests; plugins add more
+(the test bed adds ``dev``, see :mod:`capi_remote.cliplugins`).
 
 User errors (bad flags, missing files, unreachable API server) print one line and exit 2 (usage)
 or 1 (runtime); tracebacks are for bugs only.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -23,11 +23,15 @@ from typing import NoReturn
 
 from capi_remote import __version__
 from capi_remote.app import ProviderOptions, run_provider
+from capi_remote.cliplugins import (
+    COMMANDS,
+    KUBECTL,
+    FindKubectl,
+    Register,
+    RuntimeFailure,
+    UserError,
+)
 from capi_remote.logs import configure
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,112 +202,6 @@ def _run_until_signal(main: Callable[[], object]) -> int:
     return 0
 
 
-def _add_dev(commands: argparse._SubParsersAction[_Parser]) -> None:
-    dev = commands.add_parser(
-        "dev", help="the local environment: control plane, sshd hosts, controller, samples"
-    )
-    actions = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = actions.add_parser("up", help="start it, show machines provisioning, stop on Ctrl-C")
-    up.add_argument("--hosts", type=int, default=4, help="namespaced sshd hosts (default 4)")
-    up.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="MachineDeployment replicas drawn from the pool (default 2)",
-    )
-    up.add_argument(
-        "--follow-timeout",
-        type=float,
-        default=600.0,
-        help="seconds to show provisioning before just waiting (default 600)",
-    )
-    actions.add_parser("down", help="stop a running 'dev up' and clean everything up")
-    actions.add_parser("status", help="say whether 'dev up' runs, and where its pieces are")
-
-
-def _dev(args: argparse.Namespace) -> int:
-    from capi_remote.devenv import environment
-
-    if args.action == "status":
-        state = environment.read_state()
-        if state is None:
-            print("no local environment is running (start one with: capi-remote dev up)")
-            return 1
-        print(json.dumps(state, indent=2))
-        return 0
-    if args.action == "down":
-        state = environment.read_state()
-        if state is None:
-            print("no local environment is running")
-            return 0
-        os.kill(int(state["pid"]), signal.SIGTERM)
-        print(f"asked 'dev up' (pid {state['pid']}) to stop; it cleans up before exiting")
-        return 0
-    if args.hosts < 2:
-        raise UserError("--hosts must be at least 2 (one standalone machine, one pool)")
-    if not 0 <= args.workers < args.hosts:
-        raise UserError(f"--workers must be between 0 and {args.hosts - 1} (the pool's size)")
-    if os.geteuid() != 0:
-        raise UserError("the local environment needs root (network namespaces for the hosts)")
-    if environment.read_state() is not None:
-        raise UserError("a local environment is already running (see: capi-remote dev status)")
-    return _dev_up(args)
-
-
-def _dev_up(args: argparse.Namespace) -> int:
-    import threading
-
-    from rich.console import Console
-
-    from capi_remote.devenv import environment
-    from capi_remote.devenv.follow import follow
-
-    console = Console(stderr=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    env = environment.LocalEnvironment(environment.Settings(hosts=args.hosts, workers=args.workers))
-    try:
-        with console.status("starting the local environment") as spinner:
-            env.start(progress=lambda line: spinner.update(line))
-    except Exception as error:  # every part already stopped; say what failed
-        raise RuntimeFailure(f"the local environment did not come up: {error}") from error
-    assert env.plane is not None and env.controller is not None
-    kubeconfig = env.plane.kubeconfig
-    try:
-        console.print(f"[bold]kubeconfig:[/bold] {kubeconfig}")
-        console.print(f"controller log: {env.controller.process.log}")
-        assert env.fleet is not None
-        console.print(f"hosts (users root, deploy, operator; key {env.fleet.client_key_path}):")
-        for host in env.fleet.hosts:
-            console.print(f"  {host.name}  {host.address}:{host.port}")
-        expected = 1 + args.workers
-        done = follow(env.plane, environment.NAMESPACE, expected, args.follow_timeout, console)
-        console.print(
-            "[green]all sample machines are Running[/green]"
-            if done
-            else "[yellow]not all machines are Running yet; see the conditions above[/yellow]"
-        )
-        console.print("next steps:")
-        for command in (
-            f"kubectl --kubeconfig {kubeconfig} get remotemachines,pooledremotemachines -A -w",
-            f"kubectl --kubeconfig {kubeconfig} describe remotemachine demo-cp-0 -n demo",
-            f"kubectl --kubeconfig {kubeconfig} scale machinedeployment demo-workers -n demo "
-            f"--replicas={args.workers + 1}",
-        ):
-            console.print(f"  {command}")
-        console.print("press Ctrl-C to stop and clean up")
-        stop.wait()
-    finally:
-        with console.status("stopping and cleaning up"):
-            env.stop()
-    return 0
-
-
-class RuntimeFailure(Exception):
-    """The command ran but failed (exit code 1), e.g. the environment did not start."""
-
-
 def _add_preflight(commands: argparse._SubParsersAction[_Parser]) -> None:
     check = commands.add_parser(
         "preflight",
@@ -426,14 +324,7 @@ def _print_manifests(args: argparse.Namespace) -> int:
             f"no kustomize/{args.overlay} next to this installation (it ships in the source "
             "tree); use the release's infrastructure-components.yaml instead"
         )
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        from capi_remote.devenv import toolchain
-
-        try:
-            kubectl = str(toolchain.ensure(log=lambda line: print(line, file=sys.stderr)).kubectl)
-        except toolchain.ToolchainError as error:
-            raise RuntimeFailure(f"no kubectl on PATH and none could be built: {error}") from error
+    kubectl = _kubectl()
     proc = subprocess.run(
         [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=False
     )
@@ -441,6 +332,20 @@ def _print_manifests(args: argparse.Namespace) -> int:
         raise RuntimeFailure(f"kubectl kustomize failed: {proc.stderr.strip()}")
     sys.stdout.write(proc.stdout)
     return 0
+
+
+def _kubectl() -> str:
+    """kubectl from PATH, else from a plugin (the test bed builds one)."""
+    found = shutil.which("kubectl")
+    if found is not None:
+        return found
+    for entry in metadata.entry_points(group=KUBECTL):
+        find: FindKubectl = entry.load()
+        try:
+            return str(find(lambda line: print(line, file=sys.stderr)))
+        except RuntimeError as error:
+            raise RuntimeFailure(f"no kubectl on PATH and none could be built: {error}") from error
+    raise RuntimeFailure("no kubectl on PATH: install one (>= 1.27) or the test bed (testbed/)")
 
 
 def _print_version(_: argparse.Namespace) -> int:
@@ -459,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
-    _add_dev(commands)
     _add_preflight(commands)
     commands.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     manifests = commands.add_parser(
@@ -472,12 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="kustomize overlay: default (cert-manager) or dev (local image)",
     )
     commands.add_parser("version", help="print the version")
+    for entry in metadata.entry_points(group=COMMANDS):
+        register: Register = entry.load()
+        register(commands)
     return parser
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
-    "dev": _dev,
     "preflight": _preflight,
     "crds": _print_crds,
     "manifests": _print_manifests,
@@ -489,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        handler = _COMMANDS.get(args.command) or args.handler
+        return handler(args)
     except UserError as error:
         print(f"capi-remote: error: {error}", file=sys.stderr)
         return 2

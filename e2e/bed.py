@@ -1,4 +1,4 @@
-"""The e2e test bed: Cluster API objects (from ``capi_remote.devenv.samples``) created on the
+"""The e2e test bed: Cluster API objects (from ``capi_remote_testbed.samples``) created on the
 control plane for a fleet of real hosts, plus waits and observations for assertions."""
 
 from __future__ import annotations
@@ -10,10 +10,6 @@ from typing import Any
 
 import attrs
 
-from capi_remote.devenv import samples
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.hosts import Host, HostFleet
-from capi_remote.devenv.tcpproxy import TcpProxy
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.resources import (
     CLUSTERS,
@@ -25,6 +21,10 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed import samples
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.hosts import Host, HostFleet
+from capi_remote_testbed.tcpproxy import TcpProxy
 from e2e.cluster import ExternalCluster
 
 JSONDict = dict[str, Any]

@@ -1,6 +1,6 @@
 """The cluster the e2e suite runs against when ``CAPI_REMOTE_E2E_KUBECONFIG`` names one (a kind
 cluster with Cluster API and our controller deployed from kustomize, say) instead of the local
-control plane. It offers what a :class:`~capi_remote.devenv.controlplane.ControlPlane` offers the
+control plane. It offers what a :class:`~capi_remote_testbed.controlplane.ControlPlane` offers the
 test bed: a kubeconfig, kubectl, the API server's address, and client credentials (``pki/``) the
 hosts' node-registration scripts use to reach the API server.
 

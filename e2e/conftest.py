@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from capi_remote.devenv import kubeadm_providers
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError
-from capi_remote.devenv.kubeadm_providers import RunningProviders
-from capi_remote.devenv.toolchain import ToolchainError
 from capi_remote.kube.client import KubeClient
+from capi_remote_testbed import kubeadm_providers
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.kubeadm_providers import RunningProviders
+from capi_remote_testbed.toolchain import ToolchainError
 from e2e.bed import BedFactory, Cluster, bed_factory
 from e2e.cluster import (
     WORKLOAD_SERVER_ENV,

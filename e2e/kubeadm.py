@@ -1,6 +1,6 @@
 """The kubeadm flavour of the e2e bed: the shipped ClusterClass (``clusterclass-remote.yaml``) and
 topology Cluster template, with what the test bed needs added, and the workload cluster they
-create: a kube-apiserver (``capi_remote.devenv.workload``) whose CA is the ``<cluster>-ca`` the
+create: a kube-apiserver (``capi_remote_testbed.workload``) whose CA is the ``<cluster>-ca`` the
 kubeadm control-plane provider signs everything with.
 
 The hosts have no kubeadm: ``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.pki import CertificateAuthority, KeyPair
-from capi_remote.devenv.toolchain import KUBERNETES_VERSION
-from capi_remote.devenv.workload import WorkloadApiServer
 from capi_remote.kube.client import Resource
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.pki import CertificateAuthority, KeyPair
+from capi_remote_testbed.toolchain import KUBERNETES_VERSION
+from capi_remote_testbed.workload import WorkloadApiServer
 
 JSONDict = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent

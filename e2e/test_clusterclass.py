@@ -14,10 +14,6 @@ from typing import Any
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.kubeadm_providers import RunningProviders
-from capi_remote.devenv.pki import CertificateAuthority
-from capi_remote.devenv.toolchain import KUBERNETES_VERSION
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import (
     CLUSTERS,
@@ -28,6 +24,10 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.kubeadm_providers import RunningProviders
+from capi_remote_testbed.pki import CertificateAuthority
+from capi_remote_testbed.toolchain import KUBERNETES_VERSION
 from e2e import kubeadm
 from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
 

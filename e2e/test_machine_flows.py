@@ -12,8 +12,6 @@ from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
 )
-from capi_remote.devenv import samples
-from capi_remote.devenv.samples import DEPLOYMENT_LABEL
 from capi_remote.resources import (
     CLUSTERS,
     MACHINES,
@@ -21,6 +19,8 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed import samples
+from capi_remote_testbed.samples import DEPLOYMENT_LABEL
 from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
 from reconcilers.pool import RECHECK_ANNOTATION, is_free
 

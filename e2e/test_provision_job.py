@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 
 from capi_remote.bootstrap import InstanceMetadata, parse_bootstrap, substitute_provider_id
-from capi_remote.devenv.node import SSH_CLIENT_IMAGE, Node
 from capi_remote.resources import JOBS, MACHINES, REMOTE_MACHINES, SECRETS
 from capi_remote.ssh import BootstrapIncomplete, HostKeyPolicy, Runner, SSHSettings, Target
 from capi_remote.ssh import Job as RunnerJob
 from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.executor import step_name
+from capi_remote_testbed.node import Node
+from capi_remote_testbed.nodeimages import SSH_CLIENT_IMAGE
 from e2e.bed import Bed, BedFactory
-from reconcilers.provisionjob import MACHINE_UID_LABEL
+from reconcilers.remotemachine.jobspec import MACHINE_UID_LABEL
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from capi_remote.ssh import Runner, SSHSettings
 
 
 def setup(provider: Provider) -> None:
-    from reconcilers import cluster, machine, pool, template
+    from reconcilers import cluster, pool, remotemachine, template
 
     if provider.webhooks is not None:
         provider.webhooks.register("/convert", review_response)
@@ -22,7 +22,7 @@ def setup(provider: Provider) -> None:
         identity=provider.options.identity,
     )
     provider.on_close.append(runner.detach)
-    access = machine.setup(provider, runner)
+    access = remotemachine.setup(provider, runner)
     pool.setup(provider, pool.probe_with(access))
     template.setup(provider)
     cluster.setup(provider)

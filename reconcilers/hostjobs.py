@@ -7,14 +7,15 @@ outcome stays until the reconciler has recorded it (``forget``).
 
 Invariants:
 - At most one job per machine UID is running in this process (the on-host lock covers replicas).
-- Progress callbacks come from runner threads: they only store numbers and wake the controller
-  through its thread-safe enqueue, throttled so a chatty job cannot flood the queue.
+- Job state is only touched on the event loop: progress callbacks come from runner threads and
+  hop to the loop (``call_soon_threadsafe``) before they store anything; they wake the
+  controller at most every few seconds, so a chatty job cannot flood the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
@@ -51,6 +52,8 @@ class JobState:
     #: Which bootstrap attempt this job is; kept here so that a status write lost to a conflict
     #: does not lose the count (the reconciler writes it again from here).
     attempt: int = 0
+    #: The RemoteMachine generation the job was started for.
+    generation: int | None = None
 
     @property
     def running(self) -> bool:
@@ -61,10 +64,10 @@ class HostJobs:
     """Registry of in-flight and finished jobs, keyed by machine UID."""
 
     def __init__(self, wake: Callable[[Request], None]) -> None:
-        self._wake = wake  # thread-safe enqueue of the machine's key
+        self._wake = wake  # enqueue of the machine's key (called on the loop)
         self._jobs: dict[str, JobState] = {}
-        self._lock = threading.Lock()
         self._last_wake: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def state(self, uid: str) -> JobState | None:
         return self._jobs.get(uid)
@@ -82,8 +85,9 @@ class HostJobs:
             return current
         job = JobState(kind, request)
         self._jobs[uid] = job
-        with self._lock:  # the status written at the start is fresh: first progress wake later
-            self._last_wake[uid] = time.monotonic()
+        # The status written at the start is fresh: the first progress wake comes later.
+        self._last_wake[uid] = time.monotonic()
+        self._loop = asyncio.get_running_loop()
 
         async def run() -> None:
             try:
@@ -102,16 +106,22 @@ class HostJobs:
         return job
 
     def progress(self, uid: str, done: int, total: int, step: str) -> None:
-        """Record progress (any thread); wakes the reconciler at most every few seconds."""
+        """Report progress from any thread: it is recorded on the event loop."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the process is ending
+            self._loop.call_soon_threadsafe(self.record_progress, uid, done, total, step)
+
+    def record_progress(self, uid: str, done: int, total: int, step: str) -> None:
+        """Record progress (on the loop); wakes the reconciler at most every few seconds."""
         job = self._jobs.get(uid)
         if job is None:
             return
         job.steps_done, job.steps_total, job.step = done, total, step
         now = time.monotonic()
-        with self._lock:
-            if now - self._last_wake.get(uid, 0.0) < PROGRESS_WAKE_INTERVAL:
-                return
-            self._last_wake[uid] = now
+        if now - self._last_wake.get(uid, 0.0) < PROGRESS_WAKE_INTERVAL:
+            return
+        self._last_wake[uid] = now
         self._wake(job.request)
 
     async def cancel(self, uid: str) -> None:

@@ -8,9 +8,14 @@ from typing import Any, NoReturn
 
 import attrs
 
+from capi_remote import api
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    Bastion,
+    PooledMachineSpec,
+    Timeouts,
+    from_dict,
     parse_duration,
 )
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
@@ -43,6 +48,15 @@ class MissingSecret(Exception):
     """A Secret (or ConfigMap) the spec names is not there (yet); a watch on it is in place."""
 
 
+class InvalidSpec(ValueError):
+    """The spec, or data it names, cannot be used; ``reason`` is the condition reason that
+    says which part (so a bad known_hosts is not reported as a bad SSH key)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class NotYetKnown(MissingSecret):
     """The watch on a Secret (or ConfigMap) the spec names has not listed yet (a controller that
     just started): whether it exists is unknown, so nothing may be concluded from its absence."""
@@ -57,28 +71,36 @@ def cleanup_commands(rm: JSONDict, bootstrap_kind: str) -> tuple[str, ...]:
 
 @attrs.frozen
 class Deadlines:
-    """spec.timeouts in seconds; ``None`` leaves the runner's default for that deadline."""
+    """spec.timeouts in seconds, always all three: a field left out takes the model's default
+    (:class:`capi_remote.api.Timeouts`, the same the CRD applies), never the runner's own."""
 
-    connect: float | None = None
-    command: float | None = None
-    job: float | None = None
+    connect: float
+    command: float
+    job: float
 
     @classmethod
     def of(cls, spec: JSONDict) -> Deadlines:
-        timeouts = spec.get("timeouts") or {}
+        return cls.of_timeouts(from_dict(Timeouts, spec.get("timeouts") or {}))
 
-        def seconds(name: str) -> float | None:
-            text = timeouts.get(name)
-            return parse_duration(text).total_seconds() if text else None
+    @classmethod
+    def of_timeouts(cls, timeouts: Timeouts) -> Deadlines:
+        def seconds(text: str) -> float:
+            return parse_duration(text).total_seconds()
 
-        return cls(connect=seconds("connect"), command=seconds("command"), job=seconds("job"))
+        return cls(
+            connect=seconds(timeouts.connect),
+            command=seconds(timeouts.command),
+            job=seconds(timeouts.job),
+        )
 
 
 def _decoded(value: bytes, kind: str, namespace: str, name: str, key: str) -> str:
     try:
         return value.decode()
     except UnicodeDecodeError:  # no codec message: it would quote a byte of the secret
-        raise ValueError(f"{kind} {namespace}/{name} key {key!r} is not UTF-8 text") from None
+        raise InvalidSpec(
+            c.INVALID_SECRET_DATA, f"{kind} {namespace}/{name} key {key!r} is not UTF-8 text"
+        ) from None
 
 
 class HostAccess:
@@ -92,7 +114,7 @@ class HostAccess:
     # -- targets ---------------------------------------------------------------------------
 
     def target(self, rm: JSONDict) -> Target:
-        """The SSH target of a RemoteMachine; raises MissingSecret or ValueError (bad spec)."""
+        """The SSH target of a RemoteMachine; raises MissingSecret or InvalidSpec."""
         namespace = rm["metadata"]["namespace"]
         spec = rm["spec"]
         return self.target_for(namespace, spec, rm["metadata"].get("annotations") or {})
@@ -101,52 +123,64 @@ class HostAccess:
         self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None = None
     ) -> Target:
         """The target described by a host spec (a RemoteMachine's or a pooled host's); the
-        annotations of the object holding the spec carry trust-on-first-use pins."""
+        annotations of the object holding the spec carry trust-on-first-use pins. Raises
+        MissingSecret or InvalidSpec (a ValueError)."""
+        try:
+            return self._target_for(namespace, spec, annotations)
+        except InvalidSpec:
+            raise
+        except ValueError as invalid:  # the Target and Credentials checks (user, address, key)
+            raise InvalidSpec(c.INVALID_SSH_KEY, str(invalid)) from None
+
+    def _target_for(
+        self, namespace: str, spec: JSONDict, annotations: dict[str, str] | None
+    ) -> Target:
+        host = from_dict(PooledMachineSpec, spec)  # a host spec; every default from the model
         pins = annotations or {}
-        connect = Deadlines.of(spec).connect  # the bastion hop gets the same deadline
+        connect = Deadlines.of_timeouts(host.timeouts).connect  # also for the bastion hop
         bastion = None
-        if spec.get("bastion"):
-            hop = dict(spec["bastion"])
-            if not hop.get("sshKeyRef") and not hop.get("passwordRef"):
-                hop["sshKeyRef"] = spec.get("sshKeyRef")  # the machine's key, as documented
+        if host.bastion is not None:
+            hop = host.bastion
+            if hop.ssh_key_ref is None:  # the machine's key, as documented
+                hop = attrs.evolve(hop, ssh_key_ref=host.ssh_key_ref)
             recorded_bastion = pins.get(BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
-            bastion = self._target(namespace, hop, recorded_bastion, connect)
+            bastion = self._target(namespace, hop, None, recorded_bastion, connect)
         recorded = pins.get(HOST_KEY_FINGERPRINT_ANNOTATION)
-        return self._target(namespace, spec, recorded, connect, via=bastion)
+        return self._target(namespace, host, host, recorded, connect, via=bastion)
 
     def _target(
         self,
         namespace: str,
-        spec: JSONDict,
+        host: PooledMachineSpec | Bastion,
+        passwords: PooledMachineSpec | None,  # the machine's password refs (a bastion has none)
         recorded: str | None,
-        connect_timeout: float | None,
+        connect_timeout: float,
         via: Target | None = None,
     ) -> Target:
-        key_ref = spec.get("sshKeyRef") or {}
         private_key = passphrase = password = sudo_password = None
-        if key_ref.get("name"):
-            private_key = self._secret(namespace, key_ref["name"], "value")
-            phrase = key_ref.get("passphraseRef")
-            if phrase:
-                passphrase = self._secret(namespace, phrase["name"], phrase["key"])
-        if spec.get("passwordRef"):
-            ref = spec["passwordRef"]
-            password = self._secret(namespace, ref["name"], ref["key"])
-        if spec.get("sudoPasswordRef"):
-            ref = spec["sudoPasswordRef"]
-            sudo_password = self._secret(namespace, ref["name"], ref["key"])
+        if host.ssh_key_ref is not None:
+            private_key = self._secret(namespace, host.ssh_key_ref.name, "value")
+            phrase = host.ssh_key_ref.passphrase_ref
+            if phrase is not None:
+                passphrase = self._secret(namespace, phrase.name, phrase.key)
+        if passwords is not None and passwords.password_ref is not None:
+            ref = passwords.password_ref
+            password = self._secret(namespace, ref.name, ref.key)
+        if passwords is not None and passwords.sudo_password_ref is not None:
+            ref = passwords.sudo_password_ref
+            sudo_password = self._secret(namespace, ref.name, ref.key)
         credentials = Credentials(
-            user=spec.get("user") or "root",
+            user=host.user,
             private_key=private_key,
             passphrase=passphrase,
             password=password,
             sudo_password=sudo_password,
         )
         return Target(
-            address=spec["address"],
-            port=int(spec.get("port") or 22),
+            address=host.address,
+            port=host.port,
             credentials=credentials,
-            host_key=self._policy(namespace, spec.get("hostKeyPolicy") or {}, recorded),
+            host_key=self._policy(namespace, host.host_key_policy, recorded),
             via=via,
             connect_timeout=connect_timeout,
         )
@@ -158,21 +192,33 @@ class HostAccess:
             _raise_missing(self.secrets, "Secret", namespace, name, key)
         return _decoded(value, "Secret", namespace, name, key)
 
-    def _policy(self, namespace: str, policy: JSONDict, recorded: str | None) -> HostKeyPolicy:
-        if policy.get("insecureSkipVerification"):
+    def _policy(
+        self, namespace: str, policy: api.HostKeyPolicy | None, recorded: str | None
+    ) -> HostKeyPolicy:
+        try:
+            return self._parse_policy(namespace, policy or api.HostKeyPolicy(), recorded)
+        except InvalidSpec:
+            raise
+        except ValueError as invalid:
+            raise InvalidSpec(c.INVALID_HOST_KEY_POLICY, f"hostKeyPolicy: {invalid}") from None
+
+    def _parse_policy(
+        self, namespace: str, policy: api.HostKeyPolicy, recorded: str | None
+    ) -> HostKeyPolicy:
+        if policy.insecure_skip_verification:
             return HostKeyPolicy.skip_verification()
-        if policy.get("fingerprint"):
-            return HostKeyPolicy.pinned(policy["fingerprint"])
-        if policy.get("knownHostsRef"):
-            ref = policy["knownHostsRef"]
-            source = self.configmaps if ref.get("kind") == "ConfigMap" else self.secrets
-            key = ref.get("key") or "known_hosts"
-            text = source.value(namespace, ref["name"], key)
+        if policy.fingerprint:
+            return HostKeyPolicy.pinned(policy.fingerprint)
+        if policy.known_hosts_ref is not None:
+            ref = policy.known_hosts_ref
+            source = self.configmaps if ref.kind == "ConfigMap" else self.secrets
+            text = source.value(namespace, ref.name, ref.key)
             if text is None:
-                _raise_missing(source, str(ref.get("kind")), namespace, ref["name"], key)
-            kind = str(ref.get("kind") or "Secret")
-            return HostKeyPolicy.from_known_hosts(_decoded(text, kind, namespace, ref["name"], key))
-        if policy.get("trustOnFirstUse"):
+                _raise_missing(source, ref.kind, namespace, ref.name, ref.key)
+            return HostKeyPolicy.from_known_hosts(
+                _decoded(text, ref.kind, namespace, ref.name, ref.key)
+            )
+        if policy.trust_on_first_use:
             return HostKeyPolicy.trust_on_first_use(recorded)
         # No policy: verification is still required; an empty known_hosts makes the first
         # connection fail with HostKeyUnknown, which tells the user what to configure.
@@ -187,7 +233,7 @@ class HostAccess:
         uid: str,
         job: JobState,
         jobs: HostJobs,
-        deadlines: Deadlines = Deadlines(),
+        deadlines: Deadlines,
     ) -> Outcome:
         def progress(index: int, total: int, description: str) -> None:
             jobs.progress(uid, index, total, description)
@@ -234,7 +280,7 @@ class HostAccess:
         commands: tuple[str, ...],
         uid: str,
         job: JobState,
-        deadlines: Deadlines = Deadlines(),
+        deadlines: Deadlines,
     ) -> Outcome:
         plan = BootstrapPlan(
             steps=tuple(RunCommand(shell=command) for command in commands), format="script"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubernetes_asyncio import client, config
 
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane
 
 
 @pytest.fixture(scope="session")

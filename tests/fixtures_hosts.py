@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from capi_remote.devenv import rootfs
-from capi_remote.devenv.hosts import Host, HostFleet, sweep
+from capi_remote_testbed import rootfs
+from capi_remote_testbed.hosts import Host, HostFleet, sweep
 
 
 class HostsFactory(Protocol):

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.node import APT_PACKAGES, Node, NodeError, start_node
-from capi_remote.devenv.toolchain import ToolchainError
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.node import APT_PACKAGES, Node, NodeError, start_node
+from capi_remote_testbed.toolchain import ToolchainError
 
 
 @pytest.fixture(scope="session")
 def node(control_plane: object) -> Iterator[Node]:
     """The node ``capi-remote-node``: Pods with ``hostNetwork: true`` and the image
-    ``capi_remote.devenv.node.SSH_CLIENT_IMAGE`` (sh, ssh, scp) run on it. Only next to the
+    ``capi_remote_testbed.nodeimages.SSH_CLIENT_IMAGE`` (sh, ssh, scp) run on it. Only next to the
     local control plane: against another cluster (CAPI_REMOTE_E2E_KUBECONFIG) the tests that
     need it are skipped."""
     if not isinstance(control_plane, ControlPlane):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError
-from capi_remote.devenv.provider import ControllerProcess, start_controller
 from capi_remote.kube.client import KubeClient
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.provider import ControllerProcess, start_controller
 
 RunningController = ControllerProcess
 

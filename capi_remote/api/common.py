@@ -246,7 +246,7 @@ class Bastion:
 @attrs.frozen(kw_only=True)
 class Timeouts:
     connect: str = attrs.field(
-        default="30s",
+        default="15s",
         metadata=doc(
             "Deadline for each of TCP connect, SSH banner and key exchange, and authentication"
             " (1s to 10m), also for the bastion hop; retried handshakes get it afresh.",
@@ -256,7 +256,7 @@ class Timeouts:
         ),
     )
     command: str = attrs.field(
-        default="10m",
+        default="30m",
         metadata=doc(
             "Deadline for one remote command step (1s to 24h); file steps use the"
             " controller's default.",
@@ -327,9 +327,12 @@ class ConnectionSpec:
     bastion: Bastion | None = attrs.field(
         default=None, metadata=doc("Jump host through which the machine is reached.")
     )
-    timeouts: Timeouts | None = attrs.field(
-        default=None,
-        metadata=doc("Connection and command deadlines; the field defaults apply when absent."),
+    timeouts: Timeouts = attrs.field(
+        default=Timeouts(),
+        metadata=doc(
+            "Connection and command deadlines; each field left out takes its default (the"
+            " controller passes exactly these to the SSH runner or the provisioning Job)."
+        ),
     )
     max_attempts: int = attrs.field(
         default=5,

@@ -22,9 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from capi_remote.devenv import toolchain
-from capi_remote.devenv.controlplane import ControlPlane, Settings
-from capi_remote.devenv.provider import install_crds
 from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.controller import Controller
 from capi_remote.kube.handler import own_object
@@ -32,6 +29,9 @@ from capi_remote.kube.informer import Event, Informer, InformerSet, Selector
 from capi_remote.kube.metrics import Metrics
 from capi_remote.kube.reconcile import ReconcileContext, Request, Result
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
+from capi_remote_testbed import toolchain
+from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote_testbed.provider import install_crds
 
 NAMESPACE = "bench"
 

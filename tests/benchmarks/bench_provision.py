@@ -57,13 +57,6 @@ import attrs
 import structlog
 import yaml
 
-from capi_remote.devenv import samples, toolchain
-from capi_remote.devenv.controlplane import ControlPlane, Settings, free_port
-from capi_remote.devenv.hosts import HostFleet, known_hosts_line
-from capi_remote.devenv.pki import KeyPair
-from capi_remote.devenv.processes import ManagedProcess, log_tail
-from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
-from capi_remote.devenv.tcpproxy import TcpProxy
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import (
     CLUSTERS,
@@ -73,6 +66,14 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed import samples, toolchain
+from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote_testbed.hosts import HostFleet, known_hosts_line
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.pki import KeyPair
+from capi_remote_testbed.processes import ManagedProcess, log_tail
+from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
+from capi_remote_testbed.tcpproxy import TcpProxy
 
 JSONDict = dict[str, Any]
 CONTROLLER_USER = "capi-remote-bench-controller"
@@ -295,7 +296,8 @@ class Env:
 
 
 def _start_controller(plane: ControlPlane, workdir: Path) -> ManagedProcess:
-    """``capi-remote run`` as in devenv.provider.start_controller, with its own kubeconfig."""
+    """``capi-remote run`` as in capi_remote_testbed.provider.start_controller, with its own
+    kubeconfig."""
     kubeconfig = workdir / "controller.kubeconfig"
     kubeconfig.touch(mode=0o600)
     kubeconfig.write_text(yaml.safe_dump(identity_kubeconfig(plane, CONTROLLER_USER)))

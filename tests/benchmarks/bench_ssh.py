@@ -33,9 +33,9 @@ import attrs
 import structlog
 
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
-from capi_remote.devenv.hosts import Host, HostFleet
 from capi_remote.ssh import Credentials, HostKeyPolicy, Job, Runner, SSHSettings, Target
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
+from capi_remote_testbed.hosts import Host, HostFleet
 
 SENTINEL = "/run/cluster-api/bootstrap-success.complete"
 TRIVIAL = BootstrapPlan(steps=(RunCommand(shell=f"mkdir -p /run/cluster-api && touch {SENTINEL}"),))

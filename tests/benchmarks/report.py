@@ -26,11 +26,11 @@ from typing import Any
 import attrs
 import structlog
 
-from capi_remote.devenv import toolchain
-from capi_remote.devenv.controlplane import ControlPlane, Settings
-from capi_remote.devenv.provider import install_crds
 from capi_remote.kube.client import KubeClient
 from capi_remote.ssh import SSHSettings
+from capi_remote_testbed import toolchain
+from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote_testbed.provider import install_crds
 from tests.benchmarks import bench_informer, bench_provision, bench_reconcile, bench_ssh
 
 OUT = Path("build/bench")

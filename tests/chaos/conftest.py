@@ -28,12 +28,13 @@ from typing import Any
 import attrs
 import pytest
 
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
-from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import MACHINES
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.processes import ManagedProcess, log_tail
+from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
 from e2e.bed import Bed, bed_factory
 from tests.fixtures_hosts import HostsFactory
 
@@ -50,7 +51,8 @@ def scaled(default: int, maximum: int | None = None) -> int:
 
 @attrs.define
 class Controller:
-    """One ``capi-remote run`` process we own (argv shaped as devenv.provider.start_controller)."""
+    """One ``capi-remote run`` process we own (argv shaped as
+    capi_remote_testbed.provider.start_controller)."""
 
     process: ManagedProcess
     health_port: int

@@ -38,10 +38,10 @@ from typing import Any
 import pytest
 import yaml
 
-from capi_remote.devenv.hosts import Host
-from capi_remote.devenv.tcpproxy import TcpProxy
 from capi_remote.kube.client import ApiError, Resource, TransportError
 from capi_remote.resources import MACHINES, REMOTE_MACHINES
+from capi_remote_testbed.hosts import Host
+from capi_remote_testbed.tcpproxy import TcpProxy
 from e2e.bed import Bed
 from tests.chaos.conftest import (
     ChaosBedFactory,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from capi_remote.devenv.hosts import Host
 from capi_remote.resources import CLUSTERS, REMOTE_MACHINES
+from capi_remote_testbed.hosts import Host
 from e2e.bed import Bed
 from tests.chaos.conftest import (
     SCALE,

@@ -50,10 +50,10 @@ from capi_remote.bootstrap import (
     parse_bootstrap,
     substitute_provider_id,
 )
-from capi_remote.devenv import samples
-from capi_remote.devenv.hosts import Host, SshKey
 from capi_remote.kube.client import ApiError
 from capi_remote.resources import CLUSTERS, MACHINES, REMOTE_MACHINES
+from capi_remote_testbed import samples
+from capi_remote_testbed.hosts import Host, SshKey
 from e2e.bed import Bed
 from tests.chaos.conftest import (
     ChaosBedFactory,
@@ -601,7 +601,9 @@ async def test_r5_garbled_inputs_get_clear_conditions(
             "known-hosts-binary",
             spec(hostKeyPolicy={"knownHostsRef": {"kind": "Secret", "name": "known-hosts-binary"}}),
             good,
-            Expect("InvalidSSHKey", "Pending", "known-hosts-binary key 'known_hosts' is not UTF-8"),
+            Expect(
+                "InvalidSecretData", "Pending", "known-hosts-binary key 'known_hosts' is not UTF-8"
+            ),
         ),
     ]
     assert next(connecting, None) is None, "QUIET_HOSTS does not match the cases"

@@ -39,9 +39,9 @@ from typing import Any
 import attrs
 import pytest
 
-from capi_remote.devenv.hosts import Host
-from capi_remote.devenv.tcpproxy import DropMode, TcpProxy
 from capi_remote.resources import CLUSTERS, MACHINES, REMOTE_MACHINES
+from capi_remote_testbed.hosts import Host
+from capi_remote_testbed.tcpproxy import DropMode, TcpProxy
 from e2e.bed import Bed
 from tests.chaos.conftest import (
     COUNT_START,

@@ -10,12 +10,12 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane, Settings
-from capi_remote.devenv.toolchain import KUBERNETES_VERSION
 from capi_remote.kube.client import KubeClient
 from capi_remote.kube.informer import Event, Informer, Selector
 from capi_remote.resources import CONFIGMAPS
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote_testbed.toolchain import KUBERNETES_VERSION
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from capi_remote.devenv import image as image_module
-from capi_remote.devenv.controlplane import ControlPlane, free_port
-from capi_remote.devenv.provider import install_crds, issue_webhook_certificate
+from capi_remote_testbed import image as image_module
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,6 +51,20 @@ def test_image_runs_as_non_root_with_the_cli_as_entrypoint(image: str) -> None:
     assert (
         image_module.podman("run", "--rm", "--entrypoint", "id", image, "-u").stdout == f"{UID}\n"
     )
+
+
+def test_the_image_holds_no_test_bed(image: str) -> None:
+    """Only the product's wheel is installed: no test-bed package, no Go module of its toolchain."""
+    found = image_module.podman(
+        "run", "--rm", "--user", "0", "--entrypoint", "find", image,
+        "/opt", "/usr/local", "-name", "capi_remote_testbed*", "-o", "-name", "go.mod",
+    )  # fmt: skip
+    assert found.stdout == ""
+    installed = image_module.podman(
+        "run", "--rm", "--entrypoint", "python3", image, "-c",
+        "import capi_remote, reconcilers, sys; print([m for m in sys.modules if 'testbed' in m])",
+    )  # fmt: skip
+    assert installed.stdout == "[]\n"
 
 
 def test_build_time_ca_stays_out_of_the_image(image: str) -> None:

@@ -29,10 +29,11 @@ import pytest
 import yaml
 
 from capi_remote.cli import build_parser
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
-from capi_remote.devenv.processes import ManagedProcess
-from capi_remote.devenv.provider import CRD_DIR, install_crds, issue_webhook_certificate
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
 
 pytestmark = pytest.mark.integration
 

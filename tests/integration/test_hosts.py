@@ -18,8 +18,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from capi_remote.devenv import rootfs
-from capi_remote.devenv.hosts import (
+from capi_remote_testbed import rootfs
+from capi_remote_testbed.hosts import (
     DEPLOY,
     OPERATOR,
     ROOT,
@@ -346,7 +346,7 @@ def test_fifty_hosts_start_and_stop_quickly(host_fleet_factory: FleetFactory) ->
 _CRASHING_RUN = textwrap.dedent(
     """
     import os, sys
-    from capi_remote.devenv.hosts import HostFleet
+    from capi_remote_testbed.hosts import HostFleet
     fleet = HostFleet(2, rootfs=__import__("pathlib").Path(sys.argv[1])).start()
     print(fleet.prefix, *[h.init_pid for h in fleet.hosts], flush=True)
     sys.stdin.read()  # wait to be killed
@@ -389,7 +389,7 @@ def test_sweep_leaves_live_fleets_alone(hosts: HostsFactory) -> None:
     assert fleet_leftovers(host.fleet.prefix) != []
     # Another process (here: the CLI) sees the slot's lock and leaves it alone too.
     result = subprocess.run(
-        [sys.executable, "-m", "capi_remote.devenv.hosts", "cleanup"],
+        [sys.executable, "-m", "capi_remote_testbed.hosts", "cleanup"],
         capture_output=True,
         text=True,
         check=True,

@@ -9,10 +9,10 @@ import urllib.request
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.kube.cache import index_by_label
 from capi_remote.kube.client import KubeClient, Resource
 from capi_remote.kube.informer import Event, Informer, Selector
+from capi_remote_testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import urllib.request
 
 import pytest
 
-from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.kube.client import KubeClient
 from capi_remote.kube.reconcile import Request
+from capi_remote_testbed.controlplane import ControlPlane
 from tests.support.stamp_manager import CONFIGMAPS, STAMP, build
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,6 @@ from typing import Any
 
 import pytest
 
-from capi_remote.devenv import samples
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.hosts import SshKey
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.resources import (
     CLUSTERS,
@@ -27,8 +24,11 @@ from capi_remote.resources import (
     SECRETS,
 )
 from capi_remote.ssh import jobscript
-from reconcilers.machine import FORCE_RELEASE_ANNOTATION
-from reconcilers.provisionjob import ATTEMPT_ANNOTATION, MACHINE_UID_LABEL
+from capi_remote_testbed import samples
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.hosts import SshKey
+from reconcilers.remotemachine import FORCE_RELEASE_ANNOTATION
+from reconcilers.remotemachine.jobspec import ATTEMPT_ANNOTATION, MACHINE_UID_LABEL
 from tests.fixtures_provider import RunningController
 
 pytestmark = pytest.mark.integration

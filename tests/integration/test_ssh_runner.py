@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capi_remote.bootstrap import BootstrapPlan, MakeDirectory, RunCommand, Step, WriteFile
-from capi_remote.devenv.hosts import DEPLOY, OPERATOR, ROOT, Host
 from capi_remote.ssh import (
     AuthenticationFailed,
     ConnectionLost,
@@ -46,6 +45,7 @@ from capi_remote.ssh import (
     probe,
 )
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
+from capi_remote_testbed.hosts import DEPLOY, OPERATOR, ROOT, Host
 from tests.fixtures_hosts import HostsFactory
 from tests.support.ssh_job import job_from_spec
 

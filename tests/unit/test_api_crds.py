@@ -97,6 +97,10 @@ def test_defaults_satisfy_their_schema(kind: str, version: str) -> None:
         if "default" not in node:
             continue
         value = node["default"]
+        if node["type"] == "object":  # the defaults of its fields, so both ways agree
+            fields = node["properties"].items()
+            assert value == {k: f["default"] for k, f in fields if "default" in f}, path
+            continue
         expected = {"string": str, "integer": int, "boolean": bool}[node["type"]]
         assert type(value) is expected, path
         assert node.get("minimum", value) <= value if expected is int else True
@@ -116,8 +120,9 @@ _CONNECTION_DEFAULTS = {
     "maxAttempts": 5,
     "bastion.port": 22,
     "bastion.user": "root",
-    "timeouts.connect": "30s",
-    "timeouts.command": "10m",
+    "timeouts": {"connect": "15s", "command": "30m", "job": "1h"},
+    "timeouts.connect": "15s",
+    "timeouts.command": "30m",
     "timeouts.job": "1h",
     "hostKeyPolicy.knownHostsRef.key": "known_hosts",
 }
@@ -360,7 +365,7 @@ def test_address_rule_rejects(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "low", "high", "default"),
-    [("connect", "1s", "10m", "30s"), ("command", "1s", "24h", "10m"), ("job", "1m", "48h", "1h")],
+    [("connect", "1s", "10m", "15s"), ("command", "1s", "24h", "30m"), ("job", "1m", "48h", "1h")],
 )
 def test_timeout_defaults_are_in_range(field: str, low: str, high: str, default: str) -> None:
     node = _node("RemoteMachine", "v1beta2", f".spec.timeouts.{field}")

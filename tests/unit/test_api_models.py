@@ -88,7 +88,7 @@ _CONNECTION = """
     user: jump
     sshKeyRef: {name: bastion-ssh}
     hostKeyPolicy: {fingerprint: "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}
-  timeouts: {connect: 30s, command: 10m, job: 1h}
+  timeouts: {connect: 15s, command: 30m, job: 1h}
   maxAttempts: 3
 """
 _MACHINE_SPEC = (
@@ -370,7 +370,7 @@ def test_defaults_match_the_reference() -> None:
     assert (job.ssh_command, job.scp_command) == ("ssh", "scp")
     assert api.Bastion(address="b").port == 22
     assert api.KnownHostsRef(kind="Secret", name="kh").key == "known_hosts"
-    assert api.Timeouts() == api.Timeouts(connect="30s", command="10m", job="1h")
+    assert api.Timeouts() == api.Timeouts(connect="15s", command="30m", job="1h")
 
 
 def test_unset_optional_fields_are_omitted_and_defaults_written() -> None:
@@ -390,6 +390,7 @@ def test_unset_optional_fields_are_omitted_and_defaults_written() -> None:
             "useSudo": False,
             "commandsAsScript": False,
             "workingDir": "/etc/k0smotron",
+            "timeouts": {"connect": "15s", "command": "30m", "job": "1h"},
             "maxAttempts": 5,
         },
     }

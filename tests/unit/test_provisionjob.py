@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from capi_remote.ssh import HostKeyPolicy, Target, jobscript
 from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import InvalidCredentials
-from reconcilers import provisionjob as pj
+from reconcilers.remotemachine import jobread, jobspec
 
 JSONDict = dict[str, Any]
 KEY = (
@@ -22,7 +22,7 @@ KEY = (
 )
 
 
-def inputs(**overrides: Any) -> pj.JobInputs:
+def inputs(**overrides: Any) -> jobspec.JobInputs:
     values: dict[str, Any] = {
         "namespace": "ns",
         "machine_name": "m-0",
@@ -66,21 +66,21 @@ def inputs(**overrides: Any) -> pj.JobInputs:
         "cluster_name": "c1",
     }
     values.update(overrides)
-    return pj.JobInputs(**values)
+    return jobspec.JobInputs(**values)
 
 
 def test_names_are_deterministic_and_fit_a_label() -> None:
-    assert pj.job_name("m-0", 1) == "m-0-provision-1"
+    assert jobspec.job_name("m-0", 1) == "m-0-provision-1"
     long = "x" * 200
-    name = pj.job_name(long, 99)
-    assert len(name) <= 63 and name == pj.job_name(long, 99)
-    assert pj.job_name("y" * 200, 99) != name
+    name = jobspec.job_name(long, 99)
+    assert len(name) <= 63 and name == jobspec.job_name(long, 99)
+    assert jobspec.job_name("y" * 200, 99) != name
 
 
 def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
     given = inputs()
-    secret = pj.render_secret(given)
-    job = pj.render_job(given, secret["metadata"]["name"])
+    secret = jobspec.render_secret(given)
+    job = jobspec.render_job(given, secret["metadata"]["name"])
     text = json.dumps(job)
     for secret_value in ("secret-key-material", "join-token-123", "hunter2", "AAAAknownhostkey"):
         assert secret_value not in text
@@ -98,13 +98,13 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
     ]
     assert meta["labels"] == {
         "team": "a",
-        pj.MACHINE_UID_LABEL: "uid-1",
+        jobspec.MACHINE_UID_LABEL: "uid-1",
         "cluster.x-k8s.io/cluster-name": "c1",
     }
     assert meta["annotations"] == {
         "note": "x",
-        pj.ATTEMPT_ANNOTATION: "2",
-        pj.GENERATION_ANNOTATION: "3",
+        jobspec.ATTEMPT_ANNOTATION: "2",
+        jobspec.GENERATION_ANNOTATION: "3",
     }
     spec = job["spec"]
     assert spec["backoffLimit"] == 2  # the user's
@@ -123,19 +123,22 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
     assert env["CAPI_REMOTE_ADDRESS"] == "10.0.0.2" and env["CAPI_REMOTE_PORT"] == "2222"
     assert env["CAPI_REMOTE_PRIVILEGE"] == "sudo" and env["CAPI_REMOTE_HOST_KEYS"] == "known-hosts"
     assert ours["volumeMounts"] == [
-        {"name": pj.VOLUME_NAME, "mountPath": jobscript.SECRET_MOUNT, "readOnly": True}
+        {"name": jobspec.VOLUME_NAME, "mountPath": jobscript.SECRET_MOUNT, "readOnly": True}
     ]
     assert pod["volumes"] == [
         {
-            "name": pj.VOLUME_NAME,
-            "secret": {"secretName": secret["metadata"]["name"], "defaultMode": pj.SECRET_MODE},
+            "name": jobspec.VOLUME_NAME,
+            "secret": {
+                "secretName": secret["metadata"]["name"],
+                "defaultMode": jobspec.SECRET_MODE,
+            },
         }
     ]
-    assert pj.secret_names(job) == [secret["metadata"]["name"]]
+    assert jobread.secret_names(job) == [secret["metadata"]["name"]]
 
 
 def test_the_secret_is_immutable_owned_and_named_by_its_content() -> None:
-    secret = pj.render_secret(inputs())
+    secret = jobspec.render_secret(inputs())
     assert secret["immutable"] is True and secret["type"] == "Opaque"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert secret["metadata"]["name"].startswith("m-0-provision-2-")
@@ -143,10 +146,12 @@ def test_the_secret_is_immutable_owned_and_named_by_its_content() -> None:
     assert files[jobscript.KEY_PRIVATE_KEY] == KEY.encode()
     assert files[jobscript.KEY_SUDO_PASSWORD] == b"hunter2\n"
     assert files[jobscript.KEY_HOST_SCRIPT].startswith(b"#!/bin/sh")
-    assert pj.render_secret(inputs())["metadata"]["name"] == secret["metadata"]["name"]
-    changed = pj.render_secret(inputs(host_script=b"other"))
+    assert jobspec.render_secret(inputs())["metadata"]["name"] == secret["metadata"]["name"]
+    changed = jobspec.render_secret(inputs(host_script=b"other"))
     assert changed["metadata"]["name"] != secret["metadata"]["name"]
-    assert jobscript.KEY_SUDO_PASSWORD not in pj.render_secret(inputs(sudo_password=None))["data"]
+    assert (
+        jobscript.KEY_SUDO_PASSWORD not in jobspec.render_secret(inputs(sudo_password=None))["data"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,13 +163,13 @@ def test_the_secret_is_immutable_owned_and_named_by_its_content() -> None:
     ],
 )
 def test_a_template_without_an_image_is_invalid(template: JSONDict) -> None:
-    with pytest.raises(pj.InvalidProvisionJob):
-        pj.render_job(inputs(template=template), "s")
+    with pytest.raises(jobspec.InvalidProvisionJob):
+        jobspec.render_job(inputs(template=template), "s")
 
 
 def test_a_minimal_template_gets_a_never_restarting_pod() -> None:
     template = {"spec": {"template": {"spec": {"containers": [{"image": "ssh:1"}]}}}}
-    job = pj.render_job(inputs(template=template), "s")
+    job = jobspec.render_job(inputs(template=template), "s")
     assert job["spec"]["backoffLimit"] == 0  # attempts are the controller's
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "provision"
@@ -178,19 +183,18 @@ def _job(conditions: list[JSONDict], **annotations: str) -> JSONDict:
 
 
 def test_job_phases_attempts_and_times() -> None:
-    assert pj.job_phase(_job([])) == "running"
+    assert jobread.job_phase(_job([])) == "running"
     complete = _job([{"type": "Complete", "status": "True"}])
-    assert pj.job_phase(complete) == "complete"
+    assert jobread.job_phase(complete) == "complete"
     failed = _job(
         [{"type": "Failed", "status": "True", "lastTransitionTime": "2026-01-01T00:00:10Z"}],
-        **{pj.ATTEMPT_ANNOTATION: "3", pj.GENERATION_ANNOTATION: "7"},
+        **{jobspec.ATTEMPT_ANNOTATION: "3", jobspec.GENERATION_ANNOTATION: "7"},
     )
-    assert pj.job_phase(failed) == "failed"
-    assert pj.job_phase(_job([{"type": "FailureTarget", "status": "True"}])) == "failed"
-    assert pj.job_phase(_job([{"type": "Failed", "status": "False"}])) == "running"
-    assert (pj.attempt_of(failed), pj.generation_of(failed)) == (3, 7)
-    assert pj.finished_at(failed) == 1767225610.0
-    assert pj.backoff(1) == 10 and pj.backoff(3) == 40 and pj.backoff(10) == 300
+    assert jobread.job_phase(failed) == "failed"
+    assert jobread.job_phase(_job([{"type": "FailureTarget", "status": "True"}])) == "failed"
+    assert jobread.job_phase(_job([{"type": "Failed", "status": "False"}])) == "running"
+    assert (jobread.attempt_of(failed), jobread.generation_of(failed)) == (3, 7)
+    assert jobread.finished_at(failed) == 1767225610.0
 
 
 def _pod(finished: str, **terminated: Any) -> JSONDict:
@@ -211,7 +215,7 @@ def test_pod_results_pick_the_latest_end_or_say_why_it_never_started() -> None:
         _pod("2026-01-01T00:00:09Z", exitCode=1, message="old"),
         _pod("2026-01-01T00:00:20Z", exitCode=3, reason="Error", message="new"),
     ]
-    assert pj.pod_result(pods) == pj.PodResult(exit_code=3, reason="Error", message="new")
+    assert jobread.pod_result(pods) == jobread.PodResult(exit_code=3, reason="Error", message="new")
     waiting = {
         "status": {
             "containerStatuses": [
@@ -222,8 +226,10 @@ def test_pod_results_pick_the_latest_end_or_say_why_it_never_started() -> None:
             ]
         }
     }
-    assert pj.pod_result([waiting]) == pj.PodResult(reason="ErrImageNeverPull", message="absent")
-    assert pj.pod_result([]) == pj.PodResult()
+    assert jobread.pod_result([waiting]) == jobread.PodResult(
+        reason="ErrImageNeverPull", message="absent"
+    )
+    assert jobread.pod_result([]) == jobread.PodResult()
 
 
 def test_failures_become_conditions_in_the_runner_terms() -> None:
@@ -238,20 +244,22 @@ def test_failures_become_conditions_in_the_runner_terms() -> None:
         ]
     )
     output = "step output\ncapi-remote-job failed StepFailed step 2 (runcmd: x) exited with 3\n"
-    view = pj.describe_failure(failed, pj.PodResult(exit_code=1, message=output))
+    view = jobread.describe_failure(failed, jobread.PodResult(exit_code=1, message=output))
     assert (view.cause, view.retryable) == ("StepFailed", True)
     assert view.message == (
         "Job m-0-provision-1 failed (BackoffLimitExceeded: Job has reached the specified"
         " backoff limit); StepFailed: step 2 (runcmd: x) exited with 3"
     )
     assert view.output_tail == output
-    mismatch = pj.describe_failure(failed, pj.PodResult(message="Host key verification failed."))
+    mismatch = jobread.describe_failure(
+        failed, jobread.PodResult(message="Host key verification failed.")
+    )
     assert (mismatch.cause, mismatch.retryable) == ("HostKeyMismatch", False)
-    unknown = pj.describe_failure(failed, pj.PodResult(exit_code=9, message="?"))
+    unknown = jobread.describe_failure(failed, jobread.PodResult(exit_code=9, message="?"))
     assert (unknown.cause, unknown.retryable) == ("ProvisioningJobFailed", True)
     assert unknown.message.endswith("container provision exited with 9")
     deadline = _job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}])
-    view = pj.describe_failure(deadline, pj.PodResult(reason="ErrImageNeverPull"))
+    view = jobread.describe_failure(deadline, jobread.PodResult(reason="ErrImageNeverPull"))
     assert view.retryable and "ErrImageNeverPull" in view.message
 
 
@@ -261,21 +269,25 @@ def _target(policy: HostKeyPolicy) -> Target:
 
 def test_host_key_policies_become_container_modes() -> None:
     fp = "SHA256:" + "A" * 43
-    assert pj.host_key_material(_target(HostKeyPolicy.skip_verification()), None) == (
+    assert jobspec.host_key_material(_target(HostKeyPolicy.skip_verification()), None) == (
         "insecure",
         "",
         (),
     )
-    assert pj.host_key_material(_target(HostKeyPolicy.pinned(fp)), None) == ("pinned", "", (fp,))
-    assert pj.host_key_material(_target(HostKeyPolicy.trust_on_first_use(fp)), None) == (
+    assert jobspec.host_key_material(_target(HostKeyPolicy.pinned(fp)), None) == (
         "pinned",
         "",
         (fp,),
     )
-    assert pj.host_key_material(_target(HostKeyPolicy.trust_on_first_use()), None)[0] == (
+    assert jobspec.host_key_material(_target(HostKeyPolicy.trust_on_first_use(fp)), None) == (
+        "pinned",
+        "",
+        (fp,),
+    )
+    assert jobspec.host_key_material(_target(HostKeyPolicy.trust_on_first_use()), None)[0] == (
         "trust-on-first-use"
     )
-    known = pj.host_key_material(_target(HostKeyPolicy.from_known_hosts("h k v")), "h k v\n")
+    known = jobspec.host_key_material(_target(HostKeyPolicy.from_known_hosts("h k v")), "h k v\n")
     assert known == ("known-hosts", "h k v\n", ())
 
 
@@ -289,7 +301,7 @@ def test_addresses_come_out_as_after_a_runner_probe() -> None:
             ("eth0", "inet6", "fe80::1/64", "link"),
         ),
     )
-    assert pj.addresses_from("10.0.0.2", report) == [
+    assert jobread.addresses_from("10.0.0.2", report) == [
         {"type": "ExternalIP", "address": "10.0.0.2"},
         {"type": "InternalIP", "address": "192.168.1.5"},
         {"type": "Hostname", "address": "h1"},
@@ -303,9 +315,9 @@ def test_private_keys_are_handed_to_ssh_unencrypted() -> None:
         serialization.PrivateFormat.OpenSSH,
         serialization.BestAvailableEncryption(b"phrase"),
     ).decode()
-    plain = pj._openssh_key(encrypted, "phrase")
+    plain = jobspec.openssh_key(encrypted, "phrase")
     assert "OPENSSH PRIVATE KEY" in plain
     loaded = serialization.load_ssh_private_key(plain.encode(), password=None)
     assert loaded.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()  # type: ignore[union-attr]
     with pytest.raises(InvalidCredentials):
-        pj._openssh_key(encrypted, None)
+        jobspec.openssh_key(encrypted, None)

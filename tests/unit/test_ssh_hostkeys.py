@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from capi_remote.devenv.hosts import SshKey
 from capi_remote.ssh.errors import HostKeyMismatch, HostKeyUnknown
 from capi_remote.ssh.hostkeys import HostKeyPolicy, KnownHosts, fingerprint, host_entry_name
+from capi_remote_testbed.hosts import SshKey
 
 KEY_A = SshKey.generate()
 KEY_B = SshKey.generate()

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from aiohttp import web
 
-from capi_remote.devenv.pki import CertificateAuthority, KeyPair
 from capi_remote.kube.kubeconfig import (
     MAX_KUBECONFIG_BYTES,
     KubeconfigError,
@@ -28,6 +27,7 @@ from capi_remote.kube.kubeconfig import (
     api_client,
     parse_kubeconfig,
 )
+from capi_remote_testbed.pki import CertificateAuthority, KeyPair
 from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, link_node
 
 JSONDict = dict[str, Any]

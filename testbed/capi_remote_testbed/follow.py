@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 
 
 def _rows(plane: ControlPlane, namespace: str) -> list[dict[str, str]]:

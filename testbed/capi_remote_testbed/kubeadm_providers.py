@@ -15,22 +15,20 @@ They run as processes on loopback next to the CAPI core manager, each with its o
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
-import yaml
 
-from capi_remote.devenv import toolchain
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
+from capi_remote_testbed import capiconfig, toolchain
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.locks import build_lock
+from capi_remote_testbed.net import free_port, http_ok
+from capi_remote_testbed.processes import ManagedProcess, log_tail
 
 _MODULE_DIR = "capi-kubeadm"
 BOOTSTRAP = toolchain.Component(
@@ -70,7 +68,7 @@ class KubeadmProviders:
 def _build(component: toolchain.Component, log: Callable[[str], None]) -> None:
     target = component.cache_dir
     binary = _BINARIES[component.name]
-    with toolchain._locked(target.with_suffix(".lock")):
+    with build_lock(target.with_suffix(".lock")):
         if (target / binary).is_file() and (target / "config").is_dir():
             return
         log(
@@ -128,52 +126,6 @@ def ensure(log: Callable[[str], None] = print) -> KubeadmProviders:
     )
 
 
-def _webhook_client_config(plane: ControlPlane, port: int, path: str) -> dict[str, str]:
-    return {
-        "url": f"https://127.0.0.1:{port}{path}",
-        "caBundle": base64.b64encode(plane.ca.cert_pem).decode(),
-    }
-
-
-def crds(plane: ControlPlane, config: Path, webhook_port: int) -> list[dict[str, Any]]:
-    """The provider's CRDs as its kustomization would make them: the contract labels (Cluster API
-    reads them to pick the API version) and the conversion webhook on loopback."""
-    kustomization = yaml.safe_load((config / "crd" / "kustomization.yaml").read_text())
-    labels: dict[str, str] = {}
-    for entry in kustomization.get("labels") or []:
-        labels.update(entry.get("pairs") or {})
-    documents = []
-    for path in sorted((config / "crd" / "bases").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        crd["metadata"].setdefault("labels", {}).update(labels)
-        if len(crd["spec"]["versions"]) > 1:
-            crd["spec"]["conversion"] = {
-                "strategy": "Webhook",
-                "webhook": {
-                    "conversionReviewVersions": ["v1"],
-                    "clientConfig": _webhook_client_config(plane, webhook_port, "/convert"),
-                },
-            }
-        documents.append(crd)
-    return documents
-
-
-def webhooks(
-    plane: ControlPlane, config: Path, webhook_port: int, prefix: str
-) -> list[dict[str, Any]]:
-    """The provider's (Mutating|Validating)WebhookConfigurations pointed at loopback."""
-    configs = []
-    for doc in yaml.safe_load_all((config / "webhook" / "manifests.yaml").read_text()):
-        if not doc:
-            continue
-        doc["metadata"]["name"] = f"{prefix}-{doc['metadata']['name']}"
-        for hook in doc["webhooks"]:
-            path = hook["clientConfig"]["service"]["path"]
-            hook["clientConfig"] = _webhook_client_config(plane, webhook_port, path)
-        configs.append(doc)
-    return configs
-
-
 @attrs.define
 class RunningProviders:
     """Both managers running against a control plane; :meth:`stop` ends them."""
@@ -193,14 +145,6 @@ class RunningProviders:
         )
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def _start_manager(
     plane: ControlPlane,
     name: str,
@@ -216,8 +160,8 @@ def _start_manager(
     (cert_dir / "tls.crt").write_bytes(serving.cert_pem)
     (cert_dir / "tls.key").touch(mode=0o600)
     (cert_dir / "tls.key").write_bytes(serving.key_pem)
-    documents = crds(plane, config, webhook_port)
-    plane.apply(documents + webhooks(plane, config, webhook_port, name))
+    documents = capiconfig.crds(config, plane.ca.cert_pem, webhook_port, contract_labels=True)
+    plane.apply(documents + capiconfig.webhooks(config, plane.ca.cert_pem, webhook_port, name))
     plane.kubectl(
         "wait",
         "--for=condition=Established",
@@ -242,7 +186,7 @@ def _start_manager(
     )
     process.start()
     deadline = time.monotonic() + ready_timeout
-    while not _ready(f"http://127.0.0.1:{health_port}/readyz"):
+    while not http_ok(f"http://127.0.0.1:{health_port}/readyz"):
         if process.exit_code() is not None or time.monotonic() > deadline:
             failure = process.describe_failure()
             process.stop()

@@ -7,7 +7,6 @@ CRDs' conversion webhook points at ``https://127.0.0.1:<port>/convert`` with our
 
 from __future__ import annotations
 
-import base64
 import sys
 import time
 import urllib.request
@@ -17,8 +16,10 @@ from typing import Any
 import attrs
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlane, ControlPlaneError, free_port
-from capi_remote.devenv.processes import ManagedProcess, log_tail
+from capi_remote_testbed.capiconfig import client_config
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.processes import ManagedProcess, log_tail
 
 CRD_DIR = Path(__file__).resolve().parent.parent.parent / "manifests" / "crds"
 
@@ -41,10 +42,7 @@ def provider_crds(plane: ControlPlane, webhook_port: int) -> list[dict[str, Any]
         webhook = crd["spec"].get("conversion", {}).get("webhook")
         if webhook is not None:
             path_ = webhook["clientConfig"]["service"].get("path", "/convert")
-            webhook["clientConfig"] = {
-                "url": f"https://127.0.0.1:{webhook_port}{path_}",
-                "caBundle": base64.b64encode(plane.ca.cert_pem).decode(),
-            }
+            webhook["clientConfig"] = client_config(plane.ca.cert_pem, webhook_port, path_)
         crds.append(crd)
     return crds
 

@@ -4,11 +4,8 @@ kube-scheduler, so Jobs (provisionJob mode) really run.
 Why it looks the way it does:
 
 - No container registry is reachable. The images a Pod needs are made here and imported into
-  containerd (``ctr images import``): an OCI archive whose one layer is the test hosts' Debian
-  rootfs (it has ``sh``, ``ssh`` and ``scp``), tagged twice: :data:`SSH_CLIENT_IMAGE` for Jobs and
-  :data:`PAUSE_IMAGE` (a shell that waits for ``SIGTERM``) as containerd's sandbox image. Both
-  tags share the layer, so it is stored once. Pods must use ``imagePullPolicy: Never`` or
-  ``IfNotPresent``.
+  containerd (:mod:`capi_remote_testbed.nodeimages`); Pods must use ``imagePullPolicy: Never``
+  or ``IfNotPresent``.
 - No CNI: Pods on this node must use ``hostNetwork: true`` (they then reach the namespaced test
   hosts on their bridge like the controller does). containerd still reports the network ready
   because its CNI configuration directory holds a (never used) loopback network; otherwise the
@@ -21,51 +18,35 @@ Why it looks the way it does:
   without the Node authorizer).
 
 ``start_node(plane)`` starts one against a :class:`ControlPlane`; ``python -m
-capi_remote.devenv.node images`` builds (or finds) the image archive and prints its path.
+capi_remote_testbed.node images`` builds (or finds) the image archive and prints its path.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import gzip
-import hashlib
-import io
 import json
-import os
 import shutil
 import ssl
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import yaml
 
-from capi_remote.devenv import rootfs, toolchain
-from capi_remote.devenv.controlplane import ControlPlane, _http_ok, free_port
-from capi_remote.devenv.processes import ManagedProcess
-from capi_remote.devenv.toolchain import NodeBinaries, cache_root
+from capi_remote_testbed import toolchain
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port, http_ok
+from capi_remote_testbed.nodeimages import PAUSE_IMAGE, ensure_image_archive
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.toolchain import NodeBinaries
 
-SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
-PAUSE_IMAGE = "localhost/capi-remote-pause:test"
 NODE_NAME = "capi-remote-node"
-#: Bump when the image recipe below changes.
-IMAGE_RECIPE_VERSION = 1
 APT_PACKAGES = ("containerd", "runc")
 
-# PID 1 of every sandbox: exits on TERM/INT (a bare `sleep` as PID 1 would ignore them).
-_PAUSE_COMMAND = [
-    "/bin/sh",
-    "-c",
-    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
-]
 _LOOPBACK_CNI = {
     "cniVersion": "1.0.0",
     "name": "capi-remote-unused",
@@ -75,126 +56,6 @@ _LOOPBACK_CNI = {
 
 class NodeError(RuntimeError):
     """containerd, kubelet or the scheduler failed to start; the message carries a log tail."""
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# -- images ------------------------------------------------------------------------------------
-
-
-def _layer_tar(source: Path, out: io.BufferedWriter) -> None:
-    """A reproducible tar of ``source`` (sorted, fixed mtimes for nothing: ownership and modes
-    are what matter)."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(source):
-            dirnames.sort()
-            for name in sorted(dirnames) + sorted(filenames):
-                full = Path(dirpath) / name
-                arcname = str(full.relative_to(source))
-                if arcname == rootfs.COMPLETE_MARKER:
-                    continue
-                info = tar.gettarinfo(str(full), arcname)
-                if info.isreg():
-                    with full.open("rb") as data:
-                        tar.addfile(info, data)
-                else:
-                    tar.addfile(info)
-
-
-def _blob(directory: Path, data: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (directory / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def build_image_archive(path: Path, source: Path) -> None:
-    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding both image tags."""
-    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
-    try:
-        (work / "blobs" / "sha256").mkdir(parents=True)
-        raw = work / "layer.tar"
-        with raw.open("wb") as out:
-            _layer_tar(source, out)
-        diff_id = hashlib.sha256()
-        with raw.open("rb") as data:
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                diff_id.update(chunk)
-        gz_path = work / "layer.tar.gz"
-        with raw.open("rb") as data, gzip.GzipFile(gz_path, "wb", compresslevel=1, mtime=0) as gz:
-            shutil.copyfileobj(data, gz, 1 << 20)
-        raw.unlink()
-        layer_digest = hashlib.sha256()
-        with gz_path.open("rb") as data:
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                layer_digest.update(chunk)
-        layer = {
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": f"sha256:{layer_digest.hexdigest()}",
-            "size": gz_path.stat().st_size,
-        }
-        gz_path.rename(work / "blobs" / "sha256" / layer_digest.hexdigest())
-        manifests = []
-        for ref, cmd in ((SSH_CLIENT_IMAGE, ["/bin/sh"]), (PAUSE_IMAGE, _PAUSE_COMMAND)):
-            config = {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {
-                    "Cmd": cmd,
-                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                },
-                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id.hexdigest()}"]},
-            }
-            config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-                "layers": [layer],
-            }
-            manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
-            manifests.append(
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    **manifest_blob,
-                    "annotations": {"io.containerd.image.name": ref},
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                }
-            )
-        (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        (work / "index.json").write_text(
-            json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
-        )
-        staging = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(staging, "w") as archive:
-            for entry in ("oci-layout", "index.json", "blobs"):
-                archive.add(work / entry, entry)
-        staging.rename(path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def ensure_image_archive(log: Callable[[str], None] = print) -> Path:
-    """The cached OCI archive of the node's images, built from the hosts' rootfs on a miss."""
-    source = rootfs.ensure_rootfs()
-    recipe = hashlib.sha256(
-        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{SSH_CLIENT_IMAGE}\n{PAUSE_IMAGE}".encode()
-    ).hexdigest()[:12]
-    images = cache_root() / "images"
-    archive = images / f"node-images-{recipe}.oci.tar"
-    with _locked(images / ".node-images.lock"):
-        if not archive.is_file():
-            log(f"building the node's images from {source} into {archive}")
-            build_image_archive(archive, source)
-    return archive
 
 
 # -- the node ----------------------------------------------------------------------------------
@@ -364,7 +225,7 @@ state = "{base / "state"}"
         insecure.verify_mode = ssl.CERT_NONE
         self._wait(
             process,
-            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
+            lambda: http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
             "kube-scheduler",
         )
 
@@ -522,7 +383,7 @@ def start_node(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["images"]:
-        print("usage: python -m capi_remote.devenv.node images", file=sys.stderr)
+        print("usage: python -m capi_remote_testbed.node images", file=sys.stderr)
         return 2
     print(ensure_image_archive(lambda line: print(line, file=sys.stderr)))
     return 0

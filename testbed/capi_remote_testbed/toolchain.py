@@ -12,8 +12,6 @@ Resolution order for each binary: ``TEST_ASSET_<NAME>`` (envtest's convention), 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,10 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+
+from capi_remote_testbed.locks import build_lock
 
 TOOLCHAIN_DIR = Path(__file__).parent / "toolchain"
 
@@ -146,18 +146,6 @@ def _from_environment(binary: str) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds of one component across processes (parallel test runs, `make run`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _go() -> str:
     go = shutil.which("go")
     if go is None:
@@ -181,7 +169,7 @@ def _run_go(args: list[str], cwd: Path, what: str) -> str:
 
 def _build(component: Component, log: Callable[[str], None]) -> None:
     target = component.cache_dir
-    with _locked(target.with_suffix(".lock")):
+    with build_lock(target.with_suffix(".lock")):
         if all((target / _RENAMES.get(b, b)).is_file() for b in component.binaries):
             return
         log(
@@ -248,6 +236,12 @@ def ensure(log: Callable[[str], None] = print) -> Toolchain:
         clusterctl=found["clusterctl"],
         capi_config=CLUSTER_API.cache_dir / "config",
     )
+
+
+def kubectl(log: Callable[[str], None]) -> Path:
+    """The toolchain's kubectl (built on a miss): the ``capi_remote.kubectl`` entry point, which
+    ``capi-remote manifests`` uses when there is no kubectl on PATH."""
+    return ensure(log=log).kubectl
 
 
 @attrs.frozen

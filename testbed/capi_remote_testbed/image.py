@@ -13,14 +13,12 @@
   one step, never in a layer). ``--offline`` instead builds a wheelhouse on the host
   (``pip wheel``) and the build installs from it with ``--no-index``.
 
-``python -m capi_remote.devenv.image base|build`` (``make image``).
+``python -m capi_remote_testbed.image base|build`` (``make image``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -28,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from capi_remote.devenv.toolchain import cache_root
+from capi_remote_testbed.locks import build_lock
+from capi_remote_testbed.toolchain import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CONTAINERFILE = REPO_ROOT / "Containerfile"
@@ -53,7 +52,7 @@ _BUILDER_LABEL = "io.capi-remote.stage=builder"
 _STRIP = ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man", "usr/share/info")
 
 CONTAINERS_CONF = """\
-# Written by capi_remote.devenv.image; used through CONTAINERS_CONF by our podman calls only.
+# Written by capi_remote_testbed.image; used through CONTAINERS_CONF by our podman calls only.
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
@@ -111,7 +110,7 @@ def base_recipe() -> str:
 def ensure_base_image(log: Callable[[str], None] = print) -> str:
     """Import the cached base tarball (building it first if needed) unless podman has it already."""
     recipe = base_recipe()
-    with _locked(images_dir() / ".base.lock"):
+    with build_lock(images_dir() / ".base.lock"):
         if _image_label(BASE_IMAGE, _RECIPE_LABEL) == recipe:
             return BASE_IMAGE
         tarball = images_dir() / f"capi-remote-base-{SUITE}-{recipe}.tar"
@@ -152,7 +151,7 @@ def build_image(
     elif ca_bundle is not None:
         args += ["--secret", f"id=ca-certificates,src={ca_bundle}"]
     # One build at a time: the clean-up below must not prune a concurrent build's builder stage.
-    with _locked(images_dir() / ".build.lock"):
+    with build_lock(images_dir() / ".build.lock"):
         previous = _image_id(tag)
         log(f"building {tag}")
         podman(*args, str(REPO_ROOT))
@@ -274,20 +273,9 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds across processes (a test run and `make image`)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m capi_remote.devenv.image",
+        prog="python -m capi_remote_testbed.image",
         description="Build the controller image with podman, without a container registry.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,31 +30,16 @@ import attrs
 import tenacity
 import yaml
 
-from capi_remote.devenv.pki import CertificateAuthority, KeyPair, service_account_key
-from capi_remote.devenv.processes import ManagedProcess
-from capi_remote.devenv.toolchain import Toolchain
-
-_LOOPBACK = "127.0.0.1"
+from capi_remote_testbed import capiconfig
+from capi_remote_testbed.kubeconfig import write_kubeconfig
+from capi_remote_testbed.net import LOOPBACK, free_port, http_ok
+from capi_remote_testbed.pki import CertificateAuthority, service_account_key
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.toolchain import Toolchain
 
 
 class ControlPlaneError(RuntimeError):
     """A component failed to start or become ready; the message carries its log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _http_ok(url: str, expect: bytes = b"", context: ssl.SSLContext | None = None) -> bool:
-    """A readiness probe: HTTP 200 (and ``expect`` in the body) from a loopback endpoint."""
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310
-            return bool(response.status == 200 and expect in response.read())
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @attrs.frozen
@@ -87,7 +71,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://{_LOOPBACK}:{self.apiserver_port}"
+        return f"https://{LOOPBACK}:{self.apiserver_port}"
 
     @property
     def etcd_url(self) -> str:
@@ -263,12 +247,12 @@ class ControlPlane:
         context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
         if client:
             context.load_cert_chain(str(client[0]), str(client[1]))
-        return _http_ok(url, context=context)
+        return http_ok(url, context=context)
 
     def _start_etcd(self) -> None:
         client_port, peer_port = free_port(), free_port()
-        client_url = f"http://{_LOOPBACK}:{client_port}"
-        peer_url = f"http://{_LOOPBACK}:{peer_port}"
+        client_url = f"http://{LOOPBACK}:{client_port}"
+        peer_url = f"http://{LOOPBACK}:{peer_port}"
         self._etcd_url = client_url
         process = self._spawn(
             "etcd",
@@ -286,14 +270,14 @@ class ControlPlane:
             ],
         )
 
-        self._wait(process, lambda: _http_ok(f"{client_url}/health", b'"health":"true"'), "etcd")
+        self._wait(process, lambda: http_ok(f"{client_url}/health", b'"health":"true"'), "etcd")
 
     def _start_apiserver(self) -> None:
         pki = self.workdir / "pki"
         (pki / "ca.crt").write_bytes(self.ca.cert_pem)
         serving = self.ca.issue(
             "kube-apiserver",
-            hosts=(_LOOPBACK, "localhost", "10.0.0.1", "kubernetes.default.svc"),
+            hosts=(LOOPBACK, "localhost", "10.0.0.1", "kubernetes.default.svc"),
             server=True,
         ).write(pki, "apiserver")
         admin = self.ca.issue("admin", organizations=("system:masters",), client=True)
@@ -302,8 +286,8 @@ class ControlPlane:
         argv = [
             str(self.toolchain.kube_apiserver),
             f"--etcd-servers={self._etcd_url}",
-            f"--bind-address={_LOOPBACK}",
-            f"--advertise-address={_LOOPBACK}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={serving[0]}",
@@ -330,7 +314,7 @@ class ControlPlane:
         self._apiserver_argv = argv
         self._apiserver = self._spawn("kube-apiserver", argv)
         self._wait_apiserver(self._apiserver)
-        self._write_kubeconfig(admin)
+        write_kubeconfig(self.kubeconfig, "capi-remote-dev", self.server, self.ca.cert_pem, admin)
 
     def _wait_apiserver(self, process: ManagedProcess) -> None:
         self._wait(
@@ -339,46 +323,10 @@ class ControlPlane:
             "kube-apiserver",
         )
 
-    def _write_kubeconfig(self, admin: KeyPair) -> None:
-        def b64(data: bytes) -> str:
-            return base64.b64encode(data).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "capi-remote-dev",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": b64(self.ca.cert_pem),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate-data": b64(admin.cert_pem),
-                        "client-key-data": b64(admin.key_pem),
-                    },
-                }
-            ],
-            "contexts": [
-                {
-                    "name": "capi-remote-dev",
-                    "context": {"cluster": "capi-remote-dev", "user": "admin"},
-                }
-            ],
-            "current-context": "capi-remote-dev",
-        }
-        self.kubeconfig.touch(mode=0o600, exist_ok=True)
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-
     def _start_controller_manager(self) -> None:
         pki = self.workdir / "pki"
         port = free_port()
-        serving = self.ca.issue("kube-controller-manager", hosts=(_LOOPBACK,), server=True).write(
+        serving = self.ca.issue("kube-controller-manager", hosts=(LOOPBACK,), server=True).write(
             pki, "controller-manager"
         )
         process = self._spawn(
@@ -389,10 +337,10 @@ class ControlPlane:
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
                 # The job controller runs provisionJob-mode Jobs (their Pods need a node:
-                # capi_remote.devenv.node).
+                # capi_remote_testbed.node).
                 "--controllers=garbage-collector-controller,namespace-controller,job-controller",
                 "--leader-elect=false",
-                f"--bind-address={_LOOPBACK}",
+                f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={serving[0]}",
                 f"--tls-private-key-file={serving[1]}",
@@ -402,18 +350,22 @@ class ControlPlane:
         )
         self._wait(
             process,
-            lambda: self._https_ok(f"https://{_LOOPBACK}:{port}/healthz"),
+            lambda: self._https_ok(f"https://{LOOPBACK}:{port}/healthz"),
             "kube-controller-manager",
         )
 
     def _start_cluster_api(self) -> None:
         cert_dir = self.workdir / "capi-webhook"
         cert_dir.mkdir()
-        serving = self.ca.issue("capi-webhook", hosts=(_LOOPBACK, "localhost"), server=True)
+        serving = self.ca.issue("capi-webhook", hosts=(LOOPBACK, "localhost"), server=True)
         (cert_dir / "tls.crt").write_bytes(serving.cert_pem)
         (cert_dir / "tls.key").touch(mode=0o600)
         (cert_dir / "tls.key").write_bytes(serving.key_pem)
-        self.apply(self._capi_crds() + self._capi_webhooks())
+        config, port = self.toolchain.capi_config, self.webhook_port
+        self.apply(
+            capiconfig.crds(config, self.ca.cert_pem, port, contract_labels=False)
+            + capiconfig.webhooks(config, self.ca.cert_pem, port, "capi")
+        )
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         health_port = free_port()
         process = self._spawn(
@@ -423,8 +375,8 @@ class ControlPlane:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--webhook-port={self.webhook_port}",
                 f"--webhook-cert-dir={cert_dir}",
-                f"--health-addr={_LOOPBACK}:{health_port}",
-                f"--diagnostics-address={_LOOPBACK}:{free_port()}",
+                f"--health-addr={LOOPBACK}:{health_port}",
+                f"--diagnostics-address={LOOPBACK}:{free_port()}",
                 "--insecure-diagnostics",
                 f"--feature-gates={self.settings.feature_gates}",
                 "--leader-elect=false",
@@ -434,43 +386,6 @@ class ControlPlane:
 
         self._wait(
             process,
-            lambda: _http_ok(f"http://{_LOOPBACK}:{health_port}/readyz"),
+            lambda: http_ok(f"http://{LOOPBACK}:{health_port}/readyz"),
             "Cluster API manager",
         )
-
-    def _webhook_client_config(self, path: str) -> dict[str, str]:
-        return {
-            "url": f"https://{_LOOPBACK}:{self.webhook_port}{path}",
-            "caBundle": base64.b64encode(self.ca.cert_pem).decode(),
-        }
-
-    def _capi_crds(self) -> list[dict[str, Any]]:
-        """CAPI's CRDs with the conversion webhook pointed at the local manager, as its
-        kustomize patches would do with a Service."""
-        crds = []
-        for path in sorted((self.toolchain.capi_config / "crd" / "bases").glob("*.yaml")):
-            crd = yaml.safe_load(path.read_text())
-            if len(crd["spec"]["versions"]) > 1:
-                crd["spec"]["conversion"] = {
-                    "strategy": "Webhook",
-                    "webhook": {
-                        "conversionReviewVersions": ["v1"],
-                        "clientConfig": self._webhook_client_config("/convert"),
-                    },
-                }
-            crds.append(crd)
-        return crds
-
-    def _capi_webhooks(self) -> list[dict[str, Any]]:
-        manifests = self.toolchain.capi_config / "webhook" / "manifests.yaml"
-        configs = []
-        for doc in yaml.safe_load_all(manifests.read_text()):
-            if not doc:
-                continue
-            doc["metadata"]["name"] = "capi-" + doc["metadata"]["name"]
-            for hook in doc["webhooks"]:
-                hook["clientConfig"] = self._webhook_client_config(
-                    hook["clientConfig"]["service"]["path"]
-                )
-            configs.append(doc)
-        return configs

@@ -11,32 +11,23 @@ authentication, storing into the test bed's etcd under its own prefix.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import shutil
-import socket
 import ssl
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import attrs
-import yaml
 
-from capi_remote.devenv.controlplane import ControlPlaneError
-from capi_remote.devenv.pki import CertificateAuthority, service_account_key
-from capi_remote.devenv.processes import ManagedProcess
+from capi_remote_testbed.controlplane import ControlPlaneError
+from capi_remote_testbed.kubeconfig import write_kubeconfig
+from capi_remote_testbed.net import free_port, http_ok
+from capi_remote_testbed.pki import CertificateAuthority, service_account_key
+from capi_remote_testbed.processes import ManagedProcess
 
 # The first address of --service-cluster-ip-range (the "kubernetes" Service).
 _SERVICE_RANGE, _SERVICE_IP = "10.96.0.0/16", "10.96.0.1"
-
-
-def free_port_on(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @attrs.define
@@ -72,7 +63,7 @@ class WorkloadApiServer:
         return self.workdir / "kube-apiserver.log"
 
     def start(self) -> None:
-        self.port = self.port or free_port_on(self.host)
+        self.port = self.port or free_port(self.host)
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
         (pki / "ca.crt").write_bytes(self.ca.cert_pem)
@@ -87,7 +78,7 @@ class WorkloadApiServer:
         admin = self.ca.issue("kubernetes-admin", organizations=("system:masters",), client=True)
         admin_cert, admin_key = admin.write(pki, "admin")
         sa_public, sa_private = service_account_key().write(pki, "sa")
-        self._write_kubeconfig(admin.cert_pem, admin.key_pem)
+        write_kubeconfig(self.kubeconfig, "workload", self.server, self.ca.cert_pem, admin)
         self._process = ManagedProcess(
             "workload-kube-apiserver",
             [
@@ -118,7 +109,7 @@ class WorkloadApiServer:
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(admin_cert), str(admin_key))
         deadline = time.monotonic() + self.ready_timeout
-        while not _ready(f"{self.server}/readyz", context):
+        while not http_ok(f"{self.server}/readyz", context=context):
             if self._process.exit_code() is not None or time.monotonic() > deadline:
                 failure = self._process.describe_failure()
                 self.stop()
@@ -131,42 +122,3 @@ class WorkloadApiServer:
             self._process = None
         if not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _write_kubeconfig(self, cert_pem: bytes, key_pem: bytes) -> None:
-        def b64(data: bytes) -> str:
-            return base64.b64encode(data).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "workload",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": b64(self.ca.cert_pem),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate-data": b64(cert_pem),
-                        "client-key-data": b64(key_pem),
-                    },
-                }
-            ],
-            "contexts": [{"name": "workload", "context": {"cluster": "workload", "user": "admin"}}],
-            "current-context": "workload",
-        }
-        self.kubeconfig.touch(mode=0o600, exist_ok=True)
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-
-
-def _ready(url: str, context: ssl.SSLContext) -> bool:
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except OSError:
-        return False

@@ -1,19 +1,6 @@
-"""Pools: the claim protocol RemoteMachines use, and the PooledRemoteMachine reconciler.
-
-Claim protocol (safe with any number of controller replicas):
-- A claim lives in ``spec.claim`` of the PooledRemoteMachine ({name, namespace, uid} of the
-  RemoteMachine), so ``clusterctl move`` keeps it; ``status.reserved``/``machineRef`` only mirror
-  it for the reference's printer columns.
-- To claim, a RemoteMachine reads each candidate fresh from the API server (never from the
-  cache) and patches ``spec.claim`` with that read's resourceVersion as precondition: of two
-  claimants racing for one host exactly one wins, the other gets 409 and tries the next host.
-  The CRD's transition rule also refuses moving a claim to another claimant.
-- A RemoteMachine first looks for a host already claimed by its UID (or by its name after a
-  move), so a crash between claiming and recording the host never claims a second one.
-- Releasing clears the claim with a precondition too, and marks the host for a re-check.
-- A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
-  reconciler: nothing stays reserved for nobody.
-"""
+"""The PooledRemoteMachine reconciler: keeps each pooled host's health fresh (a probe over
+SSH while it is free), mirrors its claim into status, and frees stale claims (the claim protocol
+itself is in ``claims.py``)."""
 
 from __future__ import annotations
 
@@ -34,7 +21,6 @@ from capi_remote import (
     ReconcileContext,
     Request,
     Result,
-    Store,
     patch_status,
 )
 from capi_remote.api import (
@@ -43,114 +29,22 @@ from capi_remote.api import (
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
+from reconcilers.pool.claims import (
+    CLAIM_INDEX,
+    POOL_INDEX,
+    RECHECK_ANNOTATION,
+    claimant_key,
+    index_by_claimant,
+    index_by_pool,
+    release,
+)
 from reconcilers.remote import HostAccess, MissingSecret
 
 JSONDict = dict[str, Any]
-RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
-CLAIM_INDEX = "claimant"
-POOL_INDEX = "pool"
 PROBE_INTERVAL = 300.0
 PROBE_RETRY = 5.0
 
 _log = structlog.get_logger("capi_remote.pool")
-
-
-def claimant_key(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}"
-
-
-def index_by_claimant(obj: JSONDict) -> list[str]:
-    claim = obj.get("spec", {}).get("claim")
-    return [claimant_key(claim["namespace"], claim["name"])] if claim else []
-
-
-def index_by_pool(obj: JSONDict) -> list[str]:
-    meta = obj["metadata"]
-    return [f"{meta.get('namespace', '')}/{obj.get('spec', {}).get('pool', '')}"]
-
-
-def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
-    return store.by_index(POOL_INDEX, f"{namespace}/{pool}")
-
-
-def is_free(pooled: JSONDict) -> bool:
-    """Claimable: unclaimed, not deleting, not known unreachable, and not waiting for the
-    re-check a returned host gets before its next machine."""
-    health = (pooled.get("status") or {}).get("health") or {}
-    return (
-        not pooled.get("spec", {}).get("claim")
-        and not pooled["metadata"].get("deletionTimestamp")
-        and RECHECK_ANNOTATION not in (pooled["metadata"].get("annotations") or {})
-        and health.get("state") != "Unreachable"
-    )
-
-
-async def find_or_claim(client: KubeClient, store: Store, machine: JSONDict) -> JSONDict | None:
-    """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
-    meta = machine["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    held = store.by_index(CLAIM_INDEX, claimant_key(namespace, name))
-    if held:
-        return held[0]
-    pool = machine["spec"]["pool"]
-    for candidate in pool_members(store, namespace, pool):
-        if not is_free(candidate):
-            continue
-        try:
-            fresh = await client.get(
-                POOLED_REMOTE_MACHINES, namespace, candidate["metadata"]["name"]
-            )
-        except ApiError as error:
-            if error.not_found:
-                continue
-            raise
-        fresh_claim = fresh.get("spec", {}).get("claim") or {}
-        if (fresh_claim.get("namespace"), fresh_claim.get("name")) == (namespace, name):
-            return fresh  # ours already; the cache had not caught up
-        if not is_free(fresh):
-            continue
-        patch = {
-            "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
-            "spec": {"claim": {"name": name, "namespace": namespace, "uid": uid}},
-        }
-        try:
-            claimed = await client.patch(
-                POOLED_REMOTE_MACHINES, namespace, fresh["metadata"]["name"], patch
-            )
-        except ApiError as error:
-            if error.conflict or error.status == 422:
-                continue  # someone else was faster
-            raise
-        _log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
-        return claimed
-    return None
-
-
-async def release(client: KubeClient, namespace: str, pooled_name: str, claimant: str) -> None:
-    """Clear the claim if ``claimant`` (a RemoteMachine name) still holds it; mark for re-check."""
-    try:
-        fresh = await client.get(POOLED_REMOTE_MACHINES, namespace, pooled_name)
-    except ApiError as error:
-        if error.not_found:
-            return
-        raise
-    claim = fresh.get("spec", {}).get("claim") or {}
-    if claim.get("name") != claimant or claim.get("namespace") != namespace:
-        return
-    patch = {
-        "metadata": {
-            "resourceVersion": fresh["metadata"]["resourceVersion"],
-            "annotations": {RECHECK_ANNOTATION: "true"},
-        },
-        "spec": {"claim": None},
-    }
-    try:
-        await client.patch(POOLED_REMOTE_MACHINES, namespace, pooled_name, patch)
-    except ApiError as error:
-        if error.conflict:
-            raise Conflict(f"PooledRemoteMachine {pooled_name} changed while releasing") from error
-        raise
-    _log.info("released pooled machine", pooled=pooled_name, machine=claimant)
 
 
 Prober = Callable[[JSONDict], Awaitable[JSONDict]]

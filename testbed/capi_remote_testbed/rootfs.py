@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -17,8 +16,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from capi_remote_testbed.locks import build_lock
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -54,7 +55,7 @@ _STRIP = (
 
 
 def cache_root() -> Path:
-    """Where devenv caches live: ``$CAPI_REMOTE_CACHE`` or ``~/.cache/capi-remote``."""
+    """Where test-bed caches live: ``$CAPI_REMOTE_CACHE`` or ``~/.cache/capi-remote``."""
     env = os.environ.get("CAPI_REMOTE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "capi-remote"
 
@@ -77,18 +78,6 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file() and (path / "usr/sbin/sshd").is_file()
 
 
-@contextlib.contextmanager
-def _build_lock(lock_path: Path) -> Iterator[None]:
-    """Serialise builds of one rootfs across processes (e.g. two test sessions)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_rootfs(
     suite: str = SUITE,
     packages: Sequence[str] = PACKAGES,
@@ -108,7 +97,7 @@ def ensure_rootfs(
     if shutil.which("debootstrap") is None:
         raise FileNotFoundError("debootstrap is not installed: run `make system-deps`")
     parent = final.parent
-    with _build_lock(parent / f".{final.name}.lock"):
+    with build_lock(parent / f".{final.name}.lock"):
         if is_complete(final):  # another process built it while we waited
             return final
         _remove_stale_builds(parent, final.name)
@@ -217,7 +206,7 @@ def _postprocess(root: Path) -> None:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m capi_remote.devenv.rootfs",
+        prog="python -m capi_remote_testbed.rootfs",
         description="Build (or find in the cache) the rootfs of the namespaced test hosts.",
     )
     parser.parse_args(argv)

@@ -16,11 +16,11 @@ from typing import Any
 
 import attrs
 
-from capi_remote.devenv import samples, toolchain
-from capi_remote.devenv.controlplane import ControlPlane
-from capi_remote.devenv.hosts import HostFleet
-from capi_remote.devenv.provider import ControllerProcess, start_controller
-from capi_remote.devenv.tcpproxy import TcpProxy
+from capi_remote_testbed import samples, toolchain
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.hosts import HostFleet
+from capi_remote_testbed.provider import ControllerProcess, start_controller
+from capi_remote_testbed.tcpproxy import TcpProxy
 
 NAMESPACE = "demo"
 CLUSTER = "demo"

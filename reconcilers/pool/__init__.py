@@ -1,0 +1,37 @@
+"""Pools of hosts: the claim protocol (``claims.py``) and the PooledRemoteMachine reconciler that
+keeps each host's health fresh (``reconciler.py``)."""
+
+from reconcilers.pool.claims import (
+    CLAIM_INDEX,
+    POOL_INDEX,
+    RECHECK_ANNOTATION,
+    claimant_key,
+    find_or_claim,
+    host_spec_for,
+    is_free,
+    pool_members,
+    propagate_labels,
+    release,
+    release_held,
+    unclaim_if_bound_elsewhere,
+)
+from reconcilers.pool.reconciler import first_use_pins, pool_informer, probe_with, setup
+
+__all__ = [
+    "CLAIM_INDEX",
+    "POOL_INDEX",
+    "RECHECK_ANNOTATION",
+    "claimant_key",
+    "find_or_claim",
+    "first_use_pins",
+    "host_spec_for",
+    "is_free",
+    "pool_informer",
+    "pool_members",
+    "probe_with",
+    "propagate_labels",
+    "release",
+    "release_held",
+    "setup",
+    "unclaim_if_bound_elsewhere",
+]

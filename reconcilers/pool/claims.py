@@ -1,0 +1,221 @@
+"""The claim protocol RemoteMachines use to take a host from a pool, and to give it back.
+
+Claim protocol (safe with any number of controller replicas):
+- A claim lives in ``spec.claim`` of the PooledRemoteMachine ({name, namespace, uid} of the
+  RemoteMachine), so ``clusterctl move`` keeps it; ``status.reserved``/``machineRef`` only mirror
+  it for the reference's printer columns.
+- A claim counts only within the PooledRemoteMachine's own namespace, and only for the
+  RemoteMachine of its UID where it records one.
+- To claim, a RemoteMachine reads each candidate fresh from the API server (never from the
+  cache) and patches ``spec.claim`` with that read's resourceVersion as precondition: of two
+  claimants racing for one host exactly one wins, the other gets 409 and tries the next host.
+  The CRD's transition rule also refuses moving a claim to another claimant.
+- A RemoteMachine first looks for a host it already holds, so a crash between claiming and
+  recording the host never claims a second one.
+- Releasing clears the claim with a precondition too, and marks the host for a re-check.
+- A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
+  reconciler (``reconciler.py``): nothing stays reserved for nobody.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from capi_remote import ApiError, Conflict, KubeClient, Store
+from capi_remote.resources import MACHINES, POOLED_REMOTE_MACHINES, REMOTE_MACHINES
+
+JSONDict = dict[str, Any]
+RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
+CLAIM_INDEX = "claimant"
+POOL_INDEX = "pool"
+
+_default_log: FilteringBoundLogger = structlog.get_logger("capi_remote.pool")
+
+
+def claimant_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def index_by_claimant(obj: JSONDict) -> list[str]:
+    """The claimant's key; a claim naming another namespace counts for nobody."""
+    claim = obj.get("spec", {}).get("claim")
+    namespace = obj["metadata"].get("namespace", "")
+    if not claim or claim.get("namespace") != namespace:
+        return []
+    return [claimant_key(namespace, claim["name"])]
+
+
+def holds(pooled: JSONDict, machine: JSONDict) -> bool:
+    """``pooled`` is claimed by ``machine``: same namespace, same name, and the same UID where
+    the claim records one (a new object of the same name is another claimant)."""
+    claim = pooled.get("spec", {}).get("claim") or {}
+    meta = machine["metadata"]
+    return (
+        pooled["metadata"].get("namespace") == meta["namespace"]
+        and (claim.get("namespace"), claim.get("name")) == (meta["namespace"], meta["name"])
+        and claim.get("uid") in (None, "", meta["uid"])
+    )
+
+
+def held_by(store: Store, machine: JSONDict) -> list[JSONDict]:
+    """The pooled hosts ``machine`` holds (by the cache)."""
+    meta = machine["metadata"]
+    candidates = store.by_index(CLAIM_INDEX, claimant_key(meta["namespace"], meta["name"]))
+    return [pooled for pooled in candidates if holds(pooled, machine)]
+
+
+def index_by_pool(obj: JSONDict) -> list[str]:
+    meta = obj["metadata"]
+    return [f"{meta.get('namespace', '')}/{obj.get('spec', {}).get('pool', '')}"]
+
+
+def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
+    return store.by_index(POOL_INDEX, f"{namespace}/{pool}")
+
+
+def is_free(pooled: JSONDict) -> bool:
+    """Claimable: unclaimed, not deleting, not known unreachable, and not waiting for the
+    re-check a returned host gets before its next machine."""
+    health = (pooled.get("status") or {}).get("health") or {}
+    return (
+        not pooled.get("spec", {}).get("claim")
+        and not pooled["metadata"].get("deletionTimestamp")
+        and RECHECK_ANNOTATION not in (pooled["metadata"].get("annotations") or {})
+        and health.get("state") != "Unreachable"
+    )
+
+
+async def find_or_claim(
+    client: KubeClient, store: Store, machine: JSONDict, log: FilteringBoundLogger
+) -> JSONDict | None:
+    """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
+    meta = machine["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    held = held_by(store, machine)
+    if held:
+        return held[0]
+    pool = machine["spec"]["pool"]
+    for candidate in pool_members(store, namespace, pool):
+        if not is_free(candidate):
+            continue
+        try:
+            fresh = await client.get(
+                POOLED_REMOTE_MACHINES, namespace, candidate["metadata"]["name"]
+            )
+        except ApiError as error:
+            if error.not_found:
+                continue
+            raise
+        if holds(fresh, machine):
+            return fresh  # ours already; the cache had not caught up
+        if not is_free(fresh):
+            continue
+        patch = {
+            "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
+            "spec": {"claim": {"name": name, "namespace": namespace, "uid": uid}},
+        }
+        try:
+            claimed = await client.patch(
+                POOLED_REMOTE_MACHINES, namespace, fresh["metadata"]["name"], patch
+            )
+        except ApiError as error:
+            if error.conflict or error.status == 422:
+                continue  # someone else was faster
+            raise
+        log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
+        return claimed
+    return None
+
+
+async def release(
+    client: KubeClient,
+    namespace: str,
+    pooled_name: str,
+    claimant: str,
+    log: FilteringBoundLogger = _default_log,
+) -> None:
+    """Clear the claim if ``claimant`` (a RemoteMachine name) still holds it; mark for re-check."""
+    try:
+        fresh = await client.get(POOLED_REMOTE_MACHINES, namespace, pooled_name)
+    except ApiError as error:
+        if error.not_found:
+            return
+        raise
+    claim = fresh.get("spec", {}).get("claim") or {}
+    if claim.get("name") != claimant or claim.get("namespace") != namespace:
+        return
+    patch = {
+        "metadata": {
+            "resourceVersion": fresh["metadata"]["resourceVersion"],
+            "annotations": {RECHECK_ANNOTATION: "true"},
+        },
+        "spec": {"claim": None},
+    }
+    try:
+        await client.patch(POOLED_REMOTE_MACHINES, namespace, pooled_name, patch)
+    except ApiError as error:
+        if error.conflict:
+            raise Conflict(f"PooledRemoteMachine {pooled_name} changed while releasing") from error
+        raise
+    log.info("released pooled machine", pooled=pooled_name, machine=claimant)
+
+
+def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
+    """The RemoteMachine as it is once bound to ``pooled``: the pooled host says how to reach it
+    (port, user, key...), its fields win over the defaults the template-made RemoteMachine got
+    from the CRD, as in the reference; the host's labels and annotations are inherited."""
+    desired = copy.deepcopy(rm)
+    desired["spec"].update(copy.deepcopy(pooled["spec"]["machine"]))
+    meta = desired["metadata"]
+    for field in ("labels", "annotations"):
+        extra = pooled["metadata"].get(field) or {}
+        merged = {k: v for k, v in extra.items() if k != RECHECK_ANNOTATION}
+        merged.update(meta.get(field) or {})
+        if merged:
+            meta[field] = merged
+    return desired
+
+
+async def unclaim_if_bound_elsewhere(
+    client: KubeClient, rm: JSONDict, pooled: JSONDict, log: FilteringBoundLogger
+) -> None:
+    """Our write of the host into the RemoteMachine lost a race: if the winner (another
+    controller replica) bound it to another host, the host we claimed is nobody's."""
+    meta = rm["metadata"]
+    try:
+        fresh = await client.get(REMOTE_MACHINES, meta["namespace"], meta["name"])
+    except ApiError as error:
+        if not error.not_found:
+            raise
+        fresh = None
+    address = (fresh or {}).get("spec", {}).get("address")
+    if fresh is None or (address and address != pooled["spec"]["machine"]["address"]):
+        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"], log)
+
+
+async def propagate_labels(client: KubeClient, machine: JSONDict, pooled: JSONDict) -> None:
+    """The pooled host's labels (not Cluster API's own) onto the Cluster API Machine."""
+    labels = {
+        k: v
+        for k, v in (pooled["metadata"].get("labels") or {}).items()
+        if not k.startswith("cluster.x-k8s.io/")
+    }
+    if not labels or all(
+        machine["metadata"].get("labels", {}).get(k) == v for k, v in labels.items()
+    ):
+        return
+    meta = machine["metadata"]
+    await client.patch(MACHINES, meta["namespace"], meta["name"], {"metadata": {"labels": labels}})
+
+
+async def release_held(
+    client: KubeClient, store: Store, rm: JSONDict, log: FilteringBoundLogger
+) -> None:
+    """Give back every pooled host ``rm`` holds (its deletion)."""
+    meta = rm["metadata"]
+    for pooled in held_by(store, rm):
+        await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"], log)

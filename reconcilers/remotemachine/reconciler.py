@@ -1,0 +1,183 @@
+"""The RemoteMachine reconciler: the InfraMachine of the contract. Dispatches one reconcile:
+the finalizer first, deletion, or the waits for what the bootstrap needs (owner Machine, Cluster,
+not paused, cluster infrastructure, a pooled host, bootstrap data), then the provisioning flow
+or, once provisioned, the steady state.
+
+Level-triggered: each reconcile reads the cache, works out the single next step, writes status
+only if it changed, and returns. Every wait has a condition reason and is ended by a watch
+(Machine, Cluster, Secrets, pool hosts), never by polling.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import attrs
+from structlog.typing import FilteringBoundLogger
+
+from capi_remote import (
+    Conflict,
+    KubeClient,
+    ReconcileContext,
+    Request,
+    Result,
+    Store,
+)
+from capi_remote.api import RemoteMachineSpec, from_dict
+from capi_remote.resources import CAPI_GROUP
+from reconcilers import conditions as c
+from reconcilers import pool as pools
+from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark, owner_name
+from reconcilers.remotemachine.backend import Backend, Machine
+from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
+from reconcilers.remotemachine.nodelink import NodeLink
+from reconcilers.remotemachine.provision import ProvisionFlow
+from reconcilers.remotemachine.writer import Writer
+from reconcilers.secrets import ObjectSource
+
+JSONDict = dict[str, Any]
+
+
+@attrs.frozen
+class Stores:
+    machines: Store  # RemoteMachines
+    capi_machines: Store
+    clusters: Store
+    pooled: Store
+
+
+@attrs.frozen
+class Backends:
+    runner: Backend
+    job: Backend
+
+    def of(self, machine: Machine) -> Backend:
+        return self.job if machine.spec.provision_job is not None else self.runner
+
+
+class RemoteMachineReconciler:
+    def __init__(
+        self,
+        client: KubeClient,
+        stores: Stores,
+        secrets: ObjectSource,
+        writer: Writer,
+        backends: Backends,
+        flow: ProvisionFlow,
+        deletion: Deletion,
+        node_link: NodeLink,
+    ) -> None:
+        self.client = client
+        self.stores = stores
+        self.secrets = secrets
+        self.writer = writer
+        self.backends = backends
+        self.flow = flow
+        self.deletion = deletion
+        self.node_link = node_link
+
+    async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
+        rm = self.stores.machines.get_by_name(request.namespace, request.name)
+        if rm is None:
+            return Result()
+        rm = self.writer.view(rm)
+        if rm["metadata"].get("deletionTimestamp"):
+            return await self.deletion.run(ctx.log, rm, request)
+        if FINALIZER not in rm["metadata"].get("finalizers", []):
+            desired = copy.deepcopy(rm)
+            desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
+            await self.writer.object(rm, desired)
+            return Result()  # the update event brings us back with the fresh object
+        return await self._converge(ctx.log, rm, request)
+
+    async def _converge(self, log: FilteringBoundLogger, rm: JSONDict, request: Request) -> Result:
+        stores = self.stores
+        status = copy_status(rm)
+        owner = owner_name(rm, CAPI_GROUP, "Machine")
+        machine = stores.capi_machines.get_by_name(request.namespace, owner) if owner else None
+        if machine is None:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_MACHINE_OWNER,
+                "waiting for a Machine to own this RemoteMachine",
+            )
+        cluster_name = machine["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL) or (
+            machine.get("spec", {}).get("clusterName")
+        )
+        cluster = stores.clusters.get_by_name(request.namespace, cluster_name or "")
+        if cluster is None:
+            return await self._wait(
+                rm, status, c.WAITING_FOR_CLUSTER, f"waiting for Cluster {cluster_name!r}"
+            )
+        if is_paused(rm, cluster):
+            mark(rm, status, c.PAUSED, True, c.PAUSED_REASON, "reconciliation is paused")
+            await self.writer.status(rm, status)
+            return Result()
+        mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
+        provisioned = bool((status.get("initialization") or {}).get("provisioned"))
+        if provisioned and rm.get("spec", {}).get("providerID"):
+            return await self.node_link.steady(log, rm, status, machine, cluster_name or "")
+        infra = (cluster.get("status") or {}).get("initialization") or {}
+        if not infra.get("infrastructureProvisioned"):
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_CLUSTER_INFRASTRUCTURE,
+                f"waiting for Cluster {cluster_name} infrastructure",
+            )
+        spec = rm.get("spec", {})
+        if spec.get("pool") and not spec.get("address"):
+            return await self._claim(log, rm, status, machine)
+        data_name = (machine.get("spec", {}).get("bootstrap") or {}).get("dataSecretName")
+        if not data_name:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_BOOTSTRAP_DATA,
+                "waiting for the bootstrap provider's data secret",
+            )
+        data_secret = self.secrets.get(request.namespace, data_name)
+        if data_secret is None:
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_BOOTSTRAP_DATA,
+                f"waiting for bootstrap data Secret {data_name}",
+            )
+        view = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), machine, request, log)
+        return await self.flow.step(self.backends.of(view), view, status, data_secret)
+
+    async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
+        mark(rm, status, c.READY, False, reason, message)
+        status["phase"] = "Pending"
+        await self.writer.status(rm, status)
+        return Result()
+
+    async def _claim(
+        self, log: FilteringBoundLogger, rm: JSONDict, status: JSONDict, machine: JSONDict
+    ) -> Result:
+        pooled = await pools.find_or_claim(self.client, self.stores.pooled, rm, log)
+        if pooled is None:
+            pool = rm["spec"]["pool"]
+            return await self._wait(
+                rm,
+                status,
+                c.WAITING_FOR_POOL_MACHINE,
+                f"no free PooledRemoteMachine in pool {pool!r}; add one and this machine proceeds",
+            )
+        try:
+            await self.writer.object(rm, pools.host_spec_for(rm, pooled))
+        except Conflict:
+            await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
+            raise
+        await pools.propagate_labels(self.client, machine, pooled)
+        host = pooled["spec"]["machine"]["address"]
+        self.writer.event(
+            rm,
+            "Normal",
+            "Claimed",
+            f"claimed PooledRemoteMachine {pooled['metadata']['name']} ({host})",
+        )
+        return Result()

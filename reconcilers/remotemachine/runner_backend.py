@@ -1,0 +1,79 @@
+"""The default backend: the controller's own SSH runner runs the bootstrap (``HostJobs`` keeps
+the job per machine UID off the reconcile path, ``HostAccess`` turns the spec into a target).
+
+A job lives in this process only: after a controller restart there is none, and the flow resumes
+the attempt its status says was running (the host's markers make that exactly-once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capi_remote.bootstrap import BootstrapPlan
+from reconcilers import conditions as c
+from reconcilers.hostjobs import HostJobs
+from reconcilers.remote import HostAccess
+from reconcilers.remotemachine.backend import (
+    Finished,
+    Machine,
+    Observation,
+    Running,
+    Started,
+)
+
+JSONDict = dict[str, Any]
+
+
+class RunnerBackend:
+    failed_reason: str | None = None
+    keeps_attempts = False
+
+    def __init__(self, access: HostAccess, jobs: HostJobs) -> None:
+        self.access = access
+        self.jobs = jobs
+        self.lock_stale_after: int | None = access.runner.settings.lock_stale_after
+
+    async def observe(self, machine: Machine) -> Observation:
+        job = self.jobs.state(machine.uid)
+        if job is None or job.kind != "provision":
+            return None
+        if job.outcome is not None:
+            return Finished(job.attempt, job.generation, job.outcome, steps_total=job.steps_total)
+        if not job.step:  # still connecting, as the status written at the start says
+            return Running(job.attempt, c.PROVISIONING, None)
+        return Running(
+            job.attempt,
+            c.PROVISIONING,
+            f"step {job.steps_done + 1} of {job.steps_total}: {job.step}",
+            steps_done=job.steps_done,
+            steps_total=job.steps_total,
+        )
+
+    async def start(
+        self, machine: Machine, plan: BootstrapPlan, attempt: int, provider_id: str
+    ) -> Started:
+        target = self.access.target(machine.rm)
+        deadlines = machine.deadlines
+        uid, jobs = machine.uid, self.jobs
+        job = jobs.start(
+            uid,
+            "provision",
+            machine.request,
+            lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines),
+        )
+        job.attempt, job.generation = attempt, machine.generation
+        return Started(
+            c.PROVISIONING,
+            f"attempt {attempt} of {machine.max_attempts}: connecting to {machine.address}",
+            f"bootstrapping {machine.address} ({len(plan.steps)} steps, attempt {attempt})",
+        )
+
+    async def settle(self, machine: Machine, finished: Finished) -> None:
+        self.jobs.forget(machine.uid)
+
+    async def cancel(self, rm: JSONDict) -> float | None:
+        uid = rm["metadata"]["uid"]
+        job = self.jobs.state(uid)
+        if job is not None and job.kind == "provision":
+            await self.jobs.cancel(uid)
+            self.jobs.forget(uid)
+        return None

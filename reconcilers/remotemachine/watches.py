@@ -1,0 +1,222 @@
+"""What wakes the RemoteMachine controller, and its wiring: indexers on the shared stores,
+mappers from related objects (Machine, Cluster, Secrets, ConfigMaps, pooled hosts) to
+RemoteMachine keys, and the controller with its two backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capi_remote import (
+    Controller,
+    Event,
+    Informer,
+    Provider,
+    Request,
+    Selector,
+    owner_of_kind,
+    request_for,
+)
+from capi_remote.api import GROUP
+from capi_remote.resources import (
+    CLUSTERS,
+    CONFIGMAPS,
+    JOBS,
+    MACHINES,
+    POOLED_REMOTE_MACHINES,
+    REMOTE_MACHINES,
+    SECRETS,
+)
+from capi_remote.ssh import Runner
+from reconcilers import pool as pools
+from reconcilers.common import CLUSTER_NAME_LABEL
+from reconcilers.hostjobs import HostJobs
+from reconcilers.remote import HostAccess
+from reconcilers.remotemachine.cleanup import Deletion
+from reconcilers.remotemachine.job_backend import JobBackend
+from reconcilers.remotemachine.jobspec import MACHINE_UID_LABEL
+from reconcilers.remotemachine.memory import MachineMemory
+from reconcilers.remotemachine.nodelink import NodeLink
+from reconcilers.remotemachine.policy import AttemptPolicy
+from reconcilers.remotemachine.provision import ProvisionFlow
+from reconcilers.remotemachine.reconciler import Backends, RemoteMachineReconciler, Stores
+from reconcilers.remotemachine.runner_backend import RunnerBackend
+from reconcilers.remotemachine.writer import MachineWriter
+from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
+from reconcilers.workload import WorkloadClients
+
+JSONDict = dict[str, Any]
+SECRET_REF_INDEX = "secret-refs"
+DATA_SECRET_INDEX = "data-secret"
+CLUSTER_INDEX = "cluster"
+
+
+def referenced_secrets(rm: JSONDict) -> list[str]:
+    """``namespace/name`` of every Secret or ConfigMap a RemoteMachine's spec names, so their
+    watches wake it (a name shared by a Secret and a ConfigMap only costs a spare reconcile)."""
+    spec = rm.get("spec", {})
+    namespace = rm["metadata"].get("namespace", "")
+    names = set()
+    for holder in (spec, spec.get("bastion") or {}):
+        key = holder.get("sshKeyRef") or {}
+        for ref in (
+            key,
+            key.get("passphraseRef"),
+            holder.get("passwordRef"),
+            holder.get("sudoPasswordRef"),
+        ):
+            if ref and ref.get("name"):
+                names.add(ref["name"])
+        known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
+        if known.get("name"):  # a Secret or a ConfigMap: both wake the machine when they change
+            names.add(known["name"])
+    return [f"{namespace}/{n}" for n in sorted(names)]
+
+
+def machine_to_remote(machine: JSONDict) -> list[Request]:
+    ref = machine.get("spec", {}).get("infrastructureRef") or {}
+    if ref.get("kind") != "RemoteMachine":
+        return []
+    return [Request(machine["metadata"].get("namespace", ""), str(ref["name"]))]
+
+
+def _data_secret(m: JSONDict) -> list[str]:
+    name = (m.get("spec", {}).get("bootstrap") or {}).get("dataSecretName")
+    return [f"{m['metadata'].get('namespace', '')}/{name}"] if name else []
+
+
+def _cluster(m: JSONDict) -> list[str]:
+    name = m["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL)
+    return [f"{m['metadata'].get('namespace', '')}/{name}"] if name else []
+
+
+class Wake:
+    """The controller's enqueue, for parts built before the controller exists (watch handlers,
+    HostJobs). Called on the event loop only: runner threads hop onto it first."""
+
+    def __init__(self) -> None:
+        self.controller: Controller | None = None
+
+    def __call__(self, request: Request) -> None:
+        if self.controller is not None:
+            self.controller.enqueue(request)
+
+
+def setup(provider: Provider, runner: Runner) -> HostAccess:
+    """Register the RemoteMachine controller; returns the HostAccess it built (pools probe
+    through it too)."""
+    manager = provider.manager
+    remote = manager.informer(REMOTE_MACHINES)
+    remote.store.add_indexer(SECRET_REF_INDEX, referenced_secrets)
+    capi_machines = manager.informer(MACHINES)
+    capi_machines.store.add_indexer(DATA_SECRET_INDEX, _data_secret)
+    capi_machines.store.add_indexer(CLUSTER_INDEX, _cluster)
+    stores = Stores(
+        remote.store,
+        capi_machines.store,
+        manager.informer(CLUSTERS).store,
+        pools.pool_informer(provider).store,
+    )
+    wake = Wake()
+
+    def on_referenced_object(event: Event) -> None:
+        key = f"{event.obj['metadata'].get('namespace', '')}/{event.obj['metadata']['name']}"
+        for rm in remote.store.by_index(SECRET_REF_INDEX, key):
+            wake(request_for(rm))
+        for machine in capi_machines.store.by_index(DATA_SECRET_INDEX, key):
+            for request in machine_to_remote(machine):
+                wake(request)
+
+    secrets = ObjectSource(
+        manager,
+        SECRETS,
+        on_referenced_object,
+        shared_selector=Selector(field_selector=f"type={BOOTSTRAP_SECRET_TYPE}"),
+    )
+    configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object)
+    access = HostAccess(runner, secrets, configmaps)
+    reconciler = _reconciler(provider, stores, secrets, access, wake)
+    wake.controller = _build(provider, reconciler, stores)
+    return access
+
+
+def _reconciler(
+    provider: Provider, stores: Stores, secrets: ObjectSource, access: HostAccess, wake: Wake
+) -> RemoteMachineReconciler:
+    manager, client = provider.manager, provider.client
+    writer = MachineWriter(client, manager.events)
+    memory = MachineMemory()
+    policy = AttemptPolicy()
+    jobs = HostJobs(wake)
+
+    def watch_jobs() -> Informer:
+        assert wake.controller is not None  # the first reconcile runs after the wiring
+        return manager.watch(
+            wake.controller,
+            JOBS,
+            owner_of_kind(GROUP, "RemoteMachine"),
+            Selector(label_selector=MACHINE_UID_LABEL),
+            filtered=False,
+        )
+
+    backends = Backends(RunnerBackend(access, jobs), JobBackend(client, access, watch_jobs))
+    workloads = WorkloadClients(secrets)
+    provider.on_close.append(workloads.close)
+    deletion = Deletion(
+        client,
+        writer,
+        memory,
+        policy,
+        access,
+        jobs,
+        (backends.runner, backends.job),
+        (stores.pooled, stores.capi_machines),
+    )
+    return RemoteMachineReconciler(
+        client,
+        stores,
+        secrets,
+        writer,
+        backends,
+        ProvisionFlow(writer, memory, policy),
+        deletion,
+        NodeLink(writer, memory, workloads),
+    )
+
+
+def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stores) -> Controller:
+    """The controller and what wakes it besides its own objects."""
+
+    def cluster_to_remote(event: Event) -> list[Request]:
+        meta = event.obj["metadata"]
+        key = f"{meta.get('namespace', '')}/{meta['name']}"
+        return [
+            request
+            for machine in stores.capi_machines.by_index(CLUSTER_INDEX, key)
+            for request in machine_to_remote(machine)
+        ]
+
+    def free_host_to_waiting(event: Event) -> list[Request]:
+        if not pools.is_free(event.obj):
+            return []
+        namespace = event.obj["metadata"].get("namespace", "")
+        pool = event.obj.get("spec", {}).get("pool")
+        return [
+            request_for(rm)
+            for rm in stores.machines.values()
+            if rm["metadata"].get("namespace") == namespace
+            and rm.get("spec", {}).get("pool") == pool
+            and not rm["spec"].get("address")
+        ]
+
+    return (
+        provider.manager.controller(
+            "remotemachine",
+            reconciler,
+            for_=REMOTE_MACHINES,
+            workers=provider.options.machine_workers,
+        )
+        .watches(MACHINES, lambda e: machine_to_remote(e.obj))
+        .watches(CLUSTERS, cluster_to_remote)
+        .watches(POOLED_REMOTE_MACHINES, free_host_to_waiting)
+        .build()
+    )

@@ -1,0 +1,80 @@
+"""From a host spec to an SSH target: the model's defaults, the bastion's key, and a distinct
+reason for each kind of unusable input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION
+from reconcilers import conditions as c
+from reconcilers.remote import HostAccess, InvalidSpec, MissingSecret, NotYetKnown
+
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot checked here\n-----END OPENSSH PRIVATE KEY-----\n"
+FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
+
+
+class Source:
+    def __init__(self, data: dict[tuple[str, str], bytes], listed: bool = True) -> None:
+        self.data = data
+        self.listed = listed
+
+    def value(self, namespace: str, name: str, key: str) -> bytes | None:
+        return self.data.get((name, key))
+
+    def known(self, namespace: str, name: str) -> bool:
+        return self.listed
+
+
+def access(secrets: dict[tuple[str, str], bytes], listed: bool = True) -> HostAccess:
+    return HostAccess(None, Source(secrets, listed), Source({}))  # type: ignore[arg-type]
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {"address": "192.0.2.1", "sshKeyRef": {"name": "k"}, **extra}
+
+
+def test_defaults_come_from_the_model() -> None:
+    target = access({("k", "value"): KEY.encode()}).target_for("ns", spec())
+    assert (target.port, target.credentials.user, target.connect_timeout) == (22, "root", 15.0)
+
+
+def test_a_bastion_without_its_own_key_uses_the_machines_and_pins_are_read() -> None:
+    bastion = {"address": "192.0.2.2", "hostKeyPolicy": {"trustOnFirstUse": True}}
+    target = access({("k", "value"): KEY.encode()}).target_for(
+        "ns",
+        spec(bastion=bastion, hostKeyPolicy={"trustOnFirstUse": True}),
+        {HOST_KEY_FINGERPRINT_ANNOTATION: FP},
+    )
+    assert target.via is not None and target.via.credentials.private_key == KEY
+    assert target.host_key.fingerprints == (FP,)
+    assert target.via.host_key.fingerprints == ()
+
+
+@pytest.mark.parametrize(
+    ("secrets", "extra", "reason"),
+    [
+        ({("k", "value"): b"\xff"}, {}, c.INVALID_SECRET_DATA),
+        (
+            {("k", "value"): KEY.encode()},
+            {"hostKeyPolicy": {"fingerprint": "x"}},
+            c.INVALID_HOST_KEY_POLICY,
+        ),
+        ({("k", "value"): KEY.encode()}, {"user": "a b"}, c.INVALID_SSH_KEY),
+    ],
+)
+def test_each_kind_of_unusable_input_has_its_reason(
+    secrets: dict[tuple[str, str], bytes], extra: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        access(secrets).target_for("ns", spec(**extra))
+    assert raised.value.reason == reason
+
+
+def test_a_missing_secret_is_told_from_one_not_listed_yet() -> None:
+    with pytest.raises(NotYetKnown):
+        access({}, listed=False).target_for("ns", spec())
+    with pytest.raises(MissingSecret) as raised:
+        access({}).target_for("ns", spec())
+    assert not isinstance(raised.value, NotYetKnown)
