@@ -25,9 +25,6 @@ import pytest
 import yaml
 from aiohttp import web
 
-from capi_remote.devenv import samples
-from capi_remote.devenv.pki import CertificateAuthority
-from capi_remote.devenv.provider import ControllerProcess
 from capi_remote.kube.client import ApiError, KubeClient, Resource
 from capi_remote.resources import (
     CLUSTERS,
@@ -37,6 +34,9 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed import samples
+from capi_remote_testbed.pki import CertificateAuthority
+from capi_remote_testbed.provider import ControllerProcess
 from e2e.bed import Bed, BedFactory, workload_kubeconfig
 from tests.fixtures_tenant import MakeTenant, Tenant
 from tests.unit.test_bootstrap_bombs import alias_gzip_bomb

@@ -16,8 +16,8 @@ import attrs
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.kube.client import KubeClient, Resource
+from capi_remote_testbed.controlplane import ControlPlane
 
 TENANT_VERBS = ["create", "get", "list", "watch", "update", "delete"]
 TENANT_RULES = [

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from capi_remote.cli import build_parser
-from capi_remote.devenv import toolchain as toolchain_module
-from capi_remote.devenv.controlplane import ControlPlane
+from capi_remote_testbed import toolchain as toolchain_module
+from capi_remote_testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capi_remote.devenv.controlplane import ControlPlane
 from capi_remote.kube.client import KubeClient
 from capi_remote.kube.manager import Manager, ManagerSettings
+from capi_remote_testbed.controlplane import ControlPlane
 from tests.fixtures_tenant import service_account_token
 from tests.unit.test_metrics_auth import scrape
 
