@@ -5,9 +5,9 @@
 Invariants:
 - No token (or not a ``Bearer`` one) is 401; a token the API server does not authenticate is 401;
   an authenticated user without the right is 403; a review that could not be made is 500 and is
-  not cached. Only GET (and HEAD) of the served path is allowed.
+  not cached. The manager sends only GET (and HEAD) of ``/metrics`` here; other methods are 405.
 - Both decisions are cached for ``ttl`` seconds in bounded LRU maps (``max_entries`` each), so a
-  scrape every few seconds costs no API request and a flood of distinct tokens costs bounded
+  scraper costs at most two reviews per ``ttl``, and a flood of distinct tokens costs bounded
   memory. Tokens are cached under their SHA-256, never as given; they are never logged.
 - A request is small or refused: request line and headers are size-limited by the server
   (see ``SERVER_LIMITS``), a token longer than ``MAX_TOKEN_BYTES`` is 401 without a review, and
@@ -67,8 +67,11 @@ class KubeReviewer:
         self._client = client
 
     async def authenticate(self, token: str) -> User | None:
-        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}
-        review["spec"] = {"token": token}  # type: ignore[assignment]
+        review: dict[str, Any] = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
         status = (await self._create(TOKEN_REVIEWS, review)).get("status") or {}
         if not status.get("authenticated"):
             return None
