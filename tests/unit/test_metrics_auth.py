@@ -9,12 +9,14 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from capi_remote.kube.client import KubeClient
 from capi_remote.kube.manager import Manager, ManagerSettings
 from capi_remote.kube.metricsauth import MAX_TOKEN_BYTES, MetricsAuth, ReviewError, User
+from capi_remote_testbed.pki import CertificateAuthority
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
 
@@ -104,9 +106,11 @@ async def test_a_failed_review_is_500_and_not_cached() -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(reviewer: FakeReviewer) -> AsyncIterator[str]:
+async def serving(reviewer: FakeReviewer, cert_dir: Path | None = None) -> AsyncIterator[str]:
     client = KubeClient(object())  # type: ignore[arg-type]  # never asked: the reviewer is fake
-    settings = ManagerSettings(health_address=None, metrics_address="127.0.0.1:0")
+    settings = ManagerSettings(
+        health_address=None, metrics_address="127.0.0.1:0", metrics_cert_dir=cert_dir
+    )
     manager = Manager(client, settings, metrics_reviewer=reviewer)
     manager.metrics.for_queue("widgets").added("x")
     async with manager._servers():
@@ -114,10 +118,13 @@ async def serving(reviewer: FakeReviewer) -> AsyncIterator[str]:
         yield f"https://{host}:{port}/metrics"
 
 
-def scrape(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # self-signed: the test checks auth, not the chain
+def scrape(
+    url: str, token: str | None = None, ca: bytes | None = None
+) -> tuple[int, str, dict[str, str]]:
+    context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+    if ca is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # self-signed: the test checks auth, not the chain
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
@@ -150,3 +157,16 @@ async def test_oversized_header_is_refused_before_review() -> None:
         status, _, _ = await asyncio.to_thread(scrape, url, "x" * (MAX_TOKEN_BYTES * 2))
         assert status in (400, 431)
         assert reviewer.authentications == 0
+
+
+async def test_certificate_files_are_served_when_given(tmp_path: Path) -> None:
+    """--metrics-cert-dir: the server presents that certificate (a client trusting only its CA
+    connects), and the checks still apply."""
+    ca = CertificateAuthority.create("metrics-ca")
+    ca.issue("metrics", hosts=("127.0.0.1",), server=True).write(tmp_path, "tls")
+    async with serving(FakeReviewer(), tmp_path) as url:
+        assert (await asyncio.to_thread(scrape, url, None, ca.cert_pem))[0] == 401
+        assert (await asyncio.to_thread(scrape, url, "reader-token", ca.cert_pem))[0] == 200
+        other = CertificateAuthority.create("other-ca")
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            await asyncio.to_thread(scrape, url, "reader-token", other.cert_pem)
