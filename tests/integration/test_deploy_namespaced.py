@@ -5,7 +5,10 @@ another one."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,10 @@ import yaml
 from capi_remote.cli import build_parser
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.net import free_port
+from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.provider import install_crds
+from tests.fixtures_tenant import service_account_token
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +137,51 @@ def test_applied_rbac_stays_in_its_namespace(
     assert not _can(control_plane, user, "get", "machines.cluster.x-k8s.io", *other)
     assert _can(control_plane, user, "create", "leases.coordination.k8s.io", *own)
     assert _can(control_plane, user, "create", "tokenreviews.authentication.k8s.io")
+
+
+def test_controller_runs_on_the_namespaced_rbac_alone(
+    control_plane: ControlPlane, installed: tuple[str, str], tmp_path: Path
+) -> None:
+    """The real process as the overlay's ServiceAccount, with its --namespace (from
+    CAPI_REMOTE_NAMESPACE, as the overlay sets it): every informer lists and watches within its
+    rights (no "forbidden") and it wins the Lease in its namespace."""
+    namespace, user = installed
+    if "remotemachines.infrastructure.cluster.x-k8s.io" not in control_plane.kubectl(
+        "get", "crd", "-o", "name"
+    ):
+        install_crds(control_plane, free_port())
+    token = service_account_token(control_plane, namespace, user.rpartition(":")[2])
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    config["users"] = [{"name": "manager", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "manager"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    process = ManagedProcess(
+        "capi-remote",
+        [
+            sys.executable, "-m", "capi_remote.cli", "run",
+            f"--kubeconfig={kubeconfig}", "--leader-elect", "--webhook-port=0",
+            f"--health-addr=127.0.0.1:{free_port()}",
+            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            "--log-format=json",
+        ],
+        tmp_path / "controller.log",
+        env={"POD_NAMESPACE": namespace, "CAPI_REMOTE_NAMESPACE": namespace},
+    )  # fmt: skip
+    process.start()
+    try:
+        deadline = time.monotonic() + 60
+        holder = ""
+        while not holder:
+            assert process.exit_code() is None, process.describe_failure()
+            assert "forbidden" not in process.log.read_text(), process.describe_failure()
+            assert time.monotonic() < deadline, f"not leading: {process.describe_failure()}"
+            time.sleep(0.5)
+            leases = control_plane.kubectl("get", "lease", "-n", namespace, "-o", "json")
+            holder = next(
+                (item["spec"].get("holderIdentity", "") for item in json.loads(leases)["items"]),
+                "",
+            )
+        assert "forbidden" not in process.log.read_text(), process.describe_failure()
+    finally:
+        process.stop()
