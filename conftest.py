@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures_hosts",
     "tests.fixtures_node",
     "tests.fixtures_provider",
+    "tests.fixtures_tenant",
 ]
 
 # Property tests assert behaviour, not speed: hypothesis' per-example deadline (200 ms) fails them

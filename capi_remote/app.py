@@ -37,6 +37,8 @@ class ProviderOptions:
     leader_election_id: str = "capi-remote"
     identity: str = "capi-remote"
     metrics_address: str | None = "127.0.0.1:8080"
+    metrics_secure: bool = True
+    metrics_cert_dir: Path | None = None
     health_address: str | None = "0.0.0.0:9440"
     machine_workers: int = 32
     pool_workers: int = 4
@@ -85,6 +87,8 @@ def build_provider(client: KubeClient, options: ProviderOptions) -> Provider:
         ManagerSettings(
             health_address=options.health_address,
             metrics_address=options.metrics_address,
+            metrics_secure=options.metrics_secure,
+            metrics_cert_dir=options.metrics_cert_dir,
             leader_election=election,
             namespace=options.namespace,
             watch_filter=options.watch_filter,

@@ -85,7 +85,21 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--metrics-bind-address",
         dest="metrics_address",
         default=_env("METRICS_ADDRESS", "127.0.0.1:8080"),
-        help="host:port for /metrics ('0' disables)",
+        help="host:port for /metrics ('0' disables); HTTPS, callers need a bearer token that may "
+        "get the non-resource URL /metrics",
+    )
+    run.add_argument(
+        "--metrics-cert-dir",
+        type=Path,
+        default=Path(_env("METRICS_CERT_DIR", "")) if _env("METRICS_CERT_DIR", "") else None,
+        help="directory with tls.crt and tls.key for /metrics (default: self-signed, in memory)",
+    )
+    run.add_argument(
+        "--insecure-metrics",
+        action="store_true",
+        default=_env("INSECURE_METRICS", "") in ("1", "true"),
+        help="serve /metrics over plain HTTP without authentication (insecure: anyone who reaches "
+        "the port reads it)",
     )
     run.add_argument(
         "--health-addr",
@@ -148,6 +162,8 @@ def _run(args: argparse.Namespace) -> int:
             f"no tls.crt in {args.webhook_cert_dir}: mount the webhook certificate there, "
             "or pass --webhook-port 0 to run without the conversion webhook"
         )
+    if args.metrics_cert_dir and not (args.metrics_cert_dir / "tls.crt").is_file():
+        raise UserError(f"no tls.crt in --metrics-cert-dir {args.metrics_cert_dir}")
     identity = f"{socket.gethostname()}_{os.getpid()}"
     options = ProviderOptions(
         kubeconfig=args.kubeconfig,
@@ -159,6 +175,8 @@ def _run(args: argparse.Namespace) -> int:
         leader_election_id=args.leader_election_id,
         identity=identity,
         metrics_address=_address(args.metrics_address),
+        metrics_secure=not args.insecure_metrics,
+        metrics_cert_dir=args.metrics_cert_dir,
         health_address=_address(args.health_addr),
         machine_workers=args.machine_concurrency,
         pool_workers=args.pool_concurrency,

@@ -6,7 +6,8 @@ Invariants:
   workers start only after every informer has synced and, with leader election, only while this
   replica leads.
 - ``/readyz`` answers 200 once caches are synced; ``/healthz`` while the loop is responsive;
-  ``/metrics`` exposes the workqueue and controller-runtime families.
+  ``/metrics`` exposes the workqueue and controller-runtime families, by default over HTTPS to
+  callers whose bearer token may ``get`` it (metricsauth.py); plain HTTP only when asked for.
 - Stopping (cancel or signal) gives in-flight reconciles a grace period, flushes queued Events,
   releases the lease, then stops informers and servers.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -38,8 +41,16 @@ from capi_remote.kube.informer import (
 )
 from capi_remote.kube.leader import LeaderElectionSettings, LeaderElector
 from capi_remote.kube.metrics import Metrics
+from capi_remote.kube.metricsauth import (
+    REFUSALS,
+    SERVER_LIMITS,
+    KubeReviewer,
+    MetricsAuth,
+    Reviewer,
+)
 from capi_remote.kube.ratelimit import RateLimiter
 from capi_remote.kube.reconcile import Reconciler
+from capi_remote.kube.tls import ReloadingContext, self_signed_context
 
 _log = structlog.get_logger("capi_remote.manager")
 WATCH_FILTER_LABEL = "cluster.x-k8s.io/watch-filter"
@@ -52,6 +63,10 @@ class ManagerSettings:
 
     health_address: str | None = "127.0.0.1:9440"
     metrics_address: str | None = "127.0.0.1:8080"
+    # HTTPS with TokenReview/SubjectAccessReview checks; False serves plain, unauthenticated HTTP.
+    metrics_secure: bool = True
+    # tls.crt and tls.key (e.g. from cert-manager); None: a self-signed certificate in memory.
+    metrics_cert_dir: Path | None = None
     leader_election: LeaderElectionSettings | None = None
     grace_period: float = 30.0
     # Sharding, as in CAPI providers: watch one namespace, and/or only objects labelled
@@ -63,9 +78,16 @@ class ManagerSettings:
 
 
 class Manager:
-    def __init__(self, client: KubeClient, settings: ManagerSettings = ManagerSettings()) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: ManagerSettings = ManagerSettings(),
+        *,
+        metrics_reviewer: Reviewer | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.metrics_auth = MetricsAuth(metrics_reviewer or KubeReviewer(client))
         self.metrics = Metrics()
         self.informers = InformerSet(client, settings.informers)
         self.events = EventRecorder(client, settings.events)
@@ -189,19 +211,38 @@ class Manager:
                 app.router.add_get("/readyz", self._readyz)
                 runners.append(await self._serve("health", app, self.settings.health_address))
             if self.settings.metrics_address is not None:
-                app = web.Application()
-                app.router.add_get("/metrics", self._metrics)
-                runners.append(await self._serve("metrics", app, self.settings.metrics_address))
+                app = web.Application(client_max_size=1024)
+                tls = None
+                if self.settings.metrics_secure:
+                    app.router.add_get("/metrics", self._authorized_metrics)
+                    tls = self._metrics_tls()
+                else:
+                    app.router.add_get("/metrics", self._metrics)
+                address = self.settings.metrics_address
+                runners.append(await self._serve("metrics", app, address, tls))
             yield
         finally:
             for runner in runners:
                 await runner.cleanup()
 
-    async def _serve(self, name: str, app: web.Application, address: str) -> web.AppRunner:
+    def _metrics_tls(self) -> ssl.SSLContext:
+        cert_dir = self.settings.metrics_cert_dir
+        if cert_dir is None:
+            return self_signed_context("capi-remote-metrics")
+        return ReloadingContext(cert_dir / "tls.crt", cert_dir / "tls.key").context
+
+    async def _serve(
+        self, name: str, app: web.Application, address: str, tls: ssl.SSLContext | None = None
+    ) -> web.AppRunner:
         host, _, port = address.rpartition(":")
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, handler_args=SERVER_LIMITS)
         await runner.setup()
-        site = web.TCPSite(runner, host or "0.0.0.0", int(port))  # noqa: S104 - user-chosen
+        site = web.TCPSite(
+            runner,
+            host or "0.0.0.0",  # noqa: S104 - user-chosen
+            int(port),
+            ssl_context=tls,
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
@@ -217,6 +258,15 @@ class Manager:
         if self.ready.is_set():
             return web.Response(text="ok")
         return web.Response(status=503, text="caches not synced")
+
+    async def _authorized_metrics(self, request: web.Request) -> web.Response:
+        status = await self.metrics_auth.status(
+            request.headers.get("Authorization"), "get", request.path
+        )
+        if status != 200:
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return web.Response(status=status, text=REFUSALS[status], headers=headers)
+        return await self._metrics(request)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

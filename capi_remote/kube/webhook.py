@@ -8,7 +8,6 @@ cert-manager mounts them; they are re-read when their files change, so rotation 
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import attrs
 import structlog
 from aiohttp import web
+
+from capi_remote.kube.tls import ReloadingContext
 
 JSONDict = dict[str, Any]
 ReviewHandler = Callable[[JSONDict], JSONDict]
@@ -32,30 +33,6 @@ class WebhookSettings:
     key_name: str = "tls.key"
 
 
-class _ReloadingContext:
-    """An SSL context whose certificate follows the files on disk (checked per handshake)."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self._cert, self._key = cert, key
-        self._stamp: tuple[float, float] = (0.0, 0.0)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._load()
-        self.context.sni_callback = self._on_hello
-
-    def _load(self) -> None:
-        stamp = (self._cert.stat().st_mtime, self._key.stat().st_mtime)
-        if stamp != self._stamp:
-            self.context.load_cert_chain(str(self._cert), str(self._key))
-            self._stamp = stamp
-
-    def _on_hello(self, *_: object) -> None:
-        try:
-            self._load()
-        except (OSError, ssl.SSLError) as error:
-            _log.warning("keeping the previous webhook certificate", error=str(error))
-
-
 class WebhookServer:
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
@@ -70,7 +47,7 @@ class WebhookServer:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         for path in self._handlers:
             app.router.add_post(path, self._serve)
-        tls = _ReloadingContext(
+        tls = ReloadingContext(
             self.settings.cert_dir / self.settings.cert_name,
             self.settings.cert_dir / self.settings.key_name,
         )

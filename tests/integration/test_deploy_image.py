@@ -114,6 +114,7 @@ def test_image_runs_the_controller(
         f"--webhook-port={free_port()}",
         f"--health-addr=127.0.0.1:{health}",
         f"--metrics-bind-address=127.0.0.1:{metrics}",
+        "--insecure-metrics",
         # Reconcile nothing: other tests' objects belong to their own controller.
         f"--watch-filter={name}",
         "--log-format=json",

@@ -73,6 +73,12 @@ def _kustomize(toolchain: toolchain_module.Toolchain, overlay: str) -> list[dict
     return _documents(proc.stdout)
 
 
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
 def _only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -408,7 +414,7 @@ def test_rbac_has_no_wildcards_and_never_changes_secrets(
     }
     granted = {
         resource
-        for rule in _only(default_docs, "ClusterRole")["rules"]
+        for rule in _named(default_docs, "ClusterRole", "capi-remote-manager")["rules"]
         for resource in rule["resources"]
         if resource.endswith("/status")
     }
@@ -440,6 +446,10 @@ def test_rbac_has_no_wildcards_and_never_changes_secrets(
         ("create", "leases.coordination.k8s.io", "default", False),
         ("create", "pods", "default", False),
         ("get", "nodes", "", False),
+        # The metrics endpoint's authentication and authorization.
+        ("create", "tokenreviews.authentication.k8s.io", "", True),
+        ("create", "subjectaccessreviews.authorization.k8s.io", "", True),
+        ("list", "subjectaccessreviews.authorization.k8s.io", "", False),
     ],
 )
 def test_rbac_grants_what_the_manager_needs_and_no_more(

@@ -63,6 +63,7 @@ def build(
         ManagerSettings(
             health_address="127.0.0.1:0",
             metrics_address="127.0.0.1:0",
+            metrics_secure=False,  # the scrape test reads it plainly; auth: test_metrics_auth.py
             leader_election=election,
             watch_filter=watch_filter,
         ),
