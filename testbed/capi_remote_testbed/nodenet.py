@@ -13,8 +13,8 @@ names ``crn<k>`` (namespace), ``crn<k>h`` (the machine's end of the veth), the P
 10.251.<k>.0/24 (the bridge is .1) and the link 10.252.<k>.0/30 (.1 the machine, .2 the node). The
 machine routes only the Pod subnet to the node, so the API server and tests reach Pod IPs; Service
 IPs are reached from Pods (the namespace's kube-proxy rules), not from the machine. Deleting the
-namespace removes the bridge, the veths, the routes and every iptables rule; a namespace left by a
-dead owner is deleted when its slot is taken again.
+namespace removes the bridge, the veths, the routes and every iptables rule; namespaces left by
+dead owners are swept whenever a node network is allocated.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ MARKER = "crn"
 MAX_SLOTS = 256
 BRIDGE = "crnbr"  # inside the node's namespace, so one name serves every slot
 NETWORK_NAME = "capi-remote-pods"
+_NETNS_RE = re.compile(rf"^{MARKER}(\d{{1,3}})$")
 # The plugins whose host side must be in the node's namespace; host-local only writes its own
 # files, loopback only touches the Pod's namespace.
 _NAMESPACED_PLUGINS = ("bridge", "portmap")
@@ -172,8 +174,30 @@ def _remove_netns(name: str) -> None:
     _ip("netns", "del", name)
 
 
+def sweep() -> list[str]:
+    """Delete the namespaces of node networks whose owner died (no live process holds their slot's
+    lock); returns their names."""
+    removed = []
+    for name in netns_list():
+        match = _NETNS_RE.match(name)
+        if match is None:
+            continue
+        slot = int(match.group(1))
+        fd = try_lock_slot(slot, MARKER)
+        if fd is None:
+            continue
+        try:
+            _remove_netns(name)
+            removed.append(name)
+        finally:
+            release_slot(slot, fd, MARKER)
+    return removed
+
+
 def allocate() -> NodeNetwork:
-    """Take a free slot (its lock held until :meth:`NodeNetwork.close`) and create its network."""
+    """Take a free slot (its lock held until :meth:`NodeNetwork.close`) and create its network,
+    after sweeping what crashed runs left."""
+    sweep()
     for slot in range(MAX_SLOTS):
         fd = try_lock_slot(slot, MARKER)
         if fd is None:
