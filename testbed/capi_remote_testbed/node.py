@@ -17,9 +17,9 @@ Why it looks the way it does:
 - Everything is private to one instance: containerd's root, state and socket, kubelet's root
   directory, its pod logs and ports, its network namespace, bridge, Pod subnet and iptables rules,
   so parallel test sessions do not meet. :meth:`Node.stop` leaves no process, mount, network
-  namespace or link behind. The kubelet
-  authenticates with a client certificate in ``system:masters`` (the apiserver runs RBAC only,
-  without the Node authorizer).
+  namespace or link behind. The kubelet authenticates with a client certificate in
+  ``system:masters`` (the apiserver runs RBAC only, without the Node authorizer); the API server
+  reaches the kubelet on its node IP with its kubelet client certificate (logs, exec).
 
 ``start_node(plane)`` starts one against a :class:`ControlPlane`; ``python -m
 capi_remote_testbed.node images`` builds (or finds) the image archive and prints its path.
