@@ -1,6 +1,6 @@
 """A real, local Kubernetes control plane with Cluster API core: etcd, kube-apiserver,
-kube-controller-manager (garbage collector, namespace and job controllers) and the CAPI manager
-with its webhooks served on loopback.
+kube-controller-manager (garbage collector, namespace, job and EndpointSlice controllers) and the
+CAPI manager with its webhooks served on loopback.
 
 Everything listens on 127.0.0.1 on free ports, so several environments can run side by side. The
 admin identity is a client certificate in ``system:masters``; the kubeconfig embeds it.
@@ -282,6 +282,11 @@ class ControlPlane:
         ).write(pki, "apiserver")
         admin = self.ca.issue("admin", organizations=("system:masters",), client=True)
         admin.write(pki, "admin")
+        # How the API server authenticates to a kubelet (logs, exec, port-forward): the test bed's
+        # node trusts this CA.
+        kubelet_client = self.ca.issue(
+            "kube-apiserver-kubelet-client", organizations=("system:masters",), client=True
+        ).write(pki, "kubelet-client")
         sa_public, sa_private = service_account_key().write(pki, "service-account")
         argv = [
             str(self.toolchain.kube_apiserver),
@@ -293,6 +298,9 @@ class ControlPlane:
             f"--tls-cert-file={serving[0]}",
             f"--tls-private-key-file={serving[1]}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={kubelet_client[0]}",
+            f"--kubelet-client-key={kubelet_client[1]}",
+            "--kubelet-preferred-address-types=InternalIP",  # node names are not in DNS here
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
@@ -336,9 +344,11 @@ class ControlPlane:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                # The job controller runs provisionJob-mode Jobs (their Pods need a node:
+                # The job controller runs provisionJob-mode Jobs, the EndpointSlice controller
+                # gives Services their endpoints (their Pods need a node:
                 # capi_remote_testbed.node).
-                "--controllers=garbage-collector-controller,namespace-controller,job-controller",
+                "--controllers=garbage-collector-controller,namespace-controller,job-controller,"
+                "endpointslice-controller",
                 "--leader-elect=false",
                 f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",

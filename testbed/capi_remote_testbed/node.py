@@ -1,21 +1,25 @@
-"""One real Kubernetes node for the local control plane: containerd + runc, kubelet and
-kube-scheduler, so Jobs (provisionJob mode) really run.
+"""One real Kubernetes node for the local control plane: containerd + runc, kubelet,
+kube-scheduler and kube-proxy, so Jobs (provisionJob mode) and Pods behind Services really run.
 
 Why it looks the way it does:
 
 - No container registry is reachable. The images a Pod needs are made here and imported into
   containerd (:mod:`capi_remote_testbed.nodeimages`); Pods must use ``imagePullPolicy: Never``
   or ``IfNotPresent``.
-- No CNI: Pods on this node must use ``hostNetwork: true`` (they then reach the namespaced test
-  hosts on their bridge like the controller does). containerd still reports the network ready
-  because its CNI configuration directory holds a (never used) loopback network; otherwise the
-  node would stay NotReady.
+- Pod networking (:mod:`capi_remote_testbed.nodenet`): the CNI plugins bridge, host-local,
+  loopback and portmap give each Pod an IP of the node's own subnet, in a network namespace of the
+  node's own, where kube-proxy (iptables mode) makes Service IPs work for Pods. The machine (so the
+  API server) reaches Pod IPs. ``hostNetwork: true`` Pods still share the machine's network (they
+  reach the namespaced test hosts on their bridge like the controller does).
+- The sandbox image is our own ``pause`` binary (``toolchain/pause``), nothing is pulled.
 - This VM runs cgroup v1, which kubelet 1.35 refuses unless ``failCgroupV1: false``; QoS cgroups
   and node allocatable enforcement are off (``cgroupsPerQOS: false``), nothing is evicted.
 - Everything is private to one instance: containerd's root, state and socket, kubelet's root
-  directory, its pod logs and ports, so parallel test sessions do not meet. The kubelet
-  authenticates with a client certificate in ``system:masters`` (the apiserver runs RBAC only,
-  without the Node authorizer).
+  directory, its pod logs and ports, its network namespace, bridge, Pod subnet and iptables rules,
+  so parallel test sessions do not meet. :meth:`Node.stop` leaves no process, mount, network
+  namespace or link behind. The kubelet authenticates with a client certificate in
+  ``system:masters`` (the apiserver runs RBAC only, without the Node authorizer); the API server
+  reaches the kubelet on its node IP with its kubelet client certificate (logs, exec).
 
 ``start_node(plane)`` starts one against a :class:`ControlPlane`; ``python -m
 capi_remote_testbed.node images`` builds (or finds) the image archive and prints its path.
@@ -41,17 +45,16 @@ from capi_remote_testbed import toolchain
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.net import free_port, http_ok
 from capi_remote_testbed.nodeimages import PAUSE_IMAGE, ensure_image_archive
+from capi_remote_testbed.nodenet import NodeNetwork, allocate, kube_proxy_config
 from capi_remote_testbed.processes import ManagedProcess
+from capi_remote_testbed.tcpproxy import TcpProxy
 from capi_remote_testbed.toolchain import NodeBinaries
 
 NODE_NAME = "capi-remote-node"
 APT_PACKAGES = ("containerd", "runc")
-
-_LOOPBACK_CNI = {
-    "cniVersion": "1.0.0",
-    "name": "capi-remote-unused",
-    "plugins": [{"type": "loopback"}],
-}
+# Where containerd 1.6 mounts the Pods' network namespaces (machine-wide; ours are found through
+# our containers' specs).
+_SANDBOX_NETNS_DIRS = ("/var/run/netns/", "/run/netns/")
 
 
 class NodeError(RuntimeError):
@@ -78,7 +81,9 @@ class Node:
     workdir: Path = attrs.field(factory=lambda: Path(tempfile.mkdtemp(prefix="capi-remote-node-")))
     name: str = NODE_NAME
     ready_timeout: float = 120.0
+    network: NodeNetwork | None = attrs.field(default=None, init=False)
     _processes: list[ManagedProcess] = attrs.field(factory=list, init=False)
+    _apiserver_proxy: TcpProxy | None = attrs.field(default=None, init=False)
 
     @property
     def containerd_socket(self) -> Path:
@@ -92,38 +97,51 @@ class Node:
                 f"{' '.join(APT_PACKAGES)} (`make system-deps`)"
             )
         try:
+            progress("node network")
+            self.network = allocate()
             progress("containerd")
-            self._start_containerd()
+            self._start_containerd(self.network)
             progress("node images")
-            self._import_images(ensure_image_archive(progress))
+            self._import_images(ensure_image_archive(self.binaries.pause, progress))
             progress("kube-scheduler")
             self._start_scheduler()
             progress("kubelet")
-            self._start_kubelet()
+            self._start_kubelet(self.network)
+            progress("kube-proxy")
+            self._start_kube_proxy(self.network)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        kubelet = next((p for p in self._processes if p.name == "kubelet"), None)
-        if kubelet is not None:
-            kubelet.stop()
+        for name in ("kube-proxy", "kubelet"):
+            process = next((p for p in self._processes if p.name == name), None)
+            if process is not None:
+                process.stop()
+        sandbox_netns: list[str] = []
         if self.containerd_socket.exists():
-            self._remove_all_containers()
+            sandbox_netns = self._remove_all_containers()
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
+        for path in sandbox_netns:
+            subprocess.run(["umount", path], capture_output=True, check=False)
+            Path(path).unlink(missing_ok=True)
+        if self._apiserver_proxy is not None:
+            self._apiserver_proxy.close()
+            self._apiserver_proxy = None
+        if self.network is not None:
+            self.network.close()
+            self.network = None
         self._unmount_below(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- containerd ------------------------------------------------------------------------
 
-    def _containerd_config(self) -> str:
+    def _containerd_config(self, network: NodeNetwork) -> str:
         base = self.workdir / "containerd"
         cni = self.workdir / "cni"
-        (cni / "net.d").mkdir(parents=True, exist_ok=True)
-        (cni / "bin").mkdir(parents=True, exist_ok=True)
-        (cni / "net.d" / "10-unused.conflist").write_text(json.dumps(_LOOPBACK_CNI))
+        network.write_cni(self.binaries.cni_bin_dir, cni / "bin", cni / "net.d", cni / "ipam")
         return f"""\
 version = 2
 root = "{base / "root"}"
@@ -146,10 +164,10 @@ state = "{base / "state"}"
     conf_dir = "{cni / "net.d"}"
 """
 
-    def _start_containerd(self) -> None:
+    def _start_containerd(self, network: NodeNetwork) -> None:
         config = self.workdir / "containerd.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(self._containerd_config())
+        config.write_text(self._containerd_config(network))
         process = self._spawn("containerd", ["containerd", "--config", str(config)])
         self._wait(process, lambda: self._ctr("version", check=False).returncode == 0, "containerd")
 
@@ -167,9 +185,11 @@ state = "{base / "state"}"
     def _import_images(self, archive: Path) -> None:
         self._ctr("images", "import", "--no-unpack", "--all-platforms", str(archive))
 
-    def _remove_all_containers(self) -> None:
+    def _remove_all_containers(self) -> list[str]:
         """Kill and delete every task and container the kubelet left, so no shim, overlay mount
-        or process outlives the node."""
+        or process outlives the node; returns the Pods' network namespaces (their mount points),
+        which containerd no longer removes once its sandboxes are gone this way."""
+        sandbox_netns = self.pod_network_namespaces()
         tasks = self._ctr("tasks", "list", "-q", check=False).stdout.split()
         for task in tasks:
             self._ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
@@ -181,6 +201,25 @@ state = "{base / "state"}"
                 time.sleep(0.2)
         for container in self._ctr("containers", "list", "-q", check=False).stdout.split():
             self._ctr("containers", "delete", container, check=False)
+        return sandbox_netns
+
+    def pod_network_namespaces(self) -> list[str]:
+        """The mount points of this node's Pods' network namespaces (from its containers' specs)."""
+        containers = self._ctr("containers", "list", "-q", check=False).stdout.split()
+        return sorted({path for c in containers for path in self._netns_of(c)})
+
+    def _netns_of(self, container: str) -> list[str]:
+        info = self._ctr("containers", "info", container, check=False).stdout
+        try:
+            namespaces = json.loads(info)["Spec"]["linux"]["namespaces"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        return [
+            ns["path"]
+            for ns in namespaces
+            if ns.get("type") == "network"
+            and str(ns.get("path", "")).startswith(_SANDBOX_NETNS_DIRS)
+        ]
 
     @staticmethod
     def _unmount_below(directory: Path) -> None:
@@ -229,7 +268,9 @@ state = "{base / "state"}"
             "kube-scheduler",
         )
 
-    def _start_kubelet(self) -> None:
+    def _start_kubelet(self, network: NodeNetwork) -> None:
+        """The kubelet listens on the machine's end of the node's link, its node IP: the API
+        server reaches it there (logs, exec) with its kubelet client certificate."""
         root = self.workdir / "kubelet"
         root.mkdir(parents=True, exist_ok=True)
         config = {
@@ -240,7 +281,7 @@ state = "{base / "state"}"
             "cgroupsPerQOS": False,
             "enforceNodeAllocatable": [],
             "failSwapOn": False,
-            "address": "127.0.0.1",
+            "address": network.host_address,
             "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -283,7 +324,7 @@ state = "{base / "state"}"
                 f"--root-dir={root}",
                 f"--cert-dir={self.workdir / 'kubelet-pki'}",
                 f"--hostname-override={self.name}",
-                "--node-ip=127.0.0.1",
+                f"--node-ip={network.host_address}",
                 "--v=2",
             ],
         )
@@ -302,6 +343,31 @@ state = "{base / "state"}"
             capture_output=True,
             check=False,
         )
+
+    def _start_kube_proxy(self, network: NodeNetwork) -> None:
+        """kube-proxy inside the node's namespace; it reaches the API server (127.0.0.1 of the
+        machine) through a forwarder on the machine's end of the node's link."""
+        kubeconfig = yaml.safe_load(self.kubelet_kubeconfig.read_text())
+        cluster = kubeconfig["clusters"][0]["cluster"]
+        apiserver = cluster["server"].removeprefix("https://").rsplit(":", 1)
+        self._apiserver_proxy = TcpProxy(
+            (apiserver[0], int(apiserver[1])), listen_host=network.host_address
+        )
+        host, port = self._apiserver_proxy.start()
+        cluster["server"] = f"https://{host}:{port}"
+        cluster["tls-server-name"] = "localhost"  # a name of the API server's certificate
+        proxy_kubeconfig = self.workdir / "kube-proxy.kubeconfig"
+        proxy_kubeconfig.touch(mode=0o600)
+        proxy_kubeconfig.write_text(yaml.safe_dump(kubeconfig))
+        config = self.workdir / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump(kube_proxy_config(network, proxy_kubeconfig, self.name)))
+        process = self._spawn(
+            "kube-proxy",
+            network.exec_argv(str(self.binaries.kube_proxy), f"--config={config}", "--v=2"),
+        )
+        # Its first full sync creates the chain.
+        probe = ("iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+        self._wait(process, lambda: network.run(*probe, check=False).returncode == 0, "kube-proxy")
 
     def _node_ready(self) -> bool:
         proc = subprocess.run(
@@ -350,13 +416,13 @@ def start_node(
     progress: Callable[[str], None] = lambda _: None,
     *,
     ready_timeout: float = 120.0,
+    name: str = NODE_NAME,
 ) -> Node:
-    """Build (or find) the kubelet and kube-scheduler and start a node for ``plane``."""
+    """Build (or find) the node's binaries and start a node called ``name`` for ``plane``
+    (a second node on one plane also brings a second scheduler: bind its Pods with ``nodeName``)."""
     binaries = toolchain.ensure_node(log=progress)
     workdir = Path(tempfile.mkdtemp(prefix="capi-remote-node-"))
-    identity = plane.ca.issue(
-        f"system:node:{NODE_NAME}", organizations=("system:masters",), client=True
-    )
+    identity = plane.ca.issue(f"system:node:{name}", organizations=("system:masters",), client=True)
     config = yaml.safe_load(plane.kubeconfig.read_text())
     config["users"][0]["user"] = {
         "client-certificate-data": base64.b64encode(identity.cert_pem).decode(),
@@ -374,6 +440,7 @@ def start_node(
         kubeconfig,
         ca_file,
         workdir=workdir,
+        name=name,
         ready_timeout=ready_timeout,
     )
     node.start(progress)
@@ -385,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     if args != ["images"]:
         print("usage: python -m capi_remote_testbed.node images", file=sys.stderr)
         return 2
-    print(ensure_image_archive(lambda line: print(line, file=sys.stderr)))
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    print(ensure_image_archive(toolchain.ensure_node(log).pause, log))
     return 0
 
 

@@ -1,14 +1,14 @@
 """The container images of the test bed's node, made here because no registry is reachable.
 
-One OCI archive, imported into containerd (``ctr images import``), whose one layer is the test
-hosts' Debian rootfs (it has ``sh``, ``ssh`` and ``scp``), tagged twice: :data:`SSH_CLIENT_IMAGE`
-for Jobs and :data:`PAUSE_IMAGE` (a shell that waits for ``SIGTERM``) as containerd's sandbox
-image. Both tags share the layer, so it is stored once. Pods must use ``imagePullPolicy: Never`` or
-``IfNotPresent``.
+One OCI archive, imported into containerd (``ctr images import``), with two images:
+:data:`SSH_CLIENT_IMAGE`, whose one layer is the test hosts' Debian rootfs (``sh``, ``ssh``,
+``scp``, ``python3``, ``curl``), for Jobs and test Pods; and :data:`PAUSE_IMAGE`, whose one layer
+is our static ``pause`` binary (built from ``toolchain/pause``), containerd's sandbox image. Pods
+must use ``imagePullPolicy: Never`` or ``IfNotPresent``.
 
 Invariant: the archive's name carries a hash of its recipe (:data:`IMAGE_RECIPE_VERSION`, the
-rootfs, the tags), and it appears atomically under a lock, so a cached archive is never stale or
-half-written.
+rootfs, the pause binary's pins, the tags), and it appears atomically under a lock, so a cached
+archive is never stale or half-written.
 """
 
 import gzip
@@ -30,20 +30,17 @@ from capi_remote_testbed.toolchain import cache_root
 SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
 PAUSE_IMAGE = "localhost/capi-remote-pause:test"
 #: Bump when the image recipe below changes.
-IMAGE_RECIPE_VERSION = 1
-
-# PID 1 of every sandbox: exits on TERM/INT (a bare `sleep` as PID 1 would ignore them).
-_PAUSE_COMMAND = [
-    "/bin/sh",
-    "-c",
-    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
-]
+IMAGE_RECIPE_VERSION = 2
 
 
 def _layer_tar(source: Path, out: io.BufferedWriter) -> None:
-    """A reproducible tar of ``source`` (sorted, fixed mtimes for nothing: ownership and modes
-    are what matter)."""
+    """A reproducible tar of the directory ``source`` (sorted, fixed mtimes for nothing:
+    ownership and modes are what matter), or of the one file ``source`` as ``/<its name>``."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        if source.is_file():
+            with source.open("rb") as data:
+                tar.addfile(tar.gettarinfo(str(source), source.name), data)
+            return
         for dirpath, dirnames, filenames in os.walk(source):
             dirnames.sort()
             for name in sorted(dirnames) + sorted(filenames):
@@ -65,42 +62,52 @@ def _blob(directory: Path, data: bytes) -> dict[str, Any]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def build_image_archive(path: Path, source: Path) -> None:
-    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding both image tags."""
+def _layer(work: Path, source: Path) -> tuple[dict[str, Any], str]:
+    """Write ``source`` as a gzip layer blob; returns its descriptor and its diff id."""
+    raw = work / "layer.tar"
+    with raw.open("wb") as out:
+        _layer_tar(source, out)
+    diff_id = hashlib.sha256()
+    with raw.open("rb") as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            diff_id.update(chunk)
+    gz_path = work / "layer.tar.gz"
+    with raw.open("rb") as data, gzip.GzipFile(gz_path, "wb", compresslevel=1, mtime=0) as gz:
+        shutil.copyfileobj(data, gz, 1 << 20)
+    raw.unlink()
+    layer_digest = hashlib.sha256()
+    with gz_path.open("rb") as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            layer_digest.update(chunk)
+    layer = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": f"sha256:{layer_digest.hexdigest()}",
+        "size": gz_path.stat().st_size,
+    }
+    gz_path.rename(work / "blobs" / "sha256" / layer_digest.hexdigest())
+    return layer, f"sha256:{diff_id.hexdigest()}"
+
+
+def build_image_archive(path: Path, source: Path, pause: Path) -> None:
+    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding both images."""
     work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
     try:
         (work / "blobs" / "sha256").mkdir(parents=True)
-        raw = work / "layer.tar"
-        with raw.open("wb") as out:
-            _layer_tar(source, out)
-        diff_id = hashlib.sha256()
-        with raw.open("rb") as data:
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                diff_id.update(chunk)
-        gz_path = work / "layer.tar.gz"
-        with raw.open("rb") as data, gzip.GzipFile(gz_path, "wb", compresslevel=1, mtime=0) as gz:
-            shutil.copyfileobj(data, gz, 1 << 20)
-        raw.unlink()
-        layer_digest = hashlib.sha256()
-        with gz_path.open("rb") as data:
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                layer_digest.update(chunk)
-        layer = {
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": f"sha256:{layer_digest.hexdigest()}",
-            "size": gz_path.stat().st_size,
-        }
-        gz_path.rename(work / "blobs" / "sha256" / layer_digest.hexdigest())
+        images = (
+            (SSH_CLIENT_IMAGE, source, {"Cmd": ["/bin/sh"]}),
+            (PAUSE_IMAGE, pause, {"Entrypoint": [f"/{pause.name}"]}),
+        )
         manifests = []
-        for ref, cmd in ((SSH_CLIENT_IMAGE, ["/bin/sh"]), (PAUSE_IMAGE, _PAUSE_COMMAND)):
+        for ref, layer_source, command in images:
+            layer, diff_id = _layer(work, layer_source)
             config = {
                 "architecture": "amd64",
                 "os": "linux",
                 "config": {
-                    "Cmd": cmd,
+                    **command,
                     "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                 },
-                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id.hexdigest()}"]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             }
             config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
             manifest = {
@@ -131,16 +138,18 @@ def build_image_archive(path: Path, source: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ensure_image_archive(log: Callable[[str], None] = print) -> Path:
-    """The cached OCI archive of the node's images, built from the hosts' rootfs on a miss."""
+def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Path:
+    """The cached OCI archive of the node's images, built from the hosts' rootfs and the ``pause``
+    binary (its cache directory's name carries its pins) on a miss."""
     source = rootfs.ensure_rootfs()
     recipe = hashlib.sha256(
-        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{SSH_CLIENT_IMAGE}\n{PAUSE_IMAGE}".encode()
+        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{pause.parent.name}\n"
+        f"{SSH_CLIENT_IMAGE}\n{PAUSE_IMAGE}".encode()
     ).hexdigest()[:12]
     images = cache_root() / "images"
     archive = images / f"node-images-{recipe}.oci.tar"
     with build_lock(images / ".node-images.lock"):
         if not archive.is_file():
             log(f"building the node's images from {source} into {archive}")
-            build_image_archive(archive, source)
+            build_image_archive(archive, source, pause)
     return archive

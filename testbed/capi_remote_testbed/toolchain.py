@@ -31,6 +31,7 @@ TOOLCHAIN_DIR = Path(__file__).parent / "toolchain"
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.10"
 CLUSTER_API_VERSION = "v1.13.6"
+CNI_PLUGINS_VERSION = "v1.9.1"
 
 
 def cache_root() -> Path:
@@ -103,16 +104,38 @@ CLUSTER_API = Component(
     packages=("sigs.k8s.io/cluster-api", "sigs.k8s.io/cluster-api/cmd/clusterctl"),
 )
 COMPONENTS = (ETCD, KUBERNETES, CLUSTER_API)
-# The test bed's node, for Jobs that must really run (provisionJob e2e): kubelet, plus
-# kube-scheduler to place their Pods. Its own wrapper module (the same pins as KUBERNETES plus the
-# kubelet's extra dependencies) so adding it does not invalidate the control plane's cache; built
-# only on demand (`ensure_node`).
+# The test bed's node, for Pods that must really run: kubelet, kube-scheduler to place them and
+# kube-proxy for Services. Its own wrapper module (the same pins as KUBERNETES plus the node's extra
+# dependencies) so adding it does not invalidate the control plane's cache; built by
+# `make toolchain` or on first use (`ensure_node`).
 NODE = Component(
     name="kubelet",
     version=KUBERNETES_VERSION,
     module_dir="kubelet",
-    packages=("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-scheduler"),
+    packages=(
+        "k8s.io/kubernetes/cmd/kubelet",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+        "k8s.io/kubernetes/cmd/kube-proxy",
+    ),
     ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
+)
+# The node's Pod network: the CNI plugins containerd runs (the node's CNI configuration names them).
+CNI_PLUGINS = Component(
+    name="cni-plugins",
+    version=CNI_PLUGINS_VERSION,
+    module_dir="cni",
+    packages=tuple(
+        f"github.com/containernetworking/plugins/plugins/{plugin}"
+        for plugin in ("main/bridge", "ipam/host-local", "main/loopback", "meta/portmap")
+    ),
+)
+# PID 1 of every Pod sandbox: our own few lines (Kubernetes' pause is C), a static binary that the
+# node's pause image holds.
+PAUSE = Component(
+    name="pause",
+    version="v1",
+    module_dir="pause",
+    packages=("capi-remote.dev/toolchain/pause",),
 )
 
 # The CAPI module's root package builds a binary named after the module; give it a clear name.
@@ -248,26 +271,44 @@ def kubectl(log: Callable[[str], None]) -> Path:
 class NodeBinaries:
     kubelet: Path
     kube_scheduler: Path
+    kube_proxy: Path
+    cni_bin_dir: Path  # bridge, host-local, loopback, portmap
+    pause: Path
 
 
 def ensure_node(log: Callable[[str], None] = print) -> NodeBinaries:
-    """Find (``TEST_ASSET_KUBELET``/``TEST_ASSET_KUBE_SCHEDULER``, ``$KUBEBUILDER_ASSETS``) or
-    build the kubelet and kube-scheduler."""
+    """Find (``TEST_ASSET_KUBELET``, ``TEST_ASSET_KUBE_PROXY``, ..., ``$KUBEBUILDER_ASSETS``) or
+    build the kubelet, kube-scheduler and kube-proxy; build (or find in the cache) the CNI plugins
+    and pause."""
     wanted = {b: _from_environment(b) for b in NODE.binaries}
     if not all(wanted.values()):
         _build(NODE, log)
     found = {b: wanted[b] or NODE.cache_dir / b for b in NODE.binaries}
-    return NodeBinaries(kubelet=found["kubelet"], kube_scheduler=found["kube-scheduler"])
+    _build(CNI_PLUGINS, log)
+    _build(PAUSE, log)
+    return NodeBinaries(
+        kubelet=found["kubelet"],
+        kube_scheduler=found["kube-scheduler"],
+        kube_proxy=found["kube-proxy"],
+        cni_bin_dir=CNI_PLUGINS.cache_dir,
+        pause=PAUSE.cache_dir / "pause",
+    )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Print the control plane's binaries, or with ``node`` the node's (building the missing)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["node"]):
+        print("usage: python -m capi_remote_testbed.toolchain [node]", file=sys.stderr)
+        return 2
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        toolchain = ensure(log=lambda line: print(line, file=sys.stderr, flush=True))
+        built: Toolchain | NodeBinaries = ensure_node(log) if args else ensure(log)
     except ToolchainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for field in attrs.fields(Toolchain):
-        print(f"{field.name}: {getattr(toolchain, field.name)}")
+    for field in attrs.fields(type(built)):
+        print(f"{field.name}: {getattr(built, field.name)}")
     return 0
 
 

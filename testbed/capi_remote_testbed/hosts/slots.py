@@ -47,18 +47,20 @@ def subnet_taken(subnet: ipaddress.IPv4Network) -> bool:
     return False
 
 
-def lock_path(slot: int) -> Path:
+def lock_path(slot: int, marker: str = MARKER) -> Path:
+    """The lock of slot ``slot`` of the fleets (or, with another ``marker``, of another owner of
+    machine-wide names: the test bed's node network)."""
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    return LOCK_DIR / f"{MARKER}{slot}.lock"
+    return LOCK_DIR / f"{marker}{slot}.lock"
 
 
-def try_lock_slot(slot: int) -> int | None:
+def try_lock_slot(slot: int, marker: str = MARKER) -> int | None:
     """flock the slot's lock file without waiting; None if a live process owns it.
 
     The lock file is unlinked on release, so after locking we check that the path still names the
     inode we locked (otherwise two processes could each "own" a different file of the same name).
     """
-    path = lock_path(slot)
+    path = lock_path(slot, marker)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -79,9 +81,9 @@ def try_lock_slot(slot: int) -> int | None:
         os.close(fd)
 
 
-def release_slot(slot: int, fd: int) -> None:
+def release_slot(slot: int, fd: int, marker: str = MARKER) -> None:
     with contextlib.suppress(FileNotFoundError):
-        lock_path(slot).unlink()
+        lock_path(slot, marker).unlink()
     os.close(fd)
 
 

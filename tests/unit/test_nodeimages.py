@@ -1,0 +1,60 @@
+"""The node's image archive: two images, the pause image holding only our static binary as its
+entrypoint (so no sandbox image is ever pulled), both addressable by digest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from capi_remote_testbed.nodeimages import PAUSE_IMAGE, SSH_CLIENT_IMAGE, build_image_archive
+
+
+def _read(archive: tarfile.TarFile, name: str) -> bytes:
+    member = archive.extractfile(name)
+    assert member is not None
+    return member.read()
+
+
+def _blob(archive: tarfile.TarFile, descriptor: dict[str, Any]) -> bytes:
+    data = _read(archive, "blobs/sha256/" + descriptor["digest"].removeprefix("sha256:"))
+    assert hashlib.sha256(data).hexdigest() == descriptor["digest"].removeprefix("sha256:")
+    assert len(data) == descriptor["size"]
+    return data
+
+
+def test_the_archive_holds_a_rootfs_image_and_a_pause_image_of_one_binary(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "bin" / "sh").write_bytes(b"#!shell")
+    pause = tmp_path / "bin" / "pause"
+    pause.parent.mkdir()
+    pause.write_bytes(b"\x7fELF pause")
+    archive_path = tmp_path / "images.oci.tar"
+
+    build_image_archive(archive_path, rootfs, pause)
+
+    images: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    with tarfile.open(archive_path) as archive:
+        index = json.loads(_read(archive, "index.json"))
+        for entry in index["manifests"]:
+            manifest = json.loads(_blob(archive, entry))
+            config = json.loads(_blob(archive, manifest["config"]))
+            (layer,) = manifest["layers"]
+            raw = gzip.decompress(_blob(archive, layer))
+            assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(raw).hexdigest()}"]
+            with tarfile.open(fileobj=io.BytesIO(raw)) as layer_tar:
+                names = layer_tar.getnames()
+            images[entry["annotations"]["io.containerd.image.name"]] = (config["config"], names)
+
+    assert set(images) == {SSH_CLIENT_IMAGE, PAUSE_IMAGE}
+    pause_config, pause_files = images[PAUSE_IMAGE]
+    assert pause_files == ["pause"]
+    assert pause_config["Entrypoint"] == ["/pause"]
+    client_config, client_files = images[SSH_CLIENT_IMAGE]
+    assert "bin/sh" in client_files
+    assert client_config["Cmd"] == ["/bin/sh"]
