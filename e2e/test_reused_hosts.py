@@ -1,6 +1,7 @@
 """k0smotron's users' flows on hosts reused after the reference provider (issue 16, points 2
 and 4): a sentinel another machine left is not this machine's bootstrap, a machine provisioned
-before adopts its own, and a standalone RemoteMachine's labels and annotations reach its Machine.
+before adopts its own (runner and provisionJob alike), and a standalone RemoteMachine's labels
+and annotations reach its Machine.
 
 The RemoteMachines are shaped like k0smotron's documented one (docs/capi-remote.md: address,
 port, user root, sshKeyRef) plus the host-key policy capi-remote requires."""
@@ -11,8 +12,10 @@ import pytest
 
 from capi_remote.resources import MACHINES, REMOTE_MACHINES
 from capi_remote_testbed import samples
+from capi_remote_testbed.node import Node
 from e2e.bed import Bed, BedFactory
 from e2e.test_machine_flows import _ready_reason, _running
+from e2e.test_provision_job import _job_template
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +83,21 @@ async def test_a_machine_provisioned_before_adopts_its_sentinel(make_bed: BedFac
 
     await _bootstrap_reason(bed, "adopt-0", "AlreadyBootstrapped")
     assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
+
+
+async def test_a_provision_job_agrees_whose_sentinel_it_is(
+    make_bed: BedFactory, node: Node
+) -> None:
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    assert host.exec_inside(["sh", "-c", _LEFT_BY_ANOTHER_MACHINE]).returncode == 0
+    await bed.cluster("rjob")
+    data = await bed.bootstrap_secret("rjob-bootstrap")
+    spec = bed.host_spec(host, provisionJob={"jobSpecTemplate": _job_template()})
+    await bed.remote_machine("rjob-0", spec)
+    await bed.machine("rjob-0", "rjob", data)
+
+    await _bootstrap_reason(bed, "rjob-0", "HostNotClean")
+    assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
+    assert host.exec_inside(["rm", "-f", _SENTINEL]).returncode == 0
+    await _running(bed, "rjob-0", within=180)
