@@ -53,12 +53,12 @@ class RunnerBackend:
     ) -> Started:
         target = self.access.target(machine.rm)
         deadlines = machine.deadlines
-        uid, jobs = machine.uid, self.jobs
+        uid, jobs, adopt = machine.uid, self.jobs, machine.adopts
         job = jobs.start(
             uid,
             "provision",
             machine.request,
-            lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines),
+            lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines, adopt=adopt),
         )
         job.attempt, job.generation = attempt, machine.generation
         return Started(
