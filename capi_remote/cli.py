@@ -120,6 +120,13 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="SSH jobs running at once (threads)",
     )
     run.add_argument(
+        "--allow-secrets-to-unverified-hosts",
+        action="store_true",
+        default=_env("ALLOW_SECRETS_TO_UNVERIFIED_HOSTS", "") in ("1", "true"),
+        help="send passwordRef/sudoPasswordRef values to hosts whose key is not verified "
+        "(insecure: whoever may create RemoteMachines can send any such Secret key anywhere)",
+    )
+    run.add_argument(
         "--webhook-port",
         type=int,
         default=_env("WEBHOOK_PORT", "9443"),
@@ -181,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         machine_workers=args.machine_concurrency,
         pool_workers=args.pool_concurrency,
         ssh_workers=args.ssh_concurrency,
+        secrets_to_unverified_hosts=args.allow_secrets_to_unverified_hosts,
         webhook_port=args.webhook_port or None,
         webhook_cert_dir=args.webhook_cert_dir,
     )
