@@ -11,6 +11,7 @@ their own. The key passphrase never leaves the controller (it decrypts the key l
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import attrs
@@ -263,6 +264,32 @@ class HostAccess:
 
     # -- jobs ------------------------------------------------------------------------------
 
+    async def pin_first_use(
+        self, target: Target, record: Callable[[dict[str, str]], Awaitable[dict[str, str]]]
+    ) -> Target | Outcome:
+        """``target`` with its trust-on-first-use keys pinned before any step or secret goes
+        to the host: one probe (key exchange, public-key authentication, the read-only facts
+        script; passwords are refused for unpinned hosts, see the module invariant) learns the
+        keys, ``record`` stores them and returns the pins in force (an earlier one wins), and
+        the job then verifies against those. An Outcome when the probe failed."""
+        hops = {
+            HOST_KEY_FINGERPRINT_ANNOTATION: target,
+            BASTION_HOST_KEY_FINGERPRINT_ANNOTATION: target.via,
+        }
+        open_hops = [name for name, hop in hops.items() if hop is not None and _unpinned(hop)]
+        if not open_hops:
+            return target
+        try:
+            facts = await self.runner.probe(target)
+        except SSHError as error:
+            return _failure(error)
+        seen = {
+            HOST_KEY_FINGERPRINT_ANNOTATION: facts.host_key_fingerprint,
+            BASTION_HOST_KEY_FINGERPRINT_ANNOTATION: facts.bastion_host_key_fingerprint,
+        }
+        pins = await record({name: str(seen[name]) for name in open_hops if seen[name]})
+        return _with_pins(target, pins)
+
     async def provision(
         self,
         target: Target,
@@ -347,6 +374,24 @@ def _raise_missing(
     if not source.known(namespace, name):
         raise NotYetKnown(f"{kind} {namespace}/{name} is not known yet")
     raise MissingSecret(f"{kind} {namespace}/{name} (key {key!r}) not found")
+
+
+def _unpinned(target: Target) -> bool:
+    return target.host_key.mode == "trust_on_first_use" and not target.host_key.fingerprints
+
+
+def _with_pins(target: Target, pins: dict[str, str]) -> Target:
+    """``target`` (and its bastion) trusting only the pinned keys of still unpinned hops."""
+
+    def pinned(hop: Target, annotation: str) -> Target:
+        if not _unpinned(hop) or not pins.get(annotation):
+            return hop
+        return attrs.evolve(hop, host_key=HostKeyPolicy.trust_on_first_use(pins[annotation]))
+
+    via = target.via
+    if via is not None:
+        via = pinned(via, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
+    return attrs.evolve(pinned(target, HOST_KEY_FINGERPRINT_ANNOTATION), via=via)
 
 
 def _verified(policy: HostKeyPolicy) -> bool:

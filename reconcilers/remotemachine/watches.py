@@ -180,7 +180,7 @@ def _reconciler(
             filtered=False,
         )
 
-    backends = Backends(RunnerBackend(access, jobs), JobBackend(client, access, watch_jobs))
+    backends = Backends(RunnerBackend(access, jobs, client), JobBackend(client, access, watch_jobs))
     workloads = WorkloadClients(secrets)
     provider.on_close.append(workloads.close)
     deletion = Deletion(
