@@ -79,7 +79,8 @@ async def test_secret_refs_and_pod_grants_are_refused_and_others_provision(
     exfil = await _reason(bed, "exfil-0", "UnverifiedHostForSecret")
     assert "passwordRef" in exfil["message"] and LOOT not in exfil["message"]
     grant = await _reason(bed, "podgrant-0", "ProvisioningJobInvalid")
-    assert "serviceAccountName" in grant["message"]
+    refused = ("serviceAccountName", "automountServiceAccountToken", "volumes")
+    assert any(f"spec.template.spec.{field} " in grant["message"] for field in refused), grant
     rm = await bed.get(REMOTE_MACHINES, "podgrant-0") or {}
     uid = rm["metadata"]["uid"]
     assert not await bed.list(JOBS, label_selector=f"{MACHINE_UID_LABEL}={uid}")
