@@ -298,6 +298,8 @@ class HostAccess:
         job: JobState,
         jobs: HostJobs,
         deadlines: Deadlines,
+        *,
+        adopt: bool = False,
     ) -> Outcome:
         def progress(index: int, total: int, description: str) -> None:
             jobs.progress(uid, index, total, description)
@@ -312,6 +314,7 @@ class HostAccess:
                     step_timeout=deadlines.command,
                     job_timeout=deadlines.job,
                     gather_facts=True,
+                    adopt=adopt,
                 )
             )
         except SSHError as error:

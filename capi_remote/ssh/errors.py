@@ -209,6 +209,23 @@ class BootstrapIncomplete(SSHError):
         super().__init__(f"all steps ran on {host} but {sentinel} does not exist")
 
 
+class HostNotClean(SSHError):
+    """The host carries another machine's success sentinel: it was not cleaned after its last
+    machine (e.g. one the reference provider bootstrapped). Bootstrapping over it could join a
+    host that still runs another node; retried, so cleaning the host is enough to go on."""
+
+    reason = "HostNotClean"
+    retryable = True
+
+    def __init__(self, host: str, sentinel: str) -> None:
+        self.host = host
+        self.sentinel = sentinel
+        super().__init__(
+            f"{host} was bootstrapped for another machine ({sentinel} exists, and this machine"
+            f" never ran here): clean the host (reset the node, remove {sentinel}) or reboot it"
+        )
+
+
 class JobCancelled(SSHError):
     """The caller cancelled the job; the running step's processes were killed."""
 

@@ -3,7 +3,8 @@
 The sequence for a job, over one connection:
 
 1. ``begin`` (through sudo for non-root users: a refusal is ``SudoFailed``, fast): the success
-   sentinel exists → nothing to do. Otherwise take the host lock, create the
+   sentinel exists → nothing to do if it is this machine's, ``HostNotClean`` if another machine
+   left it (see :mod:`capi_remote.ssh.hostscript`). Otherwise take the host lock, create the
    state dir, compare the recorded plan digest (another plan already ran → ``BootstrapChanged``)
    and read which steps already finished.
 2. Each step not yet done: files and directories in one helper call; commands detached on the
@@ -36,6 +37,7 @@ from capi_remote.ssh.errors import (
     BootstrapIncomplete,
     ConnectionLost,
     HostLocked,
+    HostNotClean,
     JobCancelled,
     JobDetached,
     JobTimeout,
@@ -98,6 +100,10 @@ class Job:
     #: Once the job succeeded, also collect the host's facts over the same connection
     #: (:attr:`JobResult.facts`), which saves the second connection a separate probe would open.
     gather_facts: bool = False
+    #: The machine was provisioned before (by us or the reference provider) and lost its status:
+    #: a success sentinel on the host is its own even without its state there. Otherwise only a
+    #: sentinel of a bootstrap this machine started counts; any other is ``HostNotClean``.
+    adopt: bool = False
 
     @property
     def state_uid(self) -> str:
@@ -224,11 +230,14 @@ class _Execution:
                 owner=self.owner,
                 stale_after=self.settings.lock_stale_after,
                 sentinel="" if self.job.cleanup else self.settings.sentinel_path,
+                adopt=self.job.adopt,
             )
         )
         if reply.has("bootstrapped"):
             self.log.info("already bootstrapped: sentinel present, nothing to do")
             return self._result(already=True)
+        if reply.has("foreign"):
+            raise HostNotClean(self.conn.host, self.settings.sentinel_path)
         locked = reply.get("locked")
         if locked is not None:
             raise HostLocked(self.conn.host, locked[0], _int(locked[1]))

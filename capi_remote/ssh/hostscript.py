@@ -15,6 +15,10 @@ What lives on the host (``<state>`` = ``<state_root>/<machine uid>``, root-owned
   starttime`` of the detached wrapper, which leads the step's process group), ``.log`` (stdout and
   stderr of the command), ``.sh`` (the command), ``.pending`` (sha256 a file will have once
   replaced: makes an append exactly-once even if the runner dies between rename and ``.rc``).
+- the success sentinel counts as this machine's only if ``<state>/plan`` exists (this machine's
+  bootstrap started here) or the caller adopts the host (``adopt``: the machine was provisioned
+  before, e.g. by the reference provider, and lost its status). Any other sentinel was left by
+  another machine: ``foreign``, and nothing is touched.
 - the lock file: ``<owner> <heartbeat> <boot id>``, the heartbeat in whole seconds since boot
   (``/proc/uptime``: immune to clock steps); changes are serialised with ``flock`` on
   ``<lock>.guard`` and written through a ``mktemp`` file renamed over it (the lock's directory,
@@ -112,12 +116,12 @@ is_done() {
 """
 
 _BEGIN = r"""
-root=$1 uid=$2 digest=$3 lock=$4 owner=$5 stale=$6 sentinel=$7
+root=$1 uid=$2 digest=$3 lock=$4 owner=$5 stale=$6 sentinel=$7 adopt=$8
 say begin
 if [ -e "$sentinel" ]; then
   lock_read
   if [ "$lowner" = "$owner" ]; then lock_open && lock_release; fi
-  say bootstrapped
+  if [ -f "$root/$uid/plan" ] || [ "$adopt" = 1 ]; then say bootstrapped; else say foreign; fi
   exit 0
 fi
 lock_open || exit 1
@@ -380,8 +384,12 @@ def begin(
     owner: str,
     stale_after: int,
     sentinel: str,
+    adopt: bool = False,
 ) -> str:
-    """Sentinel check, lock, state dir, plan digest check, and the exit codes recorded so far."""
+    """Sentinel check, lock, state dir, plan digest check, and the exit codes recorded so far.
+
+    ``adopt`` trusts a sentinel without this machine's state (see the module docstring).
+    """
     return _command(
         "begin",
         _LOCK_FUNCTIONS + _BEGIN,
@@ -392,6 +400,7 @@ def begin(
         owner,
         str(stale_after),
         sentinel,
+        "1" if adopt else "0",
     )
 
 

@@ -146,6 +146,10 @@ if has bootstrapped; then
   facts
   exit 0
 fi
+if has foreign; then
+  fail HostNotClean "the host was bootstrapped for another machine ($sentinel exists, and this" \
+    "machine never ran here): clean the host (reset the node, remove $sentinel) or reboot it"
+fi
 if has locked; then
   fail HostLocked "the host is locked by $(arg locked)"
 fi
@@ -269,10 +273,12 @@ def host_script(
     owner: str,
     settings: SSHSettings | None = None,
     step_timeout: float | None = None,
+    adopt: bool = False,
 ) -> bytes:
     """The whole bootstrap of ``plan`` as one POSIX ``sh`` script to run as root on the host.
 
-    ``owner`` identifies the Job in the host lock (no spaces). Exit status 0 with a
+    ``owner`` identifies the Job in the host lock (no spaces); ``adopt`` as in the runner's
+    ``Job``. Exit status 0 with a
     ``capi-remote-job result`` line means bootstrapped; otherwise the last ``capi-remote-job
     failed <Reason> ...`` line says why.
     """
@@ -306,6 +312,7 @@ def host_script(
                     owner=owner,
                     stale_after=settings.lock_stale_after,
                     sentinel=settings.sentinel_path,
+                    adopt=adopt,
                 ),
             ),
             _function("heartbeat", hostscript.heartbeat(lock=lock, owner=owner)),

@@ -33,7 +33,7 @@ from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
 )
-from capi_remote.resources import MACHINES, POOLED_REMOTE_MACHINES, REMOTE_MACHINES
+from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
 JSONDict = dict[str, Any]
 RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
@@ -211,21 +211,6 @@ async def unclaim_if_bound_elsewhere(
     address = (fresh or {}).get("spec", {}).get("address")
     if fresh is None or (address and address != pooled["spec"]["machine"]["address"]):
         await release(client, meta["namespace"], pooled["metadata"]["name"], meta["name"], log)
-
-
-async def propagate_labels(client: KubeClient, machine: JSONDict, pooled: JSONDict) -> None:
-    """The pooled host's labels (not Cluster API's own) onto the Cluster API Machine."""
-    labels = {
-        k: v
-        for k, v in (pooled["metadata"].get("labels") or {}).items()
-        if not k.startswith("cluster.x-k8s.io/")
-    }
-    if not labels or all(
-        machine["metadata"].get("labels", {}).get(k) == v for k, v in labels.items()
-    ):
-        return
-    meta = machine["metadata"]
-    await client.patch(MACHINES, meta["namespace"], meta["name"], {"metadata": {"labels": labels}})
 
 
 async def release_held(

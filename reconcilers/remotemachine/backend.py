@@ -66,6 +66,13 @@ class Machine:
     def provider_id(self) -> str:
         return provider_id(self.address, self.spec.port)
 
+    @property
+    def adopts(self) -> bool:
+        """Provisioned before (``spec.providerID`` is set once a bootstrap succeeded, by us or the
+        reference provider, and survives a move without status): the success sentinel on its
+        host is its own. A new machine on a reused host has none, so another's sentinel is not."""
+        return bool(self.rm["spec"].get("providerID"))
+
 
 @attrs.frozen
 class NotReady:

@@ -223,6 +223,7 @@ class JobBackend:
             owner=f"job:{meta['namespace']}/{name}",
             settings=settings,
             step_timeout=deadlines.command,
+            adopt=machine.adopts,
         )
         labels = meta.get("labels") or {}
         cluster = labels.get(CLUSTER_NAME_LABEL) or (machine.machine.get("spec") or {}).get(

@@ -31,6 +31,7 @@ from reconcilers import pool as pools
 from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark, owner_name
 from reconcilers.remotemachine.backend import Backend, Machine
 from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
+from reconcilers.remotemachine.inherit import inherit_metadata
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.writer import Writer
@@ -116,6 +117,7 @@ class RemoteMachineReconciler:
             await self.writer.status(rm, status)
             return Result()
         mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
+        await inherit_metadata(self.client, rm, machine)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
         if provisioned and rm.get("spec", {}).get("providerID"):
             return await self.node_link.steady(log, rm, status, machine, cluster_name or "")
@@ -172,7 +174,6 @@ class RemoteMachineReconciler:
         except Conflict:
             await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
             raise
-        await pools.propagate_labels(self.client, machine, pooled)
         host = pooled["spec"]["machine"]["address"]
         self.writer.event(
             rm,

@@ -60,7 +60,7 @@ class RunnerBackend:
     ) -> Started:
         target = self.access.target(machine.rm)
         deadlines = machine.deadlines
-        uid, jobs = machine.uid, self.jobs
+        uid, jobs, adopt = machine.uid, self.jobs, machine.adopts
         rm = machine.rm
 
         async def run(job: JobState) -> Outcome:
@@ -70,7 +70,7 @@ class RunnerBackend:
             pinned = await self.access.pin_first_use(target, record)
             if isinstance(pinned, Outcome):
                 return pinned
-            return await self.access.provision(pinned, plan, uid, job, jobs, deadlines)
+            return await self.access.provision(pinned, plan, uid, job, jobs, deadlines, adopt=adopt)
 
         job = jobs.start(uid, "provision", machine.request, run)
         job.attempt, job.generation = attempt, machine.generation

@@ -322,6 +322,8 @@ async def test_r6_compaction_and_apiserver_restart_lose_no_event(
             ) from None
     finally:
         proxy.close()
+        if not plane.apiserver_running:  # failed while it was down: the next tests need it
+            await asyncio.to_thread(plane.start_apiserver)
 
     relists = [r for log in logs for r in _log_records(log, RELIST)]
     relisted = sorted({str(r.get("resource")) for r in relists})

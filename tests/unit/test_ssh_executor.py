@@ -30,6 +30,7 @@ from capi_remote.ssh.errors import (
     BootstrapChanged,
     BootstrapIncomplete,
     HostLocked,
+    HostNotClean,
     JobCancelled,
     JobDetached,
     JobTimeout,
@@ -250,10 +251,25 @@ def test_a_changed_plan_before_any_step_ran_is_fine(host: Host) -> None:
     assert [s.status for s in result.steps] == ["ran", "ran"]
 
 
-def test_sentinel_present_before_means_nothing_runs(host: Host) -> None:
+def test_a_sentinel_another_machine_left_is_not_this_machines_bootstrap(host: Host) -> None:
+    # A host reused after another machine (e.g. one the reference provider bootstrapped): the
+    # sentinel is there, but this machine never ran here.
     host.sentinel.parent.mkdir(parents=True)
     host.sentinel.touch()
-    result = host.run(plan_of(host.count("a")))
+    with pytest.raises(HostNotClean) as caught:
+        host.run(plan_of(host.count("a")))
+    assert caught.value.retryable and str(host.sentinel) in caught.value.message
+    assert host.counter("a") == 0
+    assert not host.state().exists() and not host.lock.exists()
+    host.sentinel.unlink()  # the operator cleaned the host: the bootstrap runs
+    assert not host.run(plan_of(host.count("a"), host.finish_step())).already_bootstrapped
+    assert host.counter("a") == 1
+
+
+def test_a_machine_provisioned_before_adopts_the_sentinel(host: Host) -> None:
+    host.sentinel.parent.mkdir(parents=True)
+    host.sentinel.touch()
+    result = host.run(plan_of(host.count("a")), adopt=True)
     assert result.already_bootstrapped
     assert host.counter("a") == 0
     assert not host.state().exists() and not host.lock.exists()
@@ -263,10 +279,11 @@ def test_sentinel_present_releases_a_lock_we_left_behind(host: Host) -> None:
     host.sentinel.parent.mkdir(parents=True)
     host.sentinel.touch()
     write_lock(host, OWNER, age=0)
-    assert host.run(plan_of(host.count("a"))).already_bootstrapped
+    assert host.run(plan_of(host.count("a")), adopt=True).already_bootstrapped
     assert not host.lock.exists()
     write_lock(host, "someone-else", age=0)
-    assert host.run(plan_of(host.count("a"))).already_bootstrapped
+    with pytest.raises(HostNotClean):
+        host.run(plan_of(host.count("a")))
     assert host.lock.exists(), "only our own lock is released"
 
 

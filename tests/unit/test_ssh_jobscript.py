@@ -11,7 +11,7 @@ import pytest
 
 from capi_remote.bootstrap import BootstrapPlan, RunCommand, WriteFile
 from capi_remote.ssh import jobscript
-from capi_remote.ssh.errors import StepFailed
+from capi_remote.ssh.errors import HostNotClean, StepFailed
 from capi_remote.ssh.executor import step_name
 from tests.unit.test_ssh_executor import Host, make_host, plan_of
 
@@ -24,10 +24,20 @@ def host(tmp_path: Path) -> Host:
 
 
 def run_script(
-    host: Host, plan: BootstrapPlan, *, uid: str = "m1", step_timeout: float | None = None
+    host: Host,
+    plan: BootstrapPlan,
+    *,
+    uid: str = "m1",
+    step_timeout: float | None = None,
+    adopt: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     script = jobscript.host_script(
-        plan, machine_uid=uid, owner=OWNER, settings=host.settings, step_timeout=step_timeout
+        plan,
+        machine_uid=uid,
+        owner=OWNER,
+        settings=host.settings,
+        step_timeout=step_timeout,
+        adopt=adopt,
     )
     path = host.root / f".capi-remote-bootstrap-{uid}.sh"
     path.write_bytes(script)
@@ -80,6 +90,24 @@ def test_a_job_bootstraps_and_reports_then_finds_it_done(host: Host) -> None:
     assert host.counter("a") == 1
     # The runner agrees: the sentinel is there, nothing to do.
     assert host.run(plan).already_bootstrapped
+
+
+def test_a_job_and_the_runner_agree_whose_sentinel_it_is(host: Host) -> None:
+    plan = plan_of(host.count("a"), host.finish_step())
+    assert run_script(host, plan).returncode == 0
+    # Another machine claims the host: the sentinel is not its bootstrap, for both paths.
+    other = run_script(host, plan, uid="m2")
+    assert other.returncode == 1
+    assert lines(other, "failed")[-1].startswith("HostNotClean ")
+    assert jobscript.classify_failure(other.stdout).retryable
+    with pytest.raises(HostNotClean):
+        host.run(plan, machine_uid="m2")
+    assert host.counter("a") == 1 and not host.lock.exists()
+    # A machine provisioned before (adopting) takes it as its own.
+    adopted = run_script(host, plan, uid="m3", adopt=True)
+    assert lines(adopted, "result") == ["already-bootstrapped"]
+    assert host.run(plan, machine_uid="m3", adopt=True).already_bootstrapped
+    assert host.counter("a") == 1
 
 
 def test_the_runner_resumes_what_a_job_left_and_the_other_way_round(host: Host) -> None:

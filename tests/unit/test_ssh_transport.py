@@ -146,6 +146,7 @@ def test_every_error_has_a_condition_reason() -> None:
         "HostUnreachable",
         "ConnectionLost",
         "HostLocked",
+        "HostNotClean",
         "StepFailed",
         "StepTimeout",
         "JobTimeout",
