@@ -43,6 +43,8 @@ class ProviderOptions:
     machine_workers: int = 32
     pool_workers: int = 4
     ssh_workers: int = 256
+    # Cluster admin's opt-in: send password/sudoPassword Secrets to hosts whose key is unverified.
+    secrets_to_unverified_hosts: bool = False
     webhook_port: int | None = 9443
     webhook_cert_dir: Path = Path("/tmp/k8s-webhook-server/serving-certs")
 

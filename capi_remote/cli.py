@@ -45,6 +45,14 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"CAPI_REMOTE_{name}", default)
 
 
+def _switch(parser: _Parser, flag: str, help: str) -> None:
+    """An off-by-default ``--flag``, also set by ``CAPI_REMOTE_<FLAG>`` = ``1`` or ``true``."""
+    env = flag.removeprefix("--").replace("-", "_").upper()
+    parser.add_argument(
+        flag, action="store_true", default=_env(env, "") in ("1", "true"), help=help
+    )
+
+
 def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
@@ -68,11 +76,10 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=_env("WATCH_FILTER", ""),
         help="only reconcile objects labelled cluster.x-k8s.io/watch-filter=<value>",
     )
-    run.add_argument(
+    _switch(
+        run,
         "--leader-elect",
-        action="store_true",
-        default=_env("LEADER_ELECT", "") in ("1", "true"),
-        help="use leader election (for more than one replica)",
+        "use leader election (for more than one replica)",
     )
     run.add_argument(
         "--leader-election-namespace",
@@ -94,11 +101,10 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=Path(_env("METRICS_CERT_DIR", "")) if _env("METRICS_CERT_DIR", "") else None,
         help="directory with tls.crt and tls.key for /metrics (default: self-signed, in memory)",
     )
-    run.add_argument(
+    _switch(
+        run,
         "--insecure-metrics",
-        action="store_true",
-        default=_env("INSECURE_METRICS", "") in ("1", "true"),
-        help="serve /metrics over plain HTTP without authentication (insecure: anyone who reaches "
+        "serve /metrics over plain HTTP without authentication (insecure: anyone who reaches "
         "the port reads it)",
     )
     run.add_argument(
@@ -118,6 +124,12 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=int,
         default=_env("SSH_CONCURRENCY", "256"),
         help="SSH jobs running at once (threads)",
+    )
+    _switch(
+        run,
+        "--allow-secrets-to-unverified-hosts",
+        "send passwordRef/sudoPasswordRef values to hosts whose key is not verified "
+        "(insecure: whoever may create RemoteMachines can send any such Secret key anywhere)",
     )
     run.add_argument(
         "--webhook-port",
@@ -181,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         machine_workers=args.machine_concurrency,
         pool_workers=args.pool_concurrency,
         ssh_workers=args.ssh_concurrency,
+        secrets_to_unverified_hosts=args.allow_secrets_to_unverified_hosts,
         webhook_port=args.webhook_port or None,
         webhook_cert_dir=args.webhook_cert_dir,
     )

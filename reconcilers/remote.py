@@ -1,9 +1,17 @@
 """From a RemoteMachine to SSH work: the target (address, credentials from Secrets, host-key
-policy, bastion) and the provision/cleanup jobs, with SSH errors turned into condition terms."""
+policy, bastion) and the provision/cleanup jobs, with SSH errors turned into condition terms.
+
+Invariant: a value that is sent to the host (passwordRef, sudoPasswordRef) is read only for a
+host whose key is verified (known_hosts, pinned fingerprints, or a trust-on-first-use pin already
+recorded), unless the cluster admin opted in with ``--allow-secrets-to-unverified-hosts``: whoever
+may create a RemoteMachine could otherwise name any Secret key of the namespace and an address of
+their own. The key passphrase never leaves the controller (it decrypts the key locally).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import attrs
@@ -106,10 +114,18 @@ def _decoded(value: bytes, kind: str, namespace: str, name: str, key: str) -> st
 class HostAccess:
     """Builds targets from specs and runs jobs on the shared SSH runner."""
 
-    def __init__(self, runner: Runner, secrets: ObjectSource, configmaps: ObjectSource) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        secrets: ObjectSource,
+        configmaps: ObjectSource,
+        *,
+        secrets_to_unverified_hosts: bool = False,
+    ) -> None:
         self.runner = runner
         self.secrets = secrets
         self.configmaps = configmaps
+        self.secrets_to_unverified_hosts = secrets_to_unverified_hosts
 
     # -- targets ---------------------------------------------------------------------------
 
@@ -157,6 +173,9 @@ class HostAccess:
         connect_timeout: float,
         via: Target | None = None,
     ) -> Target:
+        host_key = self._policy(namespace, host.host_key_policy, recorded)
+        if passwords is not None:
+            self._refuse_unverified(host_key, passwords)
         private_key = passphrase = password = sudo_password = None
         if host.ssh_key_ref is not None:
             private_key = self._secret(namespace, host.ssh_key_ref.name, "value")
@@ -180,9 +199,28 @@ class HostAccess:
             address=host.address,
             port=host.port,
             credentials=credentials,
-            host_key=self._policy(namespace, host.host_key_policy, recorded),
+            host_key=host_key,
             via=via,
             connect_timeout=connect_timeout,
+        )
+
+    def _refuse_unverified(self, host_key: HostKeyPolicy, passwords: PooledMachineSpec) -> None:
+        """InvalidSpec when a password would go to a host whose key nothing vouches for."""
+        sent = [
+            field
+            for field, ref in (
+                ("passwordRef", passwords.password_ref),
+                ("sudoPasswordRef", passwords.sudo_password_ref),
+            )
+            if ref is not None
+        ]
+        if not sent or self.secrets_to_unverified_hosts or _verified(host_key):
+            return
+        raise InvalidSpec(
+            c.UNVERIFIED_HOST_FOR_SECRET,
+            f"{' and '.join(sent)} are sent to the host, whose key is not verified: set "
+            "hostKeyPolicy.fingerprint or knownHostsRef (a trust-on-first-use key counts once "
+            "pinned), or use sshKeyRef only",
         )
 
     def _secret(self, namespace: str, name: str, key: str) -> str:
@@ -225,6 +263,32 @@ class HostAccess:
         return HostKeyPolicy.from_known_hosts("")
 
     # -- jobs ------------------------------------------------------------------------------
+
+    async def pin_first_use(
+        self, target: Target, record: Callable[[dict[str, str]], Awaitable[dict[str, str]]]
+    ) -> Target | Outcome:
+        """``target`` with its trust-on-first-use keys pinned before any step or secret goes
+        to the host: one probe (key exchange, public-key authentication, the read-only facts
+        script; passwords are refused for unpinned hosts, see the module invariant) learns the
+        keys, ``record`` stores them and returns the pins in force (an earlier one wins), and
+        the job then verifies against those. An Outcome when the probe failed."""
+        hops = {
+            HOST_KEY_FINGERPRINT_ANNOTATION: target,
+            BASTION_HOST_KEY_FINGERPRINT_ANNOTATION: target.via,
+        }
+        open_hops = [name for name, hop in hops.items() if hop is not None and _unpinned(hop)]
+        if not open_hops:
+            return target
+        try:
+            facts = await self.runner.probe(target)
+        except SSHError as error:
+            return _failure(error)
+        seen = {
+            HOST_KEY_FINGERPRINT_ANNOTATION: facts.host_key_fingerprint,
+            BASTION_HOST_KEY_FINGERPRINT_ANNOTATION: facts.bastion_host_key_fingerprint,
+        }
+        pins = await record({name: str(seen[name]) for name in open_hops if seen[name]})
+        return _with_pins(target, pins)
 
     async def provision(
         self,
@@ -313,6 +377,31 @@ def _raise_missing(
     if not source.known(namespace, name):
         raise NotYetKnown(f"{kind} {namespace}/{name} is not known yet")
     raise MissingSecret(f"{kind} {namespace}/{name} (key {key!r}) not found")
+
+
+def _unpinned(target: Target) -> bool:
+    return target.host_key.mode == "trust_on_first_use" and not target.host_key.fingerprints
+
+
+def _with_pins(target: Target, pins: dict[str, str]) -> Target:
+    """``target`` (and its bastion) trusting only the pinned keys of still unpinned hops."""
+
+    def pinned(hop: Target, annotation: str) -> Target:
+        if not _unpinned(hop) or not pins.get(annotation):
+            return hop
+        return attrs.evolve(hop, host_key=HostKeyPolicy.trust_on_first_use(pins[annotation]))
+
+    via = target.via
+    if via is not None:
+        via = pinned(via, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
+    return attrs.evolve(pinned(target, HOST_KEY_FINGERPRINT_ANNOTATION), via=via)
+
+
+def _verified(policy: HostKeyPolicy) -> bool:
+    """Whether only a known key is accepted (known_hosts, pins, or a recorded first-use key)."""
+    if policy.mode == "insecure":
+        return False
+    return policy.mode != "trust_on_first_use" or bool(policy.fingerprints)
 
 
 def _failure(error: SSHError) -> Outcome:

@@ -15,6 +15,9 @@ Claim protocol (safe with any number of controller replicas):
 - Releasing clears the claim with a precondition too, and marks the host for a re-check.
 - A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
   reconciler (``reconciler.py``): nothing stays reserved for nobody.
+- A bound RemoteMachine carries exactly the pooled host's host-key pins (:data:`PIN_ANNOTATIONS`),
+  never pins of its own: whoever may create RemoteMachines does not decide which key the pool's
+  host is trusted with.
 """
 
 from __future__ import annotations
@@ -26,12 +29,17 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from capi_remote import ApiError, Conflict, KubeClient, Store
+from capi_remote.api import (
+    BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+)
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
 JSONDict = dict[str, Any]
 RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
+PIN_ANNOTATIONS = (HOST_KEY_FINGERPRINT_ANNOTATION, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
 
 _default_log: FilteringBoundLogger = structlog.get_logger("capi_remote.pool")
 
@@ -167,7 +175,8 @@ async def release(
 def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
     """The RemoteMachine as it is once bound to ``pooled``: the pooled host says how to reach it
     (port, user, key...), its fields win over the defaults the template-made RemoteMachine got
-    from the CRD, as in the reference; the host's labels and annotations are inherited."""
+    from the CRD, as in the reference; the host's labels and annotations are inherited, and its
+    host-key pins replace any the RemoteMachine had."""
     desired = copy.deepcopy(rm)
     desired["spec"].update(copy.deepcopy(pooled["spec"]["machine"]))
     meta = desired["metadata"]
@@ -177,6 +186,13 @@ def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
         merged.update(meta.get(field) or {})
         if merged:
             meta[field] = merged
+    annotations = meta.get("annotations") or {}
+    host_pins = pooled["metadata"].get("annotations") or {}
+    for pin in PIN_ANNOTATIONS:  # the host's pins win; without one, the machine has none either
+        if pin in host_pins:
+            annotations[pin] = host_pins[pin]
+        else:
+            annotations.pop(pin, None)
     return desired
 
 

@@ -40,7 +40,6 @@ from reconcilers.remotemachine.backend import (
 )
 from reconcilers.remotemachine.jobspec import (
     MACHINE_UID_LABEL,
-    InvalidProvisionJob,
     JobInputs,
     container,
     host_key_material,
@@ -49,6 +48,7 @@ from reconcilers.remotemachine.jobspec import (
     render_job,
     render_secret,
 )
+from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
 
 JSONDict = dict[str, Any]
 JOB_INDEX = "machine-uid"

@@ -27,6 +27,7 @@ from capi_remote.resources import INFRA_VERSION
 from capi_remote.ssh import Target, jobscript
 from capi_remote.ssh.auth import load_private_key
 from reconcilers.common import CLUSTER_NAME_LABEL
+from reconcilers.remotemachine.jobtemplate import SERVICE_ACCOUNT, InvalidProvisionJob, check
 
 JSONDict = dict[str, Any]
 
@@ -38,10 +39,6 @@ VOLUME_NAME = "capi-remote-provision"
 #: The Job's Secret volume: readable by root or the pod's fsGroup only (the container copies
 #: the key to a private file: ssh refuses group-readable keys).
 SECRET_MODE = 0o440
-
-
-class InvalidProvisionJob(ValueError):
-    """spec.provisionJob (or what it needs from the rest of the spec) cannot work."""
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -137,6 +134,8 @@ def host_key_material(
 
 
 def container(template: JSONDict) -> JSONDict:
+    """The template's container, after the allow-list (jobtemplate.py) accepted the template."""
+    check(template)
     containers = ((template.get("spec") or {}).get("template") or {}).get("spec", {}).get(
         "containers"
     ) or []
@@ -145,7 +144,7 @@ def container(template: JSONDict) -> JSONDict:
             "spec.provisionJob.jobSpecTemplate needs a container with an image that has sh,"
             " ssh and scp (spec.template.spec.containers)"
         )
-    chosen = next((x for x in containers if x.get("name") == CONTAINER_NAME), containers[0])
+    chosen = containers[0]  # the only one (the allow-list refuses more)
     if not chosen.get("image"):
         raise InvalidProvisionJob(
             f"container {chosen.get('name') or CONTAINER_NAME!r} of"
@@ -212,8 +211,9 @@ def _env(inputs: JobInputs) -> list[JSONDict]:
 
 
 def render_job(inputs: JobInputs, secret_name: str) -> JSONDict:
-    """The Job: the user's jobSpecTemplate, with our container command, Secret volume, owner,
-    labels and bounds. Raises InvalidProvisionJob when the template has no usable container."""
+    """The Job: the user's jobSpecTemplate (only allow-listed fields), with our container
+    command, Secret volume, service account, owner, labels and bounds. Raises
+    InvalidProvisionJob when the template asks for more, or has no usable container."""
     template = copy.deepcopy(inputs.template)
     chosen = container(template)
     meta = template.get("metadata") or {}
@@ -230,31 +230,24 @@ def render_job(inputs: JobInputs, secret_name: str) -> JSONDict:
     pod_spec = pod_template.setdefault("spec", {})
     if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
         pod_spec["restartPolicy"] = "Never"
-    pod_spec.setdefault("automountServiceAccountToken", False)
-    volumes = [v for v in pod_spec.get("volumes") or [] if v.get("name") != VOLUME_NAME]
-    volumes.append(
-        {
-            "name": VOLUME_NAME,
-            "secret": {"secretName": secret_name, "defaultMode": SECRET_MODE},
-        }
-    )
-    pod_spec["volumes"] = volumes
+    pod_spec["serviceAccountName"] = SERVICE_ACCOUNT
+    pod_spec["automountServiceAccountToken"] = False
+    pod_spec["volumes"] = [
+        {"name": VOLUME_NAME, "secret": {"secretName": secret_name, "defaultMode": SECRET_MODE}}
+    ]
     ours = {k: v for k, v in chosen.items() if k not in ("command", "args")}
-    ours["name"] = chosen.get("name") or CONTAINER_NAME
+    ours["name"] = CONTAINER_NAME  # where jobread looks for the outcome
     ours["command"] = ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, "capi-remote-provision"]
     env = [
         e for e in chosen.get("env") or [] if not str(e.get("name", "")).startswith("CAPI_REMOTE_")
     ]
     ours["env"] = env + _env(inputs)
-    mounts = [m for m in chosen.get("volumeMounts") or [] if m.get("name") != VOLUME_NAME]
-    mounts.append({"name": VOLUME_NAME, "mountPath": jobscript.SECRET_MOUNT, "readOnly": True})
-    ours["volumeMounts"] = mounts
+    ours["volumeMounts"] = [
+        {"name": VOLUME_NAME, "mountPath": jobscript.SECRET_MOUNT, "readOnly": True}
+    ]
     ours["terminationMessagePath"] = "/dev/termination-log"
     ours["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    pod_spec["containers"] = [
-        ours if (x.get("name") or CONTAINER_NAME) == ours["name"] else x
-        for x in pod_spec.get("containers") or []
-    ]
+    pod_spec["containers"] = [ours]
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
     annotations[ATTEMPT_ANNOTATION] = str(inputs.attempt)
     annotations[GENERATION_ANNOTATION] = str(inputs.generation)

@@ -29,7 +29,7 @@ from reconcilers.common import mark
 from reconcilers.pool import first_use_pins
 from reconcilers.remote import InvalidSpec, MissingSecret, NotYetKnown
 from reconcilers.remotemachine.backend import Backend, Finished, Machine, NotReady, Running
-from reconcilers.remotemachine.jobspec import InvalidProvisionJob
+from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
 from reconcilers.remotemachine.machinestatus import (
     clear_failure,
     condition,

@@ -2,15 +2,21 @@
 the job per machine UID off the reconcile path, ``HostAccess`` turns the spec into a target).
 
 A job lives in this process only: after a controller restart there is none, and the flow resumes
-the attempt its status says was running (the host's markers make that exactly-once)."""
+the attempt its status says was running (the host's markers make that exactly-once).
+
+A trust-on-first-use host is pinned before its first job sends anything
+(:meth:`HostAccess.pin_first_use`): a failed attempt does not make the next one trust anew."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from capi_remote import Conflict, KubeClient, patch_object
 from capi_remote.bootstrap import BootstrapPlan
+from capi_remote.resources import REMOTE_MACHINES
 from reconcilers import conditions as c
-from reconcilers.hostjobs import HostJobs
+from reconcilers.hostjobs import HostJobs, JobState, Outcome
 from reconcilers.remote import HostAccess
 from reconcilers.remotemachine.backend import (
     Finished,
@@ -27,9 +33,10 @@ class RunnerBackend:
     failed_reason: str | None = None
     keeps_attempts = False
 
-    def __init__(self, access: HostAccess, jobs: HostJobs) -> None:
+    def __init__(self, access: HostAccess, jobs: HostJobs, client: KubeClient) -> None:
         self.access = access
         self.jobs = jobs
+        self.client = client
         self.lock_stale_after: int | None = access.runner.settings.lock_stale_after
 
     async def observe(self, machine: Machine) -> Observation:
@@ -54,18 +61,40 @@ class RunnerBackend:
         target = self.access.target(machine.rm)
         deadlines = machine.deadlines
         uid, jobs, adopt = machine.uid, self.jobs, machine.adopts
-        job = jobs.start(
-            uid,
-            "provision",
-            machine.request,
-            lambda job: self.access.provision(target, plan, uid, job, jobs, deadlines, adopt=adopt),
-        )
+        rm = machine.rm
+
+        async def run(job: JobState) -> Outcome:
+            async def record(seen: dict[str, str]) -> dict[str, str]:
+                return await self._record_pins(rm, seen)
+
+            pinned = await self.access.pin_first_use(target, record)
+            if isinstance(pinned, Outcome):
+                return pinned
+            return await self.access.provision(pinned, plan, uid, job, jobs, deadlines, adopt=adopt)
+
+        job = jobs.start(uid, "provision", machine.request, run)
         job.attempt, job.generation = attempt, machine.generation
         return Started(
             c.PROVISIONING,
             f"attempt {attempt} of {machine.max_attempts}: connecting to {machine.address}",
             f"bootstrapping {machine.address} ({len(plan.steps)} steps, attempt {attempt})",
         )
+
+    async def _record_pins(self, rm: JSONDict, seen: dict[str, str]) -> dict[str, str]:
+        """Annotate the RemoteMachine with the keys ``seen`` unless it holds pins already (read
+        fresh, written with its resourceVersion: a pin is never replaced); the pins in force."""
+        meta = rm["metadata"]
+        current = await self.client.get(REMOTE_MACHINES, meta["namespace"], meta["name"])
+        if current["metadata"]["uid"] != meta["uid"]:
+            raise Conflict(f"RemoteMachine {meta['name']} is gone")
+        pins = dict(current["metadata"].get("annotations") or {})
+        missing = {name: value for name, value in seen.items() if not pins.get(name)}
+        if missing:
+            desired = copy.deepcopy(current)
+            desired["metadata"].setdefault("annotations", {}).update(missing)
+            await patch_object(self.client, REMOTE_MACHINES, current, desired)
+            pins.update(missing)
+        return {name: pins[name] for name in seen}
 
     async def settle(self, machine: Machine, finished: Finished) -> None:
         self.jobs.forget(machine.uid)

@@ -150,7 +150,12 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
         referenced=referenced,
     )
     configmaps = ObjectSource(manager, CONFIGMAPS, on_referenced_object, referenced=referenced)
-    access = HostAccess(runner, secrets, configmaps)
+    access = HostAccess(
+        runner,
+        secrets,
+        configmaps,
+        secrets_to_unverified_hosts=provider.options.secrets_to_unverified_hosts,
+    )
     reconciler = _reconciler(provider, stores, secrets, access, wake)
     wake.controller = _build(provider, reconciler, stores)
     return access
@@ -175,7 +180,7 @@ def _reconciler(
             filtered=False,
         )
 
-    backends = Backends(RunnerBackend(access, jobs), JobBackend(client, access, watch_jobs))
+    backends = Backends(RunnerBackend(access, jobs, client), JobBackend(client, access, watch_jobs))
     workloads = WorkloadClients(secrets)
     provider.on_close.append(workloads.close)
     deletion = Deletion(

@@ -90,7 +90,6 @@ async def test_provision_job_mode_creates_an_owned_job_and_secret_and_follows_th
                             "imagePullPolicy": "Never",
                             "command": ["sleep", "1"],
                         },
-                        {"name": "sidecar", "image": "localhost/absent:never"},
                     ]
                 }
             },
@@ -134,9 +133,9 @@ async def test_provision_job_mode_creates_an_owned_job_and_secret_and_follows_th
     assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 8
     assert "ttlSecondsAfterFinished" not in spec
     pod = spec["template"]["spec"]
-    provision, sidecar = pod["containers"]
-    assert sidecar["name"] == "sidecar"  # untouched: no command, env or mount of ours
-    assert not {"command", "env", "volumeMounts"} & sidecar.keys()
+    (provision,) = pod["containers"]
+    assert pod["serviceAccountName"] == "default"
+    assert pod["automountServiceAccountToken"] is False
     assert provision["command"][:2] == ["/bin/sh", "-c"]
     assert provision["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["restartPolicy"] == "Never"

@@ -78,3 +78,68 @@ def test_a_missing_secret_is_told_from_one_not_listed_yet() -> None:
     with pytest.raises(MissingSecret) as raised:
         access({}).target_for("ns", spec())
     assert not isinstance(raised.value, NotYetKnown)
+
+
+PASSWORDS = {("k", "value"): KEY.encode(), ("db", "password"): b"the-namespace-secret"}
+SENT_REFS = [
+    {"passwordRef": {"name": "db", "key": "password"}},
+    {"useSudo": True, "sudoPasswordRef": {"name": "db", "key": "password"}},
+]
+
+
+@pytest.mark.parametrize("refs", SENT_REFS)
+@pytest.mark.parametrize(
+    ("policy", "pins"),
+    [
+        ({"insecureSkipVerification": True}, {}),
+        ({"trustOnFirstUse": True}, {}),  # nothing pinned yet: whatever key is presented
+    ],
+)
+def test_a_password_is_never_read_for_a_host_whose_key_is_unverified(
+    refs: dict[str, Any], policy: dict[str, Any], pins: dict[str, str]
+) -> None:
+    """Point 5 of issue 13: a tenant who may not read Secrets names one and its own host."""
+    with pytest.raises(InvalidSpec) as raised:
+        access(PASSWORDS).target_for("ns", spec(hostKeyPolicy=policy, **refs), pins)
+    assert raised.value.reason == c.UNVERIFIED_HOST_FOR_SECRET
+    assert "the-namespace-secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("refs", SENT_REFS)
+@pytest.mark.parametrize(
+    ("policy", "pins"),
+    [
+        ({"fingerprint": FP}, {}),
+        ({"trustOnFirstUse": True}, {HOST_KEY_FINGERPRINT_ANNOTATION: FP}),
+    ],
+)
+def test_a_password_goes_to_a_host_whose_key_is_verified(
+    refs: dict[str, Any], policy: dict[str, Any], pins: dict[str, str]
+) -> None:
+    credentials = (
+        access(PASSWORDS).target_for("ns", spec(hostKeyPolicy=policy, **refs), pins).credentials
+    )
+    assert "the-namespace-secret" in (credentials.password, credentials.sudo_password)
+
+
+def test_the_admins_opt_in_sends_passwords_to_unverified_hosts() -> None:
+    opted_in = HostAccess(
+        None,  # type: ignore[arg-type]
+        Source(PASSWORDS),  # type: ignore[arg-type]
+        Source({}),  # type: ignore[arg-type]
+        secrets_to_unverified_hosts=True,
+    )
+    target = opted_in.target_for(
+        "ns", spec(hostKeyPolicy={"insecureSkipVerification": True}, **SENT_REFS[0])
+    )
+    assert target.credentials.password == "the-namespace-secret"
+
+
+def test_a_key_passphrase_is_read_whatever_the_policy() -> None:
+    """The passphrase only decrypts the key in the controller; the host never sees it."""
+    secrets = {**PASSWORDS, ("phrase", "passphrase"): b"unlock"}
+    key = {"name": "k", "passphraseRef": {"name": "phrase", "key": "passphrase"}}
+    target = access(secrets).target_for(
+        "ns", spec(sshKeyRef=key, hostKeyPolicy={"insecureSkipVerification": True})
+    )
+    assert target.credentials.passphrase == "unlock"

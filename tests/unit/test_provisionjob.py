@@ -47,7 +47,6 @@ def inputs(**overrides: Any) -> jobspec.JobInputs:
                     "spec": {
                         "hostNetwork": True,
                         "containers": [
-                            {"name": "helper", "image": "busybox"},
                             {
                                 "name": "provision",
                                 "image": "ssh:1",
@@ -113,8 +112,8 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["hostNetwork"] is True
     assert pod["automountServiceAccountToken"] is False
-    helper, ours = pod["containers"]
-    assert helper == {"name": "helper", "image": "busybox"}
+    assert pod["serviceAccountName"] == "default"
+    (ours,) = pod["containers"]
     assert ours["image"] == "ssh:1" and "args" not in ours
     assert ours["command"] == ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, "capi-remote-provision"]
     assert ours["terminationMessagePolicy"] == "FallbackToLogsOnError"
