@@ -213,11 +213,19 @@ class ConnectionSpec:
         ),
     )
     password_ref: SecretKeyRef | None = attrs.field(
-        default=None, metadata=doc("Secret key holding a password for SSH password login.")
+        default=None,
+        metadata=doc(
+            "Secret key holding a password for SSH password login. Sent only to a host whose key"
+            " is verified (knownHostsRef, fingerprint, or a pinned trust-on-first-use key),"
+            " unless the controller runs with --allow-secrets-to-unverified-hosts."
+        ),
     )
     sudo_password_ref: SecretKeyRef | None = attrs.field(
         default=None,
-        metadata=doc("Secret key holding the sudo password, when sudo asks for one."),
+        metadata=doc(
+            "Secret key holding the sudo password, when sudo asks for one. Sent only to a host"
+            " whose key is verified, like passwordRef."
+        ),
     )
     host_key_policy: HostKeyPolicy | None = attrs.field(
         default=None, metadata=doc(_HOST_KEY_POLICY_DOC)
