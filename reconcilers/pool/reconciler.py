@@ -9,6 +9,7 @@ import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import structlog
 
 from capi_remote import (
@@ -27,6 +28,8 @@ from capi_remote import (
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    PooledMachineSpec,
+    RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
@@ -229,10 +232,10 @@ def _uses_another_host(machine: JSONDict, claim: JSONDict, pooled: JSONDict) -> 
         return True
     address = machine.get("spec", {}).get("address")
     host = pooled["spec"]["machine"]
-    return bool(address) and (address, machine["spec"].get("port", 22)) != (
-        host["address"],
-        host.get("port", 22),
-    )
+    # The models' defaults (the CRDs default the field, but an object may predate that).
+    port = machine["spec"].get("port", attrs.fields(RemoteMachineSpec).port.default)
+    host_port = host.get("port", attrs.fields(PooledMachineSpec).port.default)
+    return bool(address) and (address, port) != (host["address"], host_port)
 
 
 def probe_with(access: HostAccess) -> Prober:
