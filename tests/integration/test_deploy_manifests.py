@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
+from tests.support.leases import wait_until_leading
 
 pytestmark = pytest.mark.integration
 
@@ -519,17 +519,7 @@ def test_controller_runs_on_the_shipped_rbac_alone(
     )
     process.start()
     try:
-        deadline = time.monotonic() + 60
-        holder = ""
-        while not holder:
-            assert process.exit_code() is None, process.describe_failure()
-            assert "is forbidden" not in process.log.read_text(), process.describe_failure()
-            assert time.monotonic() < deadline, f"not leading: {process.describe_failure()}"
-            time.sleep(0.3)
-            leases = control_plane.kubectl("get", "lease", "-n", SYSTEM_NAMESPACE, "-o", "json")
-            for item in json.loads(leases)["items"]:
-                if item["metadata"]["name"] == lease:
-                    holder = item["spec"].get("holderIdentity", "")
+        wait_until_leading(control_plane, process, SYSTEM_NAMESPACE, lease)
         with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5) as response:
             assert response.status == 200
         assert "is forbidden" not in process.log.read_text(), process.describe_failure()

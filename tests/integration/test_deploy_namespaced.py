@@ -5,10 +5,8 @@ another one."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import install_crds
 from tests.fixtures_tenant import service_account_token
+from tests.support.leases import wait_until_leading
 
 pytestmark = pytest.mark.integration
 
@@ -170,18 +169,7 @@ def test_controller_runs_on_the_namespaced_rbac_alone(
     )  # fmt: skip
     process.start()
     try:
-        deadline = time.monotonic() + 60
-        holder = ""
-        while not holder:
-            assert process.exit_code() is None, process.describe_failure()
-            assert "forbidden" not in process.log.read_text(), process.describe_failure()
-            assert time.monotonic() < deadline, f"not leading: {process.describe_failure()}"
-            time.sleep(0.5)
-            leases = control_plane.kubectl("get", "lease", "-n", namespace, "-o", "json")
-            holder = next(
-                (item["spec"].get("holderIdentity", "") for item in json.loads(leases)["items"]),
-                "",
-            )
+        wait_until_leading(control_plane, process, namespace)
         assert "forbidden" not in process.log.read_text(), process.describe_failure()
     finally:
         process.stop()
