@@ -15,6 +15,10 @@ Invariants:
   passes through untouched.
 - Watch streams are parsed incrementally, so a single large object (a bootstrap Secret) is not
   limited by a line-length cap.
+- A client of a server nobody vouches for (a tenant's workload cluster) has a budget: a response
+  body or one watch event larger than ``max_body_bytes`` ends the request as a
+  :class:`TransportError` before more is read, and JSON nested too deeply for the parser is a
+  ``ValueError``, never a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -101,10 +105,21 @@ class TransportError(Exception):
 #: ClientPayloadError); aiohttp's deadline is a TimeoutError.
 _TRANSPORT_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
 
+#: The budget of one response or watch event from an untrusted server: a page of Nodes
+#: (``limit`` 100) or one object is far smaller.
+UNTRUSTED_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def _loads(payload: bytes | str) -> Any:
+    try:
+        return json.loads(payload)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
 
 def _error_from(status: int, body: bytes) -> ApiError:
     try:
-        payload = json.loads(body)
+        payload = _loads(body)
         return ApiError(status, str(payload.get("reason", "")), str(payload.get("message", "")))
     except (ValueError, AttributeError):
         return ApiError(status, "", body[:200].decode(errors="replace"))
@@ -125,6 +140,8 @@ class KubeClient:
     """
 
     api: k8s_client.ApiClient
+    #: None for the management cluster's API server (trusted); see the module's invariants.
+    max_body_bytes: int | None = attrs.field(default=None, kw_only=True)
     _watch_api: k8s_client.ApiClient | None = attrs.field(default=None, init=False)
     _unreachable: bool = attrs.field(default=False, init=False)
     _reachable_again: list[Callable[[], None]] = attrs.field(factory=list, init=False)
@@ -147,7 +164,10 @@ class KubeClient:
     def from_untrusted_kubeconfig(cls, data: bytes) -> KubeClient:
         """From a tenant-written kubeconfig (``<cluster>-kubeconfig``): inline credentials only,
         see kubeconfig.py; raises :class:`KubeconfigError`."""
-        return cls(kubeconfig.api_client(kubeconfig.parse_kubeconfig(data)))
+        return cls(
+            kubeconfig.api_client(kubeconfig.parse_kubeconfig(data)),
+            max_body_bytes=UNTRUSTED_MAX_BODY_BYTES,
+        )
 
     async def close(self) -> None:
         await self.api.close()
@@ -222,16 +242,33 @@ class KubeClient:
         could not reach the API server."""
         self._reachable_again.append(listener)
 
+    async def _read(self, method: str, path: str, response: Any) -> bytes:
+        """The whole body, within ``max_body_bytes``."""
+        if self.max_body_bytes is None:
+            with self._transport(method, path):
+                payload: bytes = await response.read()
+            return payload
+        body = bytearray()
+        async for chunk in self._stream(method, path, response.content.iter_any()):
+            body += chunk
+            self._check_size(method, path, len(body))
+        return bytes(body)
+
+    def _check_size(self, method: str, path: str, size: int) -> None:
+        if self.max_body_bytes is not None and size > self.max_body_bytes:
+            raise TransportError(
+                method, path, f"answer larger than {self.max_body_bytes} bytes, not read further"
+            )
+
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
         response = await self._request(method, path, **kwargs)
         try:
-            with self._transport(method, path):
-                payload = await response.read()
+            payload = await self._read(method, path, response)
         finally:
             response.release()
         if not 200 <= response.status < 300:
             raise _error_from(response.status, payload)
-        result: JSONDict = json.loads(payload)
+        result: JSONDict = _loads(payload)
         return result
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
@@ -347,9 +384,7 @@ class KubeClient:
         )
         try:
             if not 200 <= response.status < 300:
-                with self._transport("GET", path):
-                    body = await response.read()
-                raise _error_from(response.status, body)
+                raise _error_from(response.status, await self._read("GET", path, response))
             buffer = b""
             async for chunk in self._stream("GET", path, response.content.iter_any()):
                 buffer += chunk
@@ -357,7 +392,7 @@ class KubeClient:
                     line, buffer = buffer[:newline], buffer[newline + 1 :]
                     if not line.strip():
                         continue
-                    event: JSONDict = json.loads(line)
+                    event: JSONDict = _loads(line)
                     if event.get("type") == "ERROR":
                         status = event.get("object", {})
                         raise ApiError(
@@ -366,5 +401,6 @@ class KubeClient:
                             str(status.get("message", "")),
                         )
                     yield event
+                self._check_size("GET", path, len(buffer))
         finally:
             response.release()

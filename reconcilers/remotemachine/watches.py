@@ -44,6 +44,7 @@ from reconcilers.remotemachine.runner_backend import RunnerBackend
 from reconcilers.remotemachine.writer import MachineWriter
 from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
 from reconcilers.workload import WorkloadClients
+from reconcilers.workloadnodes import WorkloadNodes
 
 JSONDict = dict[str, Any]
 SECRET_REF_INDEX = "secret-refs"
@@ -182,7 +183,9 @@ def _reconciler(
 
     backends = Backends(RunnerBackend(access, jobs, client), JobBackend(client, access, watch_jobs))
     workloads = WorkloadClients(secrets)
-    provider.on_close.append(workloads.close)
+    nodes = WorkloadNodes(wake)
+    # Closed in reverse order: the Node watches before the clients they read through.
+    provider.on_close.extend((workloads.close, nodes.close))
     deletion = Deletion(
         client,
         writer,
@@ -201,7 +204,7 @@ def _reconciler(
         backends,
         ProvisionFlow(writer, memory, policy, ParseSandbox(SandboxSettings())),
         deletion,
-        NodeLink(writer, memory, workloads),
+        NodeLink(writer, memory, workloads, nodes),
     )
 
 
