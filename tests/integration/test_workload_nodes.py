@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client as k8s_client
 
 from capi_remote import KubeClient, Request
 from capi_remote.resources import NODES
@@ -38,7 +37,7 @@ class CountingClient(KubeClient):
 
 @pytest.fixture
 async def workload(kube: KubeClient) -> AsyncIterator[CountingClient]:
-    client = CountingClient(k8s_client.ApiClient(kube.api.configuration))
+    client = CountingClient.for_configuration(kube.api.configuration)
     client.reads = []
     yield client
     await client.close()
