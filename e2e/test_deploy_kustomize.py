@@ -12,6 +12,7 @@ what the test bed adds around a Pod and why. Slow: the image build and ~1 min of
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -247,3 +248,12 @@ async def test_the_pod_provisions_hosts_and_the_other_replica_takes_over(
         for host in (first, second):  # each ran its bootstrap, once
             done = host.exec_inside(["test", "-f", "/run/cluster-api/bootstrap-success.complete"])
             assert done.returncode == 0
+
+    # The survivor ran on the Pod network (not hostNetwork), never restarted (probes, memory
+    # limit) and was never refused a request (the shipped RBAC has every verb a Pod needs).
+    (pod,) = [p for p in deployment.pods() if p["metadata"]["name"] == survivor]
+    assert deployment.node.network is not None
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in deployment.node.network.pod_subnet
+    assert [c["restartCount"] for c in pod["status"]["containerStatuses"]] == [0]
+    logs = deployment.kubectl("logs", "-n", SYSTEM, survivor)
+    assert "forbidden" not in logs.lower(), logs[-4000:]

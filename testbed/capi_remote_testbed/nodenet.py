@@ -216,8 +216,8 @@ def _remove_masquerade(netns: str) -> None:
 
 
 def sweep() -> list[str]:
-    """Delete the namespaces of node networks whose owner died (no live process holds their slot's
-    lock); returns their names."""
+    """Delete the namespaces and the machine's masquerade rules of node networks whose owner died
+    (no live process holds their slot's lock); returns their names."""
     removed = []
     for name in sorted({*netns_list(), *_masquerade_rules()}):
         match = _NETNS_RE.match(name)
