@@ -16,8 +16,7 @@ import ipaddress
 import json
 import os
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from capi_remote_testbed.incluster import CertManagerProcesses, publish_apiserve
 from capi_remote_testbed.node import Node, start_node
 from e2e.bed import Bed, bed_factory
 from tests.fixtures_hosts import HostsFactory
+from tests.support.waits import eventually
 from tests.unit.test_api_models import FIXTURES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,6 +63,11 @@ class Deployment:
         items: list[dict[str, Any]] = self.get("pods", "-n", SYSTEM, "-l", selector)["items"]
         return items
 
+    def available(self) -> bool:
+        status = self.get("deployment", "-n", SYSTEM, DEPLOYMENT)["status"]
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        return conditions.get("Available") == "True" and status.get("readyReplicas") == 2
+
     def leader(self) -> str:
         """The Pod that holds the controller's Lease (its identity is ``<hostname>_<pid>``)."""
         holders = [
@@ -78,17 +83,6 @@ class Deployment:
             if pod["status"].get("phase") == "Running"
         ]
         return self.kubectl("describe", "pods", "-n", SYSTEM) + "\n".join(logs)
-
-
-def _eventually(what: str, check: Callable[[], Any], within: float, diagnose: Deployment) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{diagnose.diagnose()}")
-        time.sleep(1)
 
 
 def user_overlay(directory: Path) -> Path:
@@ -134,16 +128,11 @@ def deployment(
             deployed = Deployment(plane, node)
             overlay = user_overlay(work / "overlay")
             deployed.kubectl("apply", "--server-side", "-k", str(overlay))
-            _eventually(
+            eventually(
                 "the controller Deployment Available with 2 ready replicas",
-                lambda: (
-                    deployed.get("deployment", "-n", SYSTEM, DEPLOYMENT)["status"].get(
-                        "readyReplicas"
-                    )
-                    == 2
-                ),
+                deployed.available,
                 240,
-                deployed,
+                deployed.diagnose,
             )
             yield deployed
         finally:
@@ -180,8 +169,8 @@ def _secret_ca(deployment: Deployment) -> str:
 def test_cert_manager_injects_the_ca_and_the_pod_converts_through_its_service(
     deployment: Deployment, namespace: str
 ) -> None:
-    ca = _eventually(
-        "the serving certificate's Secret", lambda: _secret_ca(deployment), 60, deployment
+    ca = eventually(
+        "the serving certificate's Secret", lambda: _secret_ca(deployment), 60, deployment.diagnose
     )
     for plural in CONVERTED_CRDS:
         crd = f"{plural}.{GROUP}"
@@ -190,7 +179,7 @@ def test_cert_manager_injects_the_ca_and_the_pod_converts_through_its_service(
             conversion = deployment.get("crd", crd)["spec"]["conversion"]
             return bool(conversion["webhook"]["clientConfig"].get("caBundle") == ca)
 
-        _eventually(f"cainjector to write the CA into {crd}", injected, 60, deployment)
+        eventually(f"cainjector to write the CA into {crd}", injected, 60, deployment.diagnose)
         service = deployment.get("crd", crd)["spec"]["conversion"]["webhook"]["clientConfig"]
         assert service["service"] == {
             "name": "capi-remote-webhook-service",
@@ -241,6 +230,13 @@ async def test_the_pod_provisions_hosts_and_the_other_replica_takes_over(
         assert leader in pods, (leader, pods)
         (survivor,) = pods - {leader}
         deployment.kubectl("delete", "pod", "-n", SYSTEM, leader, "--wait=false")
+        # The next machine appears only once the survivor leads: it is the one that provisions it.
+        eventually(
+            f"{survivor} to take the Lease",
+            lambda: deployment.leader() == survivor,
+            90,
+            deployment.diagnose,
+        )
         await bed.remote_machine("pod-1", bed.host_spec(second))
         await bed.machine("pod-1", "pod", data)
         await _provisioned(bed, "pod-1", deployment, 240)
