@@ -236,7 +236,12 @@ class Manager:
     ) -> web.AppRunner:
         host, _, port = address.rpartition(":")
         # Keyword arguments of AppRunner reach each connection's request handler.
-        runner = web.AppRunner(app, access_log=None, **SERVER_LIMITS)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            max_line_size=SERVER_LIMITS["max_line_size"],
+            max_field_size=SERVER_LIMITS["max_field_size"],
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,
