@@ -1,5 +1,5 @@
 """The controller's memory while a tenant submits the worst bootstrap bombs, and how long another
-tenant's machines take meanwhile (S1, issue 13's acceptance).
+tenant's machines take meanwhile (X2, issue 13's acceptance).
 
 One run on its own control plane and controller (``bench_provision.environment``), three
 namespaces:
@@ -9,9 +9,10 @@ namespaces:
 - ``s1-bombs``: the tenant's ``bombs`` RemoteMachines + Machines, each with bootstrap data that is
   one of the worst bombs of tests/unit/test_bootstrap_bombs.py (a template that grows to the
   parse child's memory limit, one that runs until its CPU/wall limit, the alias/gzip bomb that
-  expands to the 64 MiB budget), padded to ``secret_kib`` KiB, plus as many more Secrets of that
-  size in the cached type; every ``churn_seconds`` the tenant rewrites every bomb Secret, so each
-  is parsed again (a changed Secret is new input);
+  expands to the 64 MiB budget), padded to ``secret_kib`` KiB, plus ``secrets`` more Secrets of
+  that size and type (``cluster.x-k8s.io/secret``, the type the controller caches); every
+  ``churn_seconds`` the tenant rewrites every bomb Secret, so each is parsed again (a changed
+  Secret is new input);
 - ``s1-honest``: ``honest`` more machines created once the bombs are queued, while the tenant
   keeps churning.
 
@@ -21,7 +22,8 @@ controller's process tree (controller, forkserver, parse children), sampled ever
 each child's peak (VmHWM); the honest machines' time from creation to provisioned, quiet and
 under bombs. The Deployment's memory limit is 512 MiB (manifests/manager/manager.yaml).
 
-Run as root: ``python -m tests.benchmarks.bench_bombs [--bombs N] [--honest N]``; prints JSON.
+Run as root: ``python -m tests.benchmarks.bench_bombs [--bombs N] [--honest N] [--secrets N]
+[--secret-kib N]``; prints JSON.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ BOMBS = {
 class Sizes:
     bombs: int = 20
     honest: int = 5
+    secrets: int = 100
     secret_kib: int = 900
     churn_seconds: float = 5.0
 
@@ -176,7 +179,7 @@ async def create_bombs(env: Env, group: Group, sizes: Sizes) -> None:
     (never reached: the parse fails first)."""
     size = sizes.secret_kib * 1024
     kinds = list(BOMBS)
-    for i in range(sizes.bombs):
+    for i in range(sizes.secrets):
         await env.client.create(
             SECRETS,
             bomb_secret(f"filler-{i:03d}", group.namespace, padded(b"#cloud-config\n", size, 0)),
@@ -291,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_bombs")
     parser.add_argument("--bombs", type=int, default=defaults.bombs)
     parser.add_argument("--honest", type=int, default=defaults.honest)
+    parser.add_argument("--secrets", type=int, default=defaults.secrets)
     parser.add_argument("--secret-kib", type=int, default=defaults.secret_kib)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -299,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    sizes = Sizes(bombs=args.bombs, honest=args.honest, secret_kib=args.secret_kib)
+    sizes = Sizes(args.bombs, args.honest, args.secrets, args.secret_kib)
     print(json.dumps(asyncio.run(run(sizes)), indent=2), flush=True)
     return 0
 
