@@ -97,7 +97,7 @@ release-manifests: $(if $(KUBECTL),,venv)
 	echo "wrote $$out"
 
 # The controller image, built with podman on a base made from Debian packages (no registry
-# needed); see docs/deployment.md. IMAGE_FLAGS: e.g. --offline, --base python:3.11-slim.
+# needed); see docs/deployment.md. IMAGE_FLAGS: e.g. --offline, --base python:3.11-slim@sha256:...
 IMAGE ?= localhost/capi-remote:dev
 IMAGE_FLAGS ?=
 
