@@ -234,6 +234,10 @@ class KubeClient:
         result: JSONDict = json.loads(payload)
         return result
 
+    async def get_path(self, path: str) -> JSONDict:
+        """GET a path outside the resource API (``/version``)."""
+        return await self._json("GET", path)
+
     async def get(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
         return await self._json("GET", resource.path(namespace, name))
 
