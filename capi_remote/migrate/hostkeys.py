@@ -160,4 +160,3 @@ async def set_policy(kube: KubeClient, obj: Unkeyed) -> None:
     else:
         patch = {"spec": {"machine": {"hostKeyPolicy": POLICY}}}
         await kube.patch(POOLED_REMOTE_MACHINES, obj.namespace, obj.name, patch)
-
