@@ -53,6 +53,10 @@ def _switch(parser: _Parser, flag: str, help: str) -> None:
     )
 
 
+def _kubeconfig_flag(parser: _Parser, help: str) -> None:
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None, help=help)
+
+
 def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
@@ -61,11 +65,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         "CAPI_REMOTE_<FLAG> (upper case, dashes as underscores; --diagnostics-address reads "
         "CAPI_REMOTE_METRICS_ADDRESS) and KUBECONFIG for --kubeconfig.",
     )
-    run.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or None,
-        help="kubeconfig file (default: $KUBECONFIG, else in-cluster)",
-    )
+    _kubeconfig_flag(run, "kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     run.add_argument(
         "--namespace",
         default=_env("NAMESPACE", ""),
@@ -328,10 +328,8 @@ def _add_migrate(commands: argparse._SubParsersAction[_Parser]) -> None:
         "is recorded in the cluster: after an interruption, run the same command again. Exit "
         "codes: 0 done, 1 failed, 2 usage, 3 waiting for you (see the last line), run again.",
     )
-    migrate.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or None,
-        help="kubeconfig of the management cluster, as cluster admin (default: $KUBECONFIG)",
+    _kubeconfig_flag(
+        migrate, "kubeconfig of the management cluster, as cluster admin (default: $KUBECONFIG)"
     )
     migrate.add_argument("--dry-run", action="store_true", help="print checks and plan only")
     migrate.add_argument(

@@ -29,7 +29,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "number": lambda v: _number(v),
     "boolean": lambda v: isinstance(v, bool),
 }
 
@@ -97,26 +97,31 @@ def _check(value: Any, schema: dict[str, Any], path: str, found: list[str], dept
             _check(item, schema["items"], f"{path}[{index}]", found, depth + 1)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _sized(kind: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, kind)
+
+
+#: keyword, which values it applies to, whether the value breaks the limit, what to say.
+_LIMITS: tuple[tuple[str, Callable[[Any], bool], Callable[[Any, Any], bool], str], ...] = (
+    ("minimum", _number, lambda v, limit: v < limit, "must be at least {}"),
+    ("maximum", _number, lambda v, limit: v > limit, "must be at most {}"),
+    ("minLength", _sized(str), lambda v, limit: len(v) < limit, "must not be shorter than {}"),
+    ("maxLength", _sized(str), lambda v, limit: len(v) > limit, "must not be longer than {}"),
+    ("pattern", _sized(str), lambda v, p: re.search(p, v) is None, "must match {}"),
+    ("minItems", _sized(list), lambda v, limit: len(v) < limit, "needs at least {} items"),
+    ("maxItems", _sized(list), lambda v, limit: len(v) > limit, "takes at most {} items"),
+    ("minProperties", _sized(dict), lambda v, limit: len(v) < limit, "needs at least {} fields"),
+)
+
+
 def _bounds(value: Any, schema: dict[str, Any], path: str, found: list[str]) -> None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            found.append(f"{path}: must be at least {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            found.append(f"{path}: must be at most {schema['maximum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            found.append(f"{path}: must not be shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            found.append(f"{path}: must not be longer than {schema['maxLength']}")
-        if "pattern" in schema and re.search(schema["pattern"], value) is None:
-            found.append(f"{path}: must match {schema['pattern']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            found.append(f"{path}: needs at least {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            found.append(f"{path}: takes at most {schema['maxItems']} items")
-    if isinstance(value, dict) and len(value) < schema.get("minProperties", 0):
-        found.append(f"{path}: needs at least {schema['minProperties']} fields")
+    for keyword, applies, breaks, message in _LIMITS:
+        if keyword in schema and applies(value) and breaks(value, schema[keyword]):
+            found.append(f"{path}: {message.format(schema[keyword])}")
 
 
 def _object(
