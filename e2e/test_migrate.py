@@ -14,6 +14,7 @@ pool reservations in status, the success sentinel on the host, a Node with the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import sys
 import tempfile
@@ -28,7 +29,8 @@ import yaml
 from capi_remote.api import GROUP, crdgen
 from capi_remote.kube.client import KubeClient
 from capi_remote.migrate.inventory import CRDS, DEPLOYMENTS
-from capi_remote.migrate.plan import MIGRATE_STEPS
+from capi_remote.migrate.plan import MIGRATE_STEPS, ROLLBACK_STEPS
+from capi_remote.migrate.rollback import TOUCH_ANNOTATION
 from capi_remote.resources import (
     CLUSTERS,
     CONFIGMAPS,
@@ -41,7 +43,15 @@ from capi_remote_testbed import samples
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.provider import ControllerProcess, provider_crds, start_controller
-from e2e.bed import MACHINE_DEPLOYMENTS, NODE_OWNER_LABEL, NODES, Bed, Cluster, bed_factory
+from e2e.bed import (
+    MACHINE_DEPLOYMENTS,
+    NODE_OWNER_LABEL,
+    NODES,
+    Bed,
+    BedFactory,
+    Cluster,
+    bed_factory,
+)
 from e2e.test_machine_flows import _ready_reason, _running
 from tests.fixtures_hosts import HostsFactory
 
@@ -58,15 +68,16 @@ ONLY_OURS = ("hostKeyPolicy", "claim", "bastion", "passwordRef", "sudoPasswordRe
 
 
 @pytest.fixture
-async def bed(
+async def make_bed(
     kube: KubeClient, control_plane: Cluster, namespace: str, hosts: HostsFactory
-) -> AsyncIterator[Bed]:
-    """A Bed without capi-remote's controller (the reference "runs" until the migration)."""
+) -> AsyncIterator[BedFactory]:
+    """Beds without capi-remote's controller (this overrides e2e/conftest.py's, which starts it):
+    the reference "runs" until the migration starts capi-remote's."""
     if not isinstance(control_plane, ControlPlane):
         pytest.skip("replaces the CRDs and runs the controller on the local test bed")
     _install_reference_crds(control_plane)
     async with bed_factory(kube, control_plane, namespace, lambda n: hosts(n)[0].fleet) as make:
-        yield await make(4)
+        yield make
 
 
 def _install_reference_crds(plane: ControlPlane) -> None:
@@ -162,12 +173,9 @@ async def _provision_as_reference(bed: Bed, name: str, host: Host) -> None:
     await bed.kube.patch(REMOTE_MACHINES, bed.namespace, name, status, subresource="status")
 
 
-async def _reference_cluster(bed: Bed) -> dict[str, Host]:
-    """Cluster ``mig``: control-plane machine cp-0 on host 0 and MachineDeployment workers (1
-    replica) on pool ``workers`` (hosts 1 and 2; host 2 free but bootstrapped before for a
-    machine since deleted), both provisioned by the reference; RemoteMachine late-0 on host 3,
-    which the reference had not got to. Returns the hosts by role."""
-    h = bed.fleet.hosts
+async def _reference_base(bed: Bed) -> str:
+    """Cluster ``mig`` with its RemoteCluster provisioned, a Deployment labelled as k0smotron's
+    all-in-one manager, and bootstrap data that counts its runs; returns the data's name."""
     await bed.cluster("mig")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     await bed.kube.patch(
@@ -177,8 +185,6 @@ async def _reference_cluster(bed: Bed) -> dict[str, Host]:
              "lastTransitionTime": now}]}},
         subresource="status",
     )  # fmt: skip
-    script = bed.registration_script() + f'- "echo run >> {RUNS}"\n'
-    data = await bed.bootstrap_secret("mig-bootstrap", script)
     await bed.kube.create(
         DEPLOYMENTS,
         {
@@ -199,15 +205,30 @@ async def _reference_cluster(bed: Bed) -> dict[str, Host]:
             },
         },
     )
+    script = bed.registration_script() + f'- "echo run >> {RUNS}"\n'
+    return await bed.bootstrap_secret("mig-bootstrap", script)
+
+
+async def _reference_machine(bed: Bed, name: str, host: Host, data: str) -> None:
+    """A control-plane machine the reference provisioned."""
+    await bed.remote_machine(name, _k0smotron_spec(host))
+    await bed.machine(name, "mig", data)
+    await _provision_as_reference(bed, name, host)
+    await _running(bed, name, within=120)
+
+
+async def _reference_cluster(bed: Bed) -> dict[str, Host]:
+    """Cluster ``mig``: control-plane machine cp-0 on host 0 and MachineDeployment workers (1
+    replica) on pool ``workers`` (hosts 1 and 2; host 2 free but bootstrapped before for a
+    machine since deleted), both provisioned by the reference; RemoteMachine late-0 on host 3,
+    which the reference had not got to. Returns the hosts by role."""
+    h = bed.fleet.hosts
+    data = await _reference_base(bed)
     for host in h[1:3]:
         await bed.create(samples.pooled(host.name, bed.namespace, "workers", _k0smotron_spec(host)))
     _ran_bootstrap(h[2])
     await bed.machine_template("workers", "workers")
-
-    await bed.remote_machine("cp-0", _k0smotron_spec(h[0]))
-    await bed.machine("cp-0", "mig", data)
-    await _provision_as_reference(bed, "cp-0", h[0])
-    await _running(bed, "cp-0", within=120)
+    await _reference_machine(bed, "cp-0", h[0], data)
 
     await bed.machine_deployment("workers", "mig", data, "workers", replicas=1)
 
@@ -275,8 +296,23 @@ class Migrate:
 
     async def start_controller(self) -> None:
         if self.controller is None:
-            workdir = self.workdir / "controller"
+            workdir = Path(tempfile.mkdtemp(dir=self.workdir, prefix="controller-"))
             self.controller = await asyncio.to_thread(start_controller, self.plane, workdir)
+
+    def stop_controller(self) -> None:
+        if self.controller is not None:
+            self.controller.process.stop()
+            self.controller = None
+
+
+@contextlib.asynccontextmanager
+async def _migrate(bed: Bed, plane: ControlPlane) -> AsyncIterator[Migrate]:
+    with tempfile.TemporaryDirectory(prefix="capi-remote-migrate-") as tmp:
+        migrate = Migrate(bed, plane, Path(tmp))
+        try:
+            yield migrate
+        finally:
+            migrate.stop_controller()
 
 
 async def _paused(bed: Bed) -> bool:
@@ -284,16 +320,12 @@ async def _paused(bed: Bed) -> bool:
 
 
 async def test_migrate_survives_a_kill_in_every_step_and_the_cluster_lives_on(
-    bed: Bed, control_plane: ControlPlane
+    make_bed: BedFactory, control_plane: ControlPlane
 ) -> None:
+    bed = await make_bed(4)
     hosts = await _reference_cluster(bed)
-    with tempfile.TemporaryDirectory(prefix="capi-remote-migrate-") as tmp:
-        migrate = Migrate(bed, control_plane, Path(tmp))
-        try:
-            await _migrate_and_live_on(bed, migrate, hosts)
-        finally:
-            if migrate.controller is not None:
-                migrate.controller.process.stop()
+    async with _migrate(bed, control_plane) as migrate:
+        await _migrate_and_live_on(bed, migrate, hosts)
 
 
 async def _migrate_and_live_on(bed: Bed, migrate: Migrate, hosts: dict[str, Host]) -> None:
@@ -309,17 +341,11 @@ async def _migrate_and_live_on(bed: Bed, migrate: Migrate, hosts: dict[str, Host
     assert await bed.get(CONFIGMAPS, "capi-remote-migration") is None
 
     # Killed inside each step in turn; every run continues where the last one was killed.
-    for step in MIGRATE_STEPS[1:]:
-        code, lines = await migrate.run(kill_in=step)
-        assert code == -9, "\n".join(lines)
-    code, lines = await migrate.run()
-    text = "\n".join(lines)
-    assert code == 0, text
+    text = await _kill_in_every_step(migrate, MIGRATE_STEPS)
     assert "done  report" in text and "skip  crds: done before" in text
 
     # The outcome: CRDs replaced, reference stopped, policies set, Clusters running again.
-    crd = await bed.kube.get(CRDS, None, f"remotemachines.{GROUP}")
-    assert crd["metadata"]["labels"]["cluster.x-k8s.io/provider"] == crdgen.PROVIDER_LABEL
+    assert await _crd_provider(bed) == crdgen.PROVIDER_LABEL
     reference = await bed.kube.get(DEPLOYMENTS, bed.namespace, "k0smotron-controller-manager")
     assert reference["spec"]["replicas"] == 0
     assert not await _paused(bed)
@@ -370,3 +396,61 @@ async def _migrate_and_live_on(bed: Bed, migrate: Migrate, hosts: dict[str, Host
 
     await bed.wait_for("every RemoteMachine deleted", all_gone, 240)
     assert [_runs(hosts[r]) for r in ("cp", "worker", "reused", "late")] == [1, 1, 2, 1]
+
+
+async def _kill_in_every_step(migrate: Migrate, steps: tuple[str, ...], *extra: str) -> str:
+    """Run, SIGKILLed inside each step in turn, then once to the end; the last run's output."""
+    for step in steps[1:]:
+        code, lines = await migrate.run(*extra, kill_in=step)
+        assert code == -9, "\n".join(lines)
+    code, lines = await migrate.run(*extra)
+    assert code == 0, "\n".join(lines)
+    return "\n".join(lines)
+
+
+async def _crd_provider(bed: Bed) -> str:
+    crd = await bed.kube.get(CRDS, None, f"remotemachines.{GROUP}")
+    return str(crd["metadata"]["labels"]["cluster.x-k8s.io/provider"])
+
+
+async def test_rollback_survives_a_kill_in_every_step_and_puts_the_reference_back(
+    make_bed: BedFactory, control_plane: ControlPlane
+) -> None:
+    bed = await make_bed(2)
+    data = await _reference_base(bed)
+    await _reference_machine(bed, "cp-0", bed.fleet.hosts[0], data)
+    await bed.create(
+        samples.pooled("spare", bed.namespace, "workers", _k0smotron_spec(bed.fleet.hosts[1]))
+    )
+    async with _migrate(bed, control_plane) as migrate:
+        code, lines = await migrate.run()
+        assert code == 0, "\n".join(lines)
+        assert await _crd_provider(bed) == crdgen.PROVIDER_LABEL
+        migrate.stop_controller()
+
+        text = await _kill_in_every_step(
+            migrate, ROLLBACK_STEPS, "--rollback", "--capi-remote-stopped"
+        )
+        assert "done  report" in text and "skip  restore-crds: done before" in text
+
+        # The reference's CRDs exactly as they were: its label, no field only capi-remote has.
+        crd = await bed.kube.get(CRDS, None, f"remotemachines.{GROUP}")
+        assert crd["metadata"]["labels"]["cluster.x-k8s.io/provider"] == REFERENCE_LABEL
+        assert crd["spec"]["conversion"] == {"strategy": "None"}
+        for version in crd["spec"]["versions"]:
+            spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            assert "hostKeyPolicy" not in spec
+        reference = await bed.kube.get(DEPLOYMENTS, bed.namespace, "k0smotron-controller-manager")
+        assert reference["spec"]["replicas"] == 1
+        assert not await _paused(bed)
+        rm = await bed.get(REMOTE_MACHINES, "cp-0") or {}
+        assert TOUCH_ANNOTATION in rm["metadata"]["annotations"]
+        assert rm["status"]["initialization"]["provisioned"] is True
+        assert _runs(bed.fleet.hosts[0]) == 1
+
+        # And forward again, from the same record.
+        code, lines = await migrate.run()
+        assert code == 0, "\n".join(lines)
+        assert await _crd_provider(bed) == crdgen.PROVIDER_LABEL
+        await _running(bed, "cp-0", within=60)
+        assert _runs(bed.fleet.hosts[0]) == 1

@@ -2,23 +2,25 @@
 
 Pausing, unpausing and the report are the migration's own steps. The others undo the migration
 from what its record kept: capi-remote's controller is stopped, the reference's CRDs are applied
-again as they were (as the same field manager that replaced them, so the fields only capi-remote's
-CRDs have are removed), the reference's Deployments get their replicas back, and each
+back as they were (a full replace, so no field of capi-remote's CRDs or of whoever applied them
+since stays behind), the reference's Deployments get their replicas back, and each
 RemoteMachine is annotated once the Clusters run again, since k0smotron does not watch Clusters.
 Host-key policies and the known_hosts ConfigMaps stay: the reference ignores them.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from typing import Any
 
 from capi_remote.api import crdgen
 from capi_remote.kube.client import ApiError
 from capi_remote.migrate import apply, checks
 from capi_remote.migrate.display import shown
 from capi_remote.migrate.errors import MigrationError, WaitingForOperator
-from capi_remote.migrate.inventory import CRD_NAMES, cluster_of, key, list_all
-from capi_remote.migrate.steps import Context, stop_deployments
+from capi_remote.migrate.inventory import CRD_NAMES, CRDS, cluster_of, key, list_all
+from capi_remote.migrate.steps import PAUSED, Context, stop_deployments
 from capi_remote.resources import REMOTE_MACHINES
 
 TOUCH_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/rolled-back-at"
@@ -48,8 +50,11 @@ async def restore_crds(ctx: Context) -> None:
             "CRDs yourself (kubectl apply --server-side --force-conflicts), then run again"
         )
     for name in ours:
-        await apply.apply_crd(ctx.kube, saved[name])
-        ctx.say("restore-crds", f"applied the reference's CRD {name}")
+        current = await ctx.kube.get(CRDS, None, name)
+        body = copy.deepcopy(saved[name])
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        await ctx.kube.replace(CRDS, body)
+        ctx.say("restore-crds", f"put back the reference's CRD {name}")
     left = await apply.wait_established(ctx.kube, ours, ctx.options.wait)
     if left:
         raise WaitingForOperator(f"CRDs not established yet: {', '.join(left)}")
@@ -71,16 +76,27 @@ async def start_reference(ctx: Context) -> None:
 
 async def touch(ctx: Context) -> None:
     """Runs after the unpause, which cleared the record's list of Clusters: every RemoteMachine
-    with a Cluster is annotated (an annotation change wakes the reference up, nothing else)."""
+    with a Cluster is annotated (an annotation change wakes the reference up, nothing else), and
+    loses capi-remote's ``Paused`` condition, which would otherwise stay behind (the reference
+    never updates it) and make a later migration believe capi-remote had taken over."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for rm in await list_all(ctx.kube, REMOTE_MACHINES):
         if cluster_of(rm) is None:
             continue
         meta = rm["metadata"]
-        patch = {"metadata": {"annotations": {TOUCH_ANNOTATION: stamp}}}
         try:
+            await _drop_paused_condition(ctx, rm)
+            patch = {"metadata": {"annotations": {TOUCH_ANNOTATION: stamp}}}
             await ctx.kube.patch(REMOTE_MACHINES, meta["namespace"], meta["name"], patch)
         except ApiError as error:
             if not error.not_found:
                 raise
     ctx.say("touch", f"annotated RemoteMachines with {TOUCH_ANNOTATION}")
+
+
+async def _drop_paused_condition(ctx: Context, rm: dict[str, Any]) -> None:
+    conditions = (rm.get("status") or {}).get("conditions") or []
+    kept = [c for c in conditions if c.get("type") != PAUSED]
+    if len(kept) != len(conditions):
+        rm["status"]["conditions"] = kept
+        await ctx.kube.replace(REMOTE_MACHINES, rm, subresource="status")

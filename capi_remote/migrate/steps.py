@@ -32,6 +32,8 @@ from capi_remote.migrate.record import Record
 from capi_remote.resources import CLUSTERS, POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
 JSONDict = dict[str, Any]
+#: capi-remote's condition on the RemoteMachines of a paused Cluster; the reference has none.
+PAUSED = "Paused"
 _VOLATILE_METADATA = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")
 
 
@@ -212,7 +214,7 @@ async def not_taken_over(kube: KubeClient, targets: list[str]) -> list[str]:
         if cluster_of(rm) not in targets or not owned or meta.get("deletionTimestamp"):
             continue
         conditions = (rm.get("status") or {}).get("conditions") or []
-        if not any(c.get("type") == "Paused" and c.get("status") == "True" for c in conditions):
+        if not any(c.get("type") == PAUSED and c.get("status") == "True" for c in conditions):
             left.append(key(rm))
     return left
 

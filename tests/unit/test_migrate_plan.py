@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from capi_remote.migrate import hostkeys, plan
 from capi_remote.migrate.options import Options
 from capi_remote.migrate.record import State
+from capi_remote.ssh import HostUnreachable
 from capi_remote.ssh.keyscan import ScannedKey
 from tests.unit.test_migrate_checks import NS, deployment, inventory, remote_machine
 
@@ -130,3 +133,35 @@ def test_the_record_state_round_trips_and_ignores_unknown_keys() -> None:
     )
     assert State.from_json(state.to_json()) == state
     assert State.from_json('{"done": ["crds"], "future": 1}') == State(done=["crds"])
+
+
+async def test_scanned_keys_are_kept_only_when_confirmed_and_unreachable_hosts_are_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blob = b"\x00\x00\x00\x0bssh-ed25519" + bytes(36)
+
+    def scan(address: str, port: int, timeout: float) -> ScannedKey:
+        if address == "192.0.2.9":
+            raise HostUnreachable(f"{address}:{port}", "connection refused")
+        return ScannedKey(address, port, "ssh-ed25519", blob)
+
+    monkeypatch.setattr(hostkeys, "scan", scan)
+    asked: list[str] = []
+
+    async def confirm(key: ScannedKey) -> bool:
+        asked.append(f"{key.address} {key.fingerprint}")
+        return key.address == "192.0.2.1"
+
+    unreachable: list[tuple[tuple[str, int], str]] = []
+    hosts = {("192.0.2.1", 22), ("192.0.2.2", 22), ("192.0.2.9", 22)}
+    found = await hostkeys.from_hosts(
+        hosts, 1.0, confirm, lambda host, detail: unreachable.append((host, detail))
+    )
+    assert found == {
+        ("192.0.2.1", 22): [ScannedKey("192.0.2.1", 22, "ssh-ed25519", blob).known_hosts_line()]
+    }
+    assert sorted(a.split()[0] for a in asked) == ["192.0.2.1", "192.0.2.2"]
+    assert unreachable == [(("192.0.2.9", 22), "connection refused")]
+    # Trust on first use: no questions, every key that answered.
+    trusted = await hostkeys.from_hosts(hosts, 1.0, None, lambda host, detail: None)
+    assert set(trusted) == {("192.0.2.1", 22), ("192.0.2.2", 22)}
