@@ -40,7 +40,7 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
 )
 from capi_remote_testbed import samples
-from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.provider import ControllerProcess, provider_crds, start_controller
 from e2e.bed import (
@@ -89,9 +89,14 @@ def _install_reference_crds(plane: ControlPlane) -> None:
         for version in crd["spec"]["versions"]:
             _strip(version["schema"]["openAPIV3Schema"])
         crds.append(crd)
+    text = yaml.safe_dump_all(crds)
+    # After an earlier test's migration capi-remote's CRDs are there: an apply would merge
+    # (a webhook config under strategy None is invalid), so they are first replaced whole.
+    with contextlib.suppress(ControlPlaneError):  # NotFound on a fresh control plane
+        plane.kubectl("replace", "-f", "-", input_text=text)
     plane.kubectl(
         "apply", "--server-side", "--force-conflicts", f"--field-manager={REFERENCE_MANAGER}",
-        "-f", "-", input_text=yaml.safe_dump_all(crds),
+        "-f", "-", input_text=text,
     )  # fmt: skip
 
 
