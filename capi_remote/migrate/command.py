@@ -10,6 +10,8 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
+from kubernetes_asyncio.config import ConfigException
+
 from capi_remote.kube.client import ApiError, KubeClient, TransportError
 from capi_remote.migrate import checks, plan, rollback, steps
 from capi_remote.migrate.display import Progress, shown
@@ -66,7 +68,7 @@ async def run(
     progress = progress or Progress()
     try:
         kube = await KubeClient.from_kubeconfig(kubeconfig)
-    except Exception as error:  # the library raises several kinds for a bad kubeconfig
+    except (ConfigException, OSError, ValueError) as error:
         progress.line("error", "check", f"cannot load the kubeconfig: {shown(error)}")
         return 1
     try:

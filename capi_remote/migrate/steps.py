@@ -15,7 +15,7 @@ import attrs
 from capi_remote.api import crdgen
 from capi_remote.kube.client import ApiError, KubeClient
 from capi_remote.migrate import apply, checks, hostkeys
-from capi_remote.migrate.display import Progress, shown
+from capi_remote.migrate.display import Progress, Word, shown
 from capi_remote.migrate.errors import WaitingForOperator
 from capi_remote.migrate.inventory import (
     CRD_NAMES,
@@ -46,8 +46,8 @@ class Context:
     progress: Progress
     confirm: hostkeys.Confirm
 
-    def say(self, step: str, message: str, word: str = "info") -> None:
-        self.progress.line(word, step, message)  # type: ignore[arg-type]
+    def say(self, step: str, message: str, word: Word = "info") -> None:
+        self.progress.line(word, step, message)
 
 
 async def set_paused(kube: KubeClient, ref: str, value: bool) -> None:
