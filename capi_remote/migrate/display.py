@@ -3,8 +3,8 @@
 Invariants: every string that comes from the cluster (names, addresses, condition messages) goes
 through :func:`shown` before it is printed: control characters (terminal escape sequences a tenant
 could write into a message) become ``?`` and the length is capped at ``MAX_SHOWN``. Progress lines
-start with a fixed word (``start``, ``done``, ``skip``, ``wait``, ``warn``, ``error``) and the step
-name, so scripts (and the e2e test) can follow them.
+start with a fixed word (``plan``, ``start``, ``info``, ``warn``, ``error``, ``wait``, ``done``,
+``skip``) and the step name, so scripts (and the e2e test) can follow them.
 """
 
 from __future__ import annotations
