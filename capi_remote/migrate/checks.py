@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
+from capi_remote import __version__
 from capi_remote.api import crdgen
 from capi_remote.migrate import validation
 from capi_remote.migrate.inventory import (
@@ -78,7 +79,10 @@ def run(inventory: Inventory, options: Options) -> list[Finding]:
 
 
 def versions(inventory: Inventory) -> list[Finding]:
-    found = [Finding("info", "versions", f"API server {inventory.server_version}")]
+    found = [
+        Finding("info", "versions", f"capi-remote {__version__}"),
+        Finding("info", "versions", f"API server {inventory.server_version}"),
+    ]
     capi = inventory.crds.get(CAPI_CLUSTER_CRD)
     served = {v.get("name") for v in (capi or {}).get("spec", {}).get("versions", [])}
     if "v1beta2" not in served:
