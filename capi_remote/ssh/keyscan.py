@@ -4,8 +4,9 @@ Used by ``capi-remote migrate`` to show an operator the keys of hosts that had n
 Nothing is trusted here: the caller decides what to do with the key (show its fingerprint for
 confirmation, or accept it when asked to trust on first use).
 
-Invariants: no credentials are sent (the connection ends after key exchange); every wait is bounded
-by ``timeout``; the host chooses among the key types paramiko offers, so one key is returned.
+Invariants: no credentials are sent (the connection ends after key exchange); the TCP connect and
+the banner plus key exchange are each bounded by ``timeout``; the host chooses among the key types
+paramiko offers, so one key is returned.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def scan(address: str, port: int, timeout: float = 10.0) -> ScannedKey:
         transport.handshake_timeout = timeout
         done = threading.Event()
         transport.start_client(event=done)
-        if not done.wait(2 * timeout) or not transport.is_active():
+        if not done.wait(timeout) or not transport.is_active():
             raise HostUnreachable(shown, "no SSH key exchange")
         key = transport.get_remote_server_key()
         return ScannedKey(address, port, key.get_name(), key.asbytes())
