@@ -49,6 +49,7 @@ from reconcilers.remotemachine.jobspec import (
     render_secret,
 )
 from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
+from reconcilers.remotemachine.pins import record_pins
 
 JSONDict = dict[str, Any]
 JOB_INDEX = "machine-uid"
@@ -160,6 +161,9 @@ class JobBackend:
         for job in await self._live(machine) or []:
             if jr.attempt_of(job) == finished.attempt:
                 await self._delete_secrets(job)
+
+    async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        return await record_pins(self.client, machine, seen)
 
     async def cancel(self, rm: JSONDict) -> float | None:
         """Delete the machine's Jobs (their Pods in the background) and their Secrets.

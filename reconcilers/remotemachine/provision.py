@@ -125,7 +125,7 @@ class ProvisionFlow:
             message=outcome.message,
         )
         if outcome.ok:
-            result = await self._succeeded(m, status, seen)
+            result = await self._succeeded(backend, m, status, seen)
         elif outcome.reason == c.HOST_LOCKED and backend.lock_stale_after is not None:
             result = await self._wait_for_lock(m, status, seen, backend.lock_stale_after)
         else:
@@ -134,7 +134,9 @@ class ProvisionFlow:
         await backend.settle(m, seen)
         return result
 
-    async def _succeeded(self, m: Machine, status: JSONDict, seen: Finished) -> Result:
+    async def _succeeded(
+        self, backend: Backend, m: Machine, status: JSONDict, seen: Finished
+    ) -> Result:
         outcome, rm = seen.outcome, m.rm
         spec = rm["spec"]
         self.memory[m.uid].retry_at = 0.0
@@ -145,6 +147,8 @@ class ProvisionFlow:
             "bastionHostKeyFingerprint": outcome.details.get("bastionFingerprint"),
         }
         pins = first_use_pins(rm, spec, seen_keys)
+        if pins and m.pooled is not None:  # the pooled host holds them; the machine mirrors
+            pins = await backend.record_pins(m, pins)
         if pins:  # pin what we trusted on first use where clusterctl move keeps it
             desired["metadata"].setdefault("annotations", {}).update(pins)
         rm = await self.writer.object(rm, desired)
