@@ -150,6 +150,10 @@ if has foreign; then
   fail HostNotClean "the host was bootstrapped for another machine ($sentinel exists, and this" \
     "machine never ran here): clean the host (reset the node, remove $sentinel) or reboot it"
 fi
+if has unsafe-lock; then
+  fail UnsafeLockDirectory "refusing the host lock's directory:" \
+    "$(printf '%s\n' "$status" | sed -n 's/^capi-remote unsafe-lock //p')"
+fi
 if has locked; then
   fail HostLocked "the host is locked by $(arg locked)"
 fi

@@ -144,3 +144,8 @@ class Backend(Protocol):
         """The RemoteMachine is being deleted: stop its attempt. Seconds to wait before the host
         cleanup may start, or None."""
         ...
+
+    async def retire(self, rm: JSONDict) -> None:
+        """The RemoteMachine uses the other backend now: stop what this one runs for it and
+        remove what it made (a Job's Secret holds a usable private key)."""
+        ...

@@ -56,6 +56,9 @@ class Backends:
     def of(self, machine: Machine) -> Backend:
         return self.job if machine.spec.provision_job is not None else self.runner
 
+    def other(self, machine: Machine) -> Backend:
+        return self.runner if machine.spec.provision_job is not None else self.job
+
 
 class RemoteMachineReconciler:
     def __init__(
@@ -159,6 +162,7 @@ class RemoteMachineReconciler:
             log,
             pooled,
         )
+        await self.backends.other(view).retire(view.rm)  # e.g. a switch from provisionJob
         return await self.flow.step(self.backends.of(view), view, status, data_secret)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:

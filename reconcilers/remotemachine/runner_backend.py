@@ -85,9 +85,13 @@ class RunnerBackend:
         self.jobs.forget(machine.uid)
 
     async def cancel(self, rm: JSONDict) -> float | None:
+        await self.retire(rm)
+        return None
+
+    async def retire(self, rm: JSONDict) -> None:
+        """Stop the machine's provisioning job, if one runs here."""
         uid = rm["metadata"]["uid"]
         job = self.jobs.state(uid)
         if job is not None and job.kind == "provision":
             await self.jobs.cancel(uid)
             self.jobs.forget(uid)
-        return None
