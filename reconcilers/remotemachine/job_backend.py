@@ -119,7 +119,15 @@ class JobBackend:
         generation = jr.generation_of(job)
         if phase == "failed":
             view = jr.describe_failure(job, pod)
-            outcome = Outcome(False, view.cause, view.message, view.retryable, view.output_tail)
+            accepted = jobscript.accepted_fingerprint(pod.message)
+            outcome = Outcome(
+                False,
+                view.cause,
+                view.message,
+                view.retryable,
+                view.output_tail,
+                details={"fingerprint": accepted} if accepted else {},
+            )
             return Finished(attempt, generation, outcome, ended_at=jr.finished_at(job))
         return Finished(attempt, generation, self._success(machine, name, pod))
 
@@ -165,6 +173,11 @@ class JobBackend:
                 await self._delete_secrets(job)
 
     async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        """A Job's image is its author's, and so is the key it reports: it may pin the
+        RemoteMachine (whose author could set the pin anyway), never a pooled host, whose key
+        only the pool's own probe pins."""
+        if machine.pooled is not None:
+            return {}
         return await record_pins(self.client, machine, seen)
 
     async def cancel(self, rm: JSONDict) -> float | None:

@@ -130,6 +130,7 @@ class ProvisionFlow:
             result = await self._wait_for_lock(m, status, seen, backend.lock_stale_after)
         else:
             result = await self._failed(backend, m, status, seen)
+            await self._pin_after_failure(backend, m, seen)
         self.memory[m.uid].recorded = (seen.attempt, seen.generation)
         await backend.settle(m, seen)
         return result
@@ -210,6 +211,15 @@ class ProvisionFlow:
         since = time.time() - seen.ended_at if seen.ended_at is not None else 0.0
         self.memory.retry_in(m.uid, delay - since)
         return Result() if terminal else Result(requeue_after=max(delay - since, 0.5))
+
+    async def _pin_after_failure(self, backend: Backend, m: Machine, seen: Finished) -> None:
+        """Pin the key a failed attempt accepted on first use (a provisionJob reports it even
+        when it fails), so the next attempt refuses another key instead of trusting anew. After
+        the status write: a Conflict here records the outcome again, which writes nothing new."""
+        accepted = {"hostKeyFingerprint": seen.outcome.details.get("fingerprint")}
+        pins = first_use_pins(m.rm, m.rm["spec"], accepted)
+        if pins:
+            await backend.record_pins(m, pins)
 
     async def _wait_for_lock(
         self, m: Machine, status: JSONDict, seen: Finished, stale_after: int
