@@ -13,6 +13,7 @@ import pytest
 from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION as PIN
 from capi_remote.resources import JOBS, REMOTE_MACHINES, SECRETS
 from capi_remote_testbed import samples
+from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.node import Node
 from e2e.bed import Bed, BedFactory, workload_kubeconfig
 from e2e.test_provision_job import _diagnose, _job_template
@@ -47,6 +48,14 @@ async def _edit(tenant: Tenant, name: str, **spec: Any) -> None:
     await tenant.kube.replace(REMOTE_MACHINES, rm)
 
 
+async def _tenant_bed(make_bed: BedFactory, make_tenant: MakeTenant) -> tuple[Bed, Host, Tenant]:
+    """A bed with one host, a tenant in its namespace, and the tenant's cluster ``pt``."""
+    bed = await make_bed(1)
+    tenant = await make_tenant(namespace=bed.namespace)
+    await _tenant_cluster(bed, tenant, "pt", workload_kubeconfig(bed.plane))
+    return bed, bed.fleet.hosts[0], tenant
+
+
 async def _outcome(bed: Bed, name: str, reason: str) -> None:
     async def check() -> bool:
         outcome = await bed.condition(REMOTE_MACHINES, name, "BootstrapExecSucceeded")
@@ -58,10 +67,7 @@ async def _outcome(bed: Bed, name: str, reason: str) -> None:
 async def test_a_failed_job_pins_the_key_and_the_next_job_refuses_a_changed_one(
     make_bed: BedFactory, make_tenant: MakeTenant, node: Node
 ) -> None:
-    bed = await make_bed(1)
-    (host,) = bed.fleet.hosts
-    tenant = await make_tenant(namespace=bed.namespace)
-    await _tenant_cluster(bed, tenant, "pt", workload_kubeconfig(bed.plane))
+    bed, host, tenant = await _tenant_bed(make_bed, make_tenant)
     failing = f"#cloud-config\nruncmd:\n- echo ran >> {COUNTER}\n- exit 3\n"
     spec = bed.host_spec(
         host,
@@ -88,10 +94,7 @@ async def test_a_failed_job_pins_the_key_and_the_next_job_refuses_a_changed_one(
 async def test_switching_to_the_runner_removes_the_jobs_secret_at_once(
     make_bed: BedFactory, make_tenant: MakeTenant, node: Node
 ) -> None:
-    bed = await make_bed(1)
-    (host,) = bed.fleet.hosts
-    tenant = await make_tenant(namespace=bed.namespace)
-    await _tenant_cluster(bed, tenant, "pt", workload_kubeconfig(bed.plane))
+    bed, host, tenant = await _tenant_bed(make_bed, make_tenant)
     slow = "#cloud-config\nruncmd:\n- sleep 600\n"
     spec = bed.host_spec(host, provisionJob={"jobSpecTemplate": _job_template()})
     uid = await _machine(bed, tenant, "switch-0", slow, **spec)

@@ -185,8 +185,8 @@ class RemoteMachineReconciler:
                 rm,
                 "Warning",
                 c.HOST_PINS_RESTORED,
-                f"{', '.join(edited)} edited after the claim: restored the pins of"
-                f" PooledRemoteMachine {name}, which alone are used to verify its host",
+                f"{', '.join(edited)} differed from the pin of PooledRemoteMachine {name}"
+                " (edited after the claim?): restored the host's pins, which alone verify it",
             )
         return Result()
 
