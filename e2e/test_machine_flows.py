@@ -87,7 +87,8 @@ async def test_cluster_with_one_machine_reaches_running(make_bed: BedFactory) ->
 #: A lock as another controller's host script writes it (owner, uptime, boot id): fresh now.
 _FOREIGN_LOCK = (
     "read -r up _ < /proc/uptime; read -r boot < /proc/sys/kernel/random/boot_id;"
-    ' mkdir -p /run/lock; echo "other-controller ${up%.*} $boot" > /run/lock/capi-remote.lock'
+    " mkdir -m 700 -p /run/capi-remote;"
+    ' echo "other-controller ${up%.*} $boot" > /run/capi-remote/host.lock'
 )
 
 
@@ -118,7 +119,7 @@ async def test_a_host_locked_by_another_controller_is_waited_for_without_spendin
     assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode != 0, "it ran"
 
     # The holder releases the host: the same attempt goes on.
-    assert host.exec_inside(["rm", "-f", "/run/lock/capi-remote.lock"]).returncode == 0
+    assert host.exec_inside(["rm", "-f", "/run/capi-remote/host.lock"]).returncode == 0
     await _running(bed, "locked-0")
     rm = await bed.get(REMOTE_MACHINES, "locked-0") or {}
     assert rm["status"]["bootstrap"]["attempts"] == 1

@@ -226,4 +226,4 @@ async def test_deleting_a_machine_while_its_job_runs_stops_it_and_cleans_the_hos
     assert state.returncode != 0, "the cleanup removed the machine's state"
     sleeping = host.exec_inside(["sh", "-c", "ps -eo args | grep -c '^sleep 600' || true"])
     assert sleeping.stdout.decode().strip() == "0"
-    assert host.exec_inside(["test", "-e", "/run/lock/capi-remote.lock"]).returncode != 0
+    assert host.exec_inside(["test", "-e", "/run/capi-remote/host.lock"]).returncode != 0

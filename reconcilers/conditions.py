@@ -42,6 +42,9 @@ PROVISIONING_JOB_RUNNING: Final = "ProvisioningJobRunning"
 PROVISIONING_JOB_FAILED: Final = "ProvisioningJobFailed"
 PROVISIONING_JOB_INVALID: Final = "ProvisioningJobInvalid"
 IMAGE_LACKS_SSH: Final = "ImageLacksSSH"
+HOST_PINS_RESTORED: Final = "HostPinsRestored"  # an Event
+# PooledRemoteMachine Events (reconcilers/pool/)
+STALE_CLAIM_RELEASED: Final = "StaleClaimReleased"
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"
 

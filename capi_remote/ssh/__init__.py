@@ -33,6 +33,7 @@ from capi_remote.ssh.errors import (
     StepInterrupted,
     StepTimeout,
     SudoFailed,
+    UnsafeLockDirectory,
 )
 from capi_remote.ssh.executor import Job, JobResult, StepOutcome, execute
 from capi_remote.ssh.hostkeys import HostKeyPolicy, KnownHosts, fingerprint
@@ -72,6 +73,7 @@ __all__ = [
     "StepTimeout",
     "SudoFailed",
     "Target",
+    "UnsafeLockDirectory",
     "execute",
     "fingerprint",
     "probe",

@@ -209,6 +209,19 @@ class BootstrapIncomplete(SSHError):
         super().__init__(f"all steps ran on {host} but {sentinel} does not exist")
 
 
+class UnsafeLockDirectory(SSHError):
+    """The host lock's directory is not one only root controls (a symlink, another owner, or
+    writable by others): a local user could hold or forge the host's lock there. Nothing ran;
+    a person must fix the host."""
+
+    reason = "UnsafeLockDirectory"
+    retryable = False
+
+    def __init__(self, host: str, detail: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: refusing the host lock's directory: {detail}")
+
+
 class HostNotClean(SSHError):
     """The host carries another machine's success sentinel: it was not cleaned after its last
     machine (e.g. one the reference provider bootstrapped). Bootstrapping over it could join a

@@ -47,6 +47,7 @@ from capi_remote.ssh.errors import (
     StepInterrupted,
     StepTimeout,
     SudoFailed,
+    UnsafeLockDirectory,
 )
 from capi_remote.ssh.probe import HostFacts
 from capi_remote.ssh.settings import SSHSettings
@@ -238,6 +239,9 @@ class _Execution:
             return self._result(already=True)
         if reply.has("foreign"):
             raise HostNotClean(self.conn.host, self.settings.sentinel_path)
+        unsafe = reply.get("unsafe-lock")
+        if unsafe is not None:
+            raise UnsafeLockDirectory(self.conn.host, " ".join(unsafe))
         locked = reply.get("locked")
         if locked is not None:
             raise HostLocked(self.conn.host, locked[0], _int(locked[1]))

@@ -45,9 +45,14 @@ def fingerprint(blob: bytes) -> str:
     return f"SHA256:{digest}"
 
 
+def is_fingerprint(value: str) -> bool:
+    """Whether ``value`` looks like OpenSSH's ``SHA256:...`` fingerprint."""
+    return _FINGERPRINT.fullmatch(value) is not None
+
+
 def _normalise_fingerprint(value: str) -> str:
     value = value.strip()
-    if not _FINGERPRINT.fullmatch(value):
+    if not is_fingerprint(value):
         raise ValueError("a fingerprint looks like SHA256:<43 base64 characters>")
     return value.rstrip("=")
 

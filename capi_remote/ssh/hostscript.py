@@ -21,9 +21,11 @@ What lives on the host (``<state>`` = ``<state_root>/<machine uid>``, root-owned
   another machine: ``foreign``, and nothing is touched.
 - the lock file: ``<owner> <heartbeat> <boot id>``, the heartbeat in whole seconds since boot
   (``/proc/uptime``: immune to clock steps); changes are serialised with ``flock`` on
-  ``<lock>.guard`` and written through a ``mktemp`` file renamed over it (the lock's directory,
-  ``/run/lock`` by default, may be world-writable: a predictable temporary name could be a
-  symlink planted by any local user).
+  ``<lock>.guard`` and written through a ``mktemp`` file renamed over it. The lock's directory
+  (``/run/capi-remote`` by default) is created mode 0700 and used only if it is a real directory
+  owned by the helper's user (root) and writable by nobody else: in a world-writable directory
+  such as ``/run/lock`` any local user could pre-create the lock or its guard and hold the host
+  (``begin`` answers ``unsafe-lock`` with the reason instead).
 
 Commands run detached (``setsid``, own process group, output to the log) so a runner crash neither
 kills nor repeats them: a restarted runner finds the ``.pid`` alive and waits for it.
@@ -52,8 +54,28 @@ clock() {
   now=${_up%.*}
   read -r boot < /proc/sys/kernel/random/boot_id
 }
+lock_dir_ok() {
+  _ld=${lock%/*}
+  if [ ! -e "$_ld" ] && [ ! -L "$_ld" ]; then (umask 077 && mkdir -p "$_ld") 2>/dev/null; fi
+  unsafe=
+  if [ -L "$_ld" ] || [ ! -d "$_ld" ]; then
+    unsafe="$_ld is not a directory (a symlink or a file)"
+  elif ! _st=$(stat -c '%u %a' "$_ld"); then
+    unsafe="cannot stat $_ld"
+  elif [ "${_st% *}" != "$(id -u)" ]; then
+    unsafe="$_ld is owned by uid ${_st% *}, not $(id -u)"
+  else
+    case ${_st#* } in
+      *[2367]? | *[2367]) unsafe="$_ld is writable by others (mode ${_st#* })" ;;
+    esac
+  fi
+  [ -z "$unsafe" ]
+}
 lock_open() {
-  [ -d "${lock%/*}" ] || mkdir -p "${lock%/*}" || return 1
+  if ! lock_dir_ok; then
+    printf 'capi-remote: refusing the lock directory: %s\n' "$unsafe" >&2
+    return 1
+  fi
   exec 9>>"$lock.guard" || return 1
   flock -w 10 9
 }
@@ -124,6 +146,7 @@ if [ -e "$sentinel" ]; then
   if [ -f "$root/$uid/plan" ] || [ "$adopt" = 1 ]; then say bootstrapped; else say foreign; fi
   exit 0
 fi
+if ! lock_dir_ok; then say unsafe-lock "$unsafe"; exit 0; fi
 lock_open || exit 1
 lock_read
 if [ -n "$lowner" ] && [ "$lowner" != "$owner" ]; then

@@ -37,6 +37,7 @@ import attrs
 from capi_remote.bootstrap.plan import BootstrapPlan, MakeDirectory, RunCommand, Step, WriteFile
 from capi_remote.ssh import errors, hostscript
 from capi_remote.ssh.executor import step_name
+from capi_remote.ssh.hostkeys import is_fingerprint
 from capi_remote.ssh.settings import SSHSettings
 
 PREFIX = "capi-remote-job"
@@ -149,6 +150,10 @@ fi
 if has foreign; then
   fail HostNotClean "the host was bootstrapped for another machine ($sentinel exists, and this" \
     "machine never ran here): clean the host (reset the node, remove $sentinel) or reboot it"
+fi
+if has unsafe-lock; then
+  fail UnsafeLockDirectory "refusing the host lock's directory:" \
+    "$(printf '%s\n' "$status" | sed -n 's/^capi-remote unsafe-lock //p')"
 fi
 if has locked; then
   fail HostLocked "the host is locked by $(arg locked)"
@@ -356,7 +361,14 @@ def host_script(
 CONTAINER_SCRIPT = r"""set -u
 d=${CAPI_REMOTE_SECRET_DIR:-__MOUNT__}
 say() { printf 'capi-remote-job %s\n' "$*"; }
-fail() { say failed "$@"; exit 1; }
+# With trust-on-first-use, the key ssh accepted: said on every exit after a connection, last on
+# a failure (the log's tail is the termination message), so even a failed Job's key is pinned.
+accepted() {
+  [ "${strict:-}" = accept-new ] && [ -s "${t:-}/known_hosts" ] || return 0
+  _fp=$(fingerprint_of "$t/known_hosts")
+  [ -z "$_fp" ] || say fingerprint "$_fp"
+}
+fail() { say failed "$@"; accepted; exit 1; }
 t=$(mktemp -d 2>/dev/null) || { t=/tmp/capi-remote.$$ && mkdir -m 700 "$t"; } ||
   fail RemoteError cannot create a temporary directory
 trap 'rm -rf "$t"' EXIT
@@ -430,15 +442,13 @@ wait $!
 rc=255
 [ -f "$t/rc" ] && read -r rc < "$t/rc"
 if [ "$rc" = 0 ] && [ -s "$t/report" ]; then
-  if [ "$strict" = accept-new ]; then
-    fp=$(fingerprint_of "$t/known_hosts")
-    [ -z "$fp" ] || say fingerprint "$fp" >> "$t/report"
-  fi
+  accepted >> "$t/report"
   cat "$t/report" > "${CAPI_REMOTE_TERMINATION_LOG:-/dev/termination-log}" 2>/dev/null || true
   say done
   exit 0
 fi
 [ "$rc" = 255 ] && fail SSH "$CAPI_REMOTE_SSH exited with 255 (see the lines above)"
+accepted
 exit 1
 """.replace("__MOUNT__", SECRET_MOUNT)
 
@@ -461,7 +471,6 @@ def parse_report(text: str) -> JobReport | None:
     """The report of a successful Job; None if ``text`` holds no ``result`` line."""
     result: str | None = None
     hostname = ""
-    fingerprint: str | None = None
     addresses: list[tuple[str, str, str, str]] = []
     for line in text.splitlines():
         words = line.split()
@@ -474,16 +483,28 @@ def parse_report(text: str) -> JobReport | None:
             hostname = args[0]
         elif kind == "address" and len(args) == 4:
             addresses.append((args[0], args[1], args[2], args[3]))
-        elif kind == "fingerprint" and args and args[0].startswith("SHA256:"):
-            fingerprint = args[0]
     if result is None:
         return None
     return JobReport(
         already_bootstrapped=result == "already-bootstrapped",
         hostname=hostname,
         addresses=tuple(addresses),
-        fingerprint=fingerprint,
+        fingerprint=accepted_fingerprint(text),
     )
+
+
+def accepted_fingerprint(text: str) -> str | None:
+    """The key a trust-on-first-use Job accepted (its last ``fingerprint`` line), from a
+    successful Job's report or a failed one's output tail; None if it says none, or nothing
+    that looks like a fingerprint."""
+    said = [
+        words[2]
+        for words in (line.split() for line in text.splitlines())
+        if len(words) == 3 and words[:2] == [PREFIX, "fingerprint"]
+    ]
+    if not said or not is_fingerprint(said[-1]):
+        return None
+    return said[-1]
 
 
 def _ssh_error_classes() -> Iterable[type[errors.SSHError]]:

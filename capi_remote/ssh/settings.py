@@ -49,7 +49,8 @@ class SSHSettings:
     kill_grace: int = attrs.field(default=5, validator=[instance_of(int), ge(0)])
     output_tail_bytes: int = attrs.field(default=4096, validator=[instance_of(int), ge(0)])
     state_root: str = attrs.field(default="/var/lib/capi-remote", validator=_absolute)
-    lock_path: str = attrs.field(default="/run/lock/capi-remote.lock", validator=_absolute)
+    #: In a directory only the helpers' user (root) may write: see ``hostscript.py``.
+    lock_path: str = attrs.field(default="/run/capi-remote/host.lock", validator=_absolute)
     sentinel_path: str = attrs.field(
         default="/run/cluster-api/bootstrap-success.complete", validator=_absolute
     )

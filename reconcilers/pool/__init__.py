@@ -7,12 +7,15 @@ from reconcilers.pool.claims import (
     RECHECK_ANNOTATION,
     claimant_key,
     find_or_claim,
+    held_host,
     host_spec_for,
     is_free,
+    pin_edits,
     pool_members,
     release,
     release_held,
     unclaim_if_bound_elsewhere,
+    with_host_pins,
 )
 from reconcilers.pool.reconciler import first_use_pins, pool_informer, probe_with, setup
 
@@ -23,8 +26,10 @@ __all__ = [
     "claimant_key",
     "find_or_claim",
     "first_use_pins",
+    "held_host",
     "host_spec_for",
     "is_free",
+    "pin_edits",
     "pool_informer",
     "pool_members",
     "probe_with",
@@ -32,4 +37,5 @@ __all__ = [
     "release_held",
     "setup",
     "unclaim_if_bound_elsewhere",
+    "with_host_pins",
 ]

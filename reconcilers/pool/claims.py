@@ -13,16 +13,22 @@ Claim protocol (safe with any number of controller replicas):
 - A RemoteMachine first looks for a host it already holds, so a crash between claiming and
   recording the host never claims a second one.
 - Releasing clears the claim with a precondition too, and marks the host for a re-check.
-- A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
-  reconciler (``reconciler.py``): nothing stays reserved for nobody.
+- A stale claim is cleared by the pool reconciler (``reconciler.py``) with a Warning Event
+  saying why: one naming another namespace's RemoteMachine, or one whose RemoteMachine is gone
+  or another object now (checked with a fresh read). Nothing stays reserved for nobody. It is
+  cleared only while the server still holds exactly that claim (fresh read, resourceVersion
+  precondition), so a valid claim, or one a live claimant just made, is never cleared.
 - A bound RemoteMachine carries exactly the pooled host's host-key pins (:data:`PIN_ANNOTATIONS`),
   never pins of its own: whoever may create RemoteMachines does not decide which key the pool's
-  host is trusted with.
+  host is trusted with. The host's pins are authoritative at use time too
+  (:func:`with_host_pins`): an edit of the machine's pin annotations after the claim is undone
+  and never used, and first-use pins of a held host are recorded on the host.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -147,15 +153,41 @@ async def release(
     log: FilteringBoundLogger = _default_log,
 ) -> None:
     """Clear the claim if ``claimant`` (a RemoteMachine name) still holds it; mark for re-check."""
+
+    def by_claimant(claim: JSONDict) -> bool:
+        return claim.get("name") == claimant and claim.get("namespace") == namespace
+
+    if await _clear(client, namespace, pooled_name, by_claimant):
+        log.info("released pooled machine", pooled=pooled_name, machine=claimant)
+
+
+async def release_stale(
+    client: KubeClient, pooled: JSONDict, stale: JSONDict, log: FilteringBoundLogger
+) -> bool:
+    """Clear the claim ``stale`` (judged stale: another namespace's machine, or one that is gone
+    or another object now) only if the server still holds exactly that claim; True if cleared.
+    A claim that changed meanwhile (a live claimant took the freed host) is never touched."""
+    meta = pooled["metadata"]
+    if not await _clear(client, meta["namespace"], meta["name"], lambda claim: claim == stale):
+        return False
+    log.info("released a stale claim", pooled=meta["name"], claim=stale)
+    return True
+
+
+async def _clear(
+    client: KubeClient, namespace: str, pooled_name: str, matches: Callable[[JSONDict], bool]
+) -> bool:
+    """Clear the claim if the fresh read's claim ``matches``, with that read's resourceVersion as
+    precondition, and mark the host for a re-check; True if cleared. Conflict if it changed."""
     try:
         fresh = await client.get(POOLED_REMOTE_MACHINES, namespace, pooled_name)
     except ApiError as error:
         if error.not_found:
-            return
+            return False
         raise
     claim = fresh.get("spec", {}).get("claim") or {}
-    if claim.get("name") != claimant or claim.get("namespace") != namespace:
-        return
+    if not claim or not matches(claim):
+        return False
     patch = {
         "metadata": {
             "resourceVersion": fresh["metadata"]["resourceVersion"],
@@ -169,7 +201,7 @@ async def release(
         if error.conflict:
             raise Conflict(f"PooledRemoteMachine {pooled_name} changed while releasing") from error
         raise
-    log.info("released pooled machine", pooled=pooled_name, machine=claimant)
+    return True
 
 
 def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
@@ -187,13 +219,41 @@ def host_spec_for(rm: JSONDict, pooled: JSONDict) -> JSONDict:
         if merged:
             meta[field] = merged
     annotations = meta.get("annotations") or {}
-    host_pins = pooled["metadata"].get("annotations") or {}
-    for pin in PIN_ANNOTATIONS:  # the host's pins win; without one, the machine has none either
-        if pin in host_pins:
-            annotations[pin] = host_pins[pin]
-        else:
+    for pin, value in pin_edits(desired, pooled).items():
+        if value is None:
             annotations.pop(pin, None)
+        else:
+            annotations[pin] = value
     return desired
+
+
+def held_host(store: Store, rm: JSONDict) -> JSONDict | None:
+    """The pooled host a RemoteMachine of a pool holds (by the cache), if any."""
+    if not rm.get("spec", {}).get("pool"):
+        return None
+    held = held_by(store, rm)
+    return held[0] if held else None
+
+
+def pin_edits(rm: JSONDict, pooled: JSONDict) -> dict[str, str | None]:
+    """The annotation changes (None: remove) that give ``rm`` exactly the pooled host's pins:
+    the host's pins win, and without one the machine has none either."""
+    own = rm["metadata"].get("annotations") or {}
+    host = pooled["metadata"].get("annotations") or {}
+    return {pin: host.get(pin) for pin in PIN_ANNOTATIONS if own.get(pin) != host.get(pin)}
+
+
+def with_host_pins(rm: JSONDict, pooled: JSONDict | None) -> JSONDict:
+    """``rm`` as its host key is verified: holding a pooled host, it has exactly that host's
+    pins, whatever its own annotations say (its author may edit them after the claim)."""
+    edits = pin_edits(rm, pooled) if pooled is not None else {}
+    if not edits:
+        return rm
+    annotations = {
+        k: v for k, v in (rm["metadata"].get("annotations") or {}).items() if k not in edits
+    }
+    annotations.update({k: v for k, v in edits.items() if v is not None})
+    return {**rm, "metadata": {**rm["metadata"], "annotations": annotations}}
 
 
 async def unclaim_if_bound_elsewhere(

@@ -16,6 +16,7 @@ from capi_remote import (
     ApiError,
     Conflict,
     Event,
+    EventRecorder,
     Informer,
     KubeClient,
     Provider,
@@ -33,6 +34,7 @@ from capi_remote.api import (
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
+from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
     POOL_INDEX,
@@ -40,7 +42,7 @@ from reconcilers.pool.claims import (
     claimant_key,
     index_by_claimant,
     index_by_pool,
-    release,
+    release_stale,
 )
 from reconcilers.remote import HostAccess, MissingSecret
 
@@ -66,7 +68,7 @@ def _age(timestamp: str | None) -> float:
     return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
 
 
-def first_use_pins(obj: JSONDict, spec: JSONDict, seen: JSONDict) -> dict[str, str | None]:
+def first_use_pins(obj: JSONDict, spec: JSONDict, seen: JSONDict) -> dict[str, str]:
     """Annotations pinning the keys just verified for hosts (the machine's, its bastion's) whose
     policy is trust-on-first-use and that have no pin yet.
 
@@ -74,7 +76,7 @@ def first_use_pins(obj: JSONDict, spec: JSONDict, seen: JSONDict) -> dict[str, s
     the object holding the spec, where ``clusterctl move`` keeps them; a pooled host's pins are
     inherited by every RemoteMachine that claims it, so a later claimant does not trust anew."""
     recorded = obj["metadata"].get("annotations") or {}
-    pins: dict[str, str | None] = {}
+    pins: dict[str, str] = {}
     hops = (
         (spec, HOST_KEY_FINGERPRINT_ANNOTATION, "hostKeyFingerprint"),
         (spec.get("bastion") or {}, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
@@ -111,9 +113,15 @@ class PooledRemoteMachineReconciler:
     swallowed by this one."""
 
     def __init__(
-        self, client: KubeClient, pooled: Informer, machines: Informer, prober: Prober
+        self,
+        client: KubeClient,
+        pooled: Informer,
+        machines: Informer,
+        prober: Prober,
+        events: EventRecorder,
     ) -> None:
         self.client = client
+        self.events = events
         self.pooled = pooled.store
         self.machines = machines.store
         self.prober = prober
@@ -125,8 +133,10 @@ class PooledRemoteMachineReconciler:
         claim = obj.get("spec", {}).get("claim")
         if not claim and await self._adopt_status_reservation(obj):
             return Result()  # the claim's own event brings us back
-        if claim and await self._claim_is_stale(claim, obj):
-            await release(self.client, request.namespace, request.name, claim["name"])
+        stale = await self._why_stale(claim, obj) if claim else None
+        if claim and stale is not None:
+            if await release_stale(self.client, obj, claim, _log):
+                self.events.record(obj, "Warning", c.STALE_CLAIM_RELEASED, stale)
             return Result()  # the release's own event brings us back
         status = copy.deepcopy(obj.get("status") or {})
         status["reserved"] = bool(claim)
@@ -201,19 +211,30 @@ class PooledRemoteMachineReconciler:
         )
         return True
 
-    async def _claim_is_stale(self, claim: JSONDict, pooled: JSONDict) -> bool:
-        """The claimant is gone, or it is another object now (same name, new UID), or it went
-        to another host (it claimed two at once, e.g. two controllers raced for it)."""
-        cached = self.machines.get_by_name(claim["namespace"], claim["name"])
+    async def _why_stale(self, claim: JSONDict, pooled: JSONDict) -> str | None:
+        """Why the claim counts for nobody (None: it may be valid): it names another namespace's
+        RemoteMachine (never valid, and that namespace is not read), or its RemoteMachine is
+        gone, another object now (same name, new UID), or went to another host (it claimed two
+        at once, e.g. two controllers raced for it). Gone and moved are decided on a fresh
+        read: the cache may lag."""
+        namespace, name = claim.get("namespace"), claim.get("name")
+        who = f"the claim of RemoteMachine {namespace}/{name}"
+        if namespace != pooled["metadata"]["namespace"]:
+            return f"released {who}: a claim counts only within the host's own namespace"
+        cached = self.machines.get_by_name(str(namespace), str(name))
         if cached is not None and not _uses_another_host(cached, claim, pooled):
-            return False
-        try:  # the cache may lag: decide on what the server says
-            fresh = await self.client.get(REMOTE_MACHINES, claim["namespace"], claim["name"])
+            return None
+        try:
+            fresh = await self.client.get(REMOTE_MACHINES, str(namespace), str(name))
         except ApiError as error:
             if error.not_found:
-                return True
+                return f"released {who}: it does not exist"
             raise
-        return _uses_another_host(fresh, claim, pooled)
+        if claim.get("uid") and fresh["metadata"].get("uid") != claim["uid"]:
+            return f"released {who}: UID {claim['uid']} no longer exists"
+        if _uses_another_host(fresh, claim, pooled):
+            return f"released {who}: it uses another host"
+        return None
 
 
 _ARCH = {
@@ -300,7 +321,7 @@ def setup(provider: Provider, prober: Prober) -> None:
 
     manager.controller(
         "pooledremotemachine",
-        PooledRemoteMachineReconciler(provider.client, pooled, machines, prober),
+        PooledRemoteMachineReconciler(provider.client, pooled, machines, prober, manager.events),
         for_=POOLED_REMOTE_MACHINES,
         workers=provider.options.pool_workers,
     ).watches(REMOTE_MACHINES, deleted_machine_to_claimed_host).build()

@@ -29,14 +29,16 @@ JSONDict = dict[str, Any]
 
 @attrs.frozen
 class Machine:
-    """One reconcile's view of a RemoteMachine, for its backend: the object as read, and its
-    spec as the typed model (converted once; every default comes from the model)."""
+    """One reconcile's view of a RemoteMachine, for its backend: the object as read (holding a
+    pooled host, with exactly that host's pins), and its spec as the typed model (converted
+    once; every default comes from the model)."""
 
     rm: JSONDict
     spec: RemoteMachineSpec
     machine: JSONDict  # the owning Cluster API Machine
     request: Request
     log: FilteringBoundLogger  # the reconcile's (it carries the reconcile id)
+    pooled: JSONDict | None = None  # the pooled host it holds: where its pins are recorded
 
     @property
     def max_attempts(self) -> int:
@@ -133,7 +135,17 @@ class Backend(Protocol):
         """Clean up after an outcome was recorded (its job's memory, a Job's Secret)."""
         ...
 
+    async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        """Pin the trust-on-first-use keys ``seen`` (annotation -> fingerprint) where none is
+        pinned yet; the pins in force (:func:`reconcilers.remotemachine.pins.record_pins`)."""
+        ...
+
     async def cancel(self, rm: JSONDict) -> float | None:
         """The RemoteMachine is being deleted: stop its attempt. Seconds to wait before the host
         cleanup may start, or None."""
+        ...
+
+    async def retire(self, rm: JSONDict) -> None:
+        """The RemoteMachine uses the other backend now: stop what this one runs for it and
+        remove what it made (a Job's Secret holds a usable private key)."""
         ...

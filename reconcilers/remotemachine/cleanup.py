@@ -21,7 +21,7 @@ from capi_remote.resources import CAPI_GROUP, REMOTE_MACHINES
 from reconcilers import conditions as c
 from reconcilers.common import copy_status, mark, owner_name, unix_time
 from reconcilers.hostjobs import HostJobs, JobState
-from reconcilers.pool import release_held
+from reconcilers.pool import held_host, release_held, with_host_pins
 from reconcilers.remote import Deadlines, HostAccess, MissingSecret, NotYetKnown, cleanup_commands
 from reconcilers.remotemachine.backend import Backend
 from reconcilers.remotemachine.memory import MachineMemory
@@ -151,7 +151,7 @@ class Deletion:
         if not await self._still_holds_host(rm):
             return Result()  # a stale cache: the host was cleaned and released already
         try:
-            target = self.access.target(rm)
+            target = self.access.target(with_host_pins(rm, held_host(self.pooled, rm)))
         except NotYetKnown:
             # After a restart the key's watch may not have listed yet: absent is not known,
             # and skipping the cleanup would hand a dirty host to the next machine.

@@ -7,8 +7,9 @@ Job says running, complete or failed; its attempt and the generation it was made
 annotations. The Jobs informer (only Jobs carrying our machine-uid label) starts on first use, so
 deployments that never use provisionJob do not watch Jobs; a Job counts for a RemoteMachine only
 in that machine's own namespace and by its UID. Once an outcome is recorded the Job's Secret is
-deleted; on deletion of the RemoteMachine its Jobs (propagation Background) and Secrets go before
-the host cleanup, which stays on the controller's runner.
+deleted; on deletion of the RemoteMachine, and as soon as its spec drops provisionJob, its Jobs
+(propagation Background) and Secrets go (before the host cleanup, which stays on the
+controller's runner): a Secret holding a usable private key never outlives its use.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from reconcilers.remotemachine.jobspec import (
     render_secret,
 )
 from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
+from reconcilers.remotemachine.machinestatus import ready_reason
+from reconcilers.remotemachine.pins import record_pins
 
 JSONDict = dict[str, Any]
 JOB_INDEX = "machine-uid"
@@ -116,7 +119,15 @@ class JobBackend:
         generation = jr.generation_of(job)
         if phase == "failed":
             view = jr.describe_failure(job, pod)
-            outcome = Outcome(False, view.cause, view.message, view.retryable, view.output_tail)
+            accepted = jobscript.accepted_fingerprint(pod.message)
+            outcome = Outcome(
+                False,
+                view.cause,
+                view.message,
+                view.retryable,
+                view.output_tail,
+                details={"fingerprint": accepted} if accepted else {},
+            )
             return Finished(attempt, generation, outcome, ended_at=jr.finished_at(job))
         return Finished(attempt, generation, self._success(machine, name, pod))
 
@@ -161,6 +172,14 @@ class JobBackend:
             if jr.attempt_of(job) == finished.attempt:
                 await self._delete_secrets(job)
 
+    async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        """A Job's image is its author's, and so is the key it reports: it may pin the
+        RemoteMachine (whose author could set the pin anyway), never a pooled host, whose key
+        only the pool's own probe pins."""
+        if machine.pooled is not None:
+            return {}
+        return await record_pins(self.client, machine, seen)
+
     async def cancel(self, rm: JSONDict) -> float | None:
         """Delete the machine's Jobs (their Pods in the background) and their Secrets.
 
@@ -168,14 +187,10 @@ class JobBackend:
         exists its ssh session may hold the host lock, so the cleanup waits for the Pods to go,
         for at most POD_GONE_TIMEOUT after the deletion began. None: go ahead.
         """
-        if not rm["spec"].get("provisionJob"):
+        if not self._may_have_jobs(rm):
             return None
+        await self._remove_all(rm)
         meta = rm["metadata"]
-        for job in await self._jobs(meta["namespace"], meta["uid"]) or []:
-            if not job["metadata"].get("deletionTimestamp"):
-                await self._delete_job(job)
-            else:
-                await self._delete_secrets(job)
         started = unix_time(meta.get("deletionTimestamp"))
         if started is not None and time.time() - started > POD_GONE_TIMEOUT:
             return None
@@ -186,6 +201,47 @@ class JobBackend:
         except ApiError:
             return None
         return 2.0 if pods.get("items") else None
+
+    async def retire(self, rm: JSONDict) -> None:
+        """The machine is provisioned by the runner now (its spec dropped provisionJob): its
+        Jobs stop and their Secrets (the private key without its passphrase, the bootstrap
+        data) go at once, not with the machine."""
+        if self._may_have_jobs(rm):
+            await self._remove_all(rm)
+
+    def _may_have_jobs(self, rm: JSONDict) -> bool:
+        """Whether the machine may have Jobs or their Secrets: its spec asks for Jobs, its status
+        (written by the controller only) says a Job ran or failed last, or the Jobs watch knows
+        one. Machines that never used Jobs cost no API request."""
+        if rm["spec"].get("provisionJob"):
+            return True
+        if ready_reason(rm.get("status") or {}) in (
+            c.PROVISIONING_JOB_RUNNING,
+            c.PROVISIONING_JOB_FAILED,
+        ):
+            return True
+        meta = rm["metadata"]
+        known = self._informer.store if self._informer is not None else None
+        return known is not None and bool(
+            known.by_index(JOB_INDEX, f"{meta['namespace']}/{meta['uid']}")
+        )
+
+    async def _remove_all(self, rm: JSONDict) -> None:
+        """Delete the machine's Jobs and every Secret made for them, also one whose Job is gone
+        or was never created (found by the machine-uid label and owned by this machine)."""
+        meta = rm["metadata"]
+        for job in await self._jobs(meta["namespace"], meta["uid"]) or []:
+            if not job["metadata"].get("deletionTimestamp"):
+                await self._delete_job(job)
+            else:
+                await self._delete_secrets(job)
+        left = await self.client.list(
+            SECRETS, meta["namespace"], label_selector=f"{MACHINE_UID_LABEL}={meta['uid']}"
+        )
+        for secret in left.get("items") or []:
+            owners = secret["metadata"].get("ownerReferences") or []
+            if any(o.get("uid") == meta["uid"] and o.get("controller") for o in owners):
+                await self.client.delete(SECRETS, meta["namespace"], secret["metadata"]["name"])
 
     # -- inputs --------------------------------------------------------------------------------
 

@@ -125,16 +125,19 @@ class ProvisionFlow:
             message=outcome.message,
         )
         if outcome.ok:
-            result = await self._succeeded(m, status, seen)
+            result = await self._succeeded(backend, m, status, seen)
         elif outcome.reason == c.HOST_LOCKED and backend.lock_stale_after is not None:
             result = await self._wait_for_lock(m, status, seen, backend.lock_stale_after)
         else:
             result = await self._failed(backend, m, status, seen)
+            await self._pin_after_failure(backend, m, seen)
         self.memory[m.uid].recorded = (seen.attempt, seen.generation)
         await backend.settle(m, seen)
         return result
 
-    async def _succeeded(self, m: Machine, status: JSONDict, seen: Finished) -> Result:
+    async def _succeeded(
+        self, backend: Backend, m: Machine, status: JSONDict, seen: Finished
+    ) -> Result:
         outcome, rm = seen.outcome, m.rm
         spec = rm["spec"]
         self.memory[m.uid].retry_at = 0.0
@@ -145,6 +148,8 @@ class ProvisionFlow:
             "bastionHostKeyFingerprint": outcome.details.get("bastionFingerprint"),
         }
         pins = first_use_pins(rm, spec, seen_keys)
+        if pins and m.pooled is not None:  # the pooled host holds them; the machine mirrors
+            pins = await backend.record_pins(m, pins)
         if pins:  # pin what we trusted on first use where clusterctl move keeps it
             desired["metadata"].setdefault("annotations", {}).update(pins)
         rm = await self.writer.object(rm, desired)
@@ -206,6 +211,15 @@ class ProvisionFlow:
         since = time.time() - seen.ended_at if seen.ended_at is not None else 0.0
         self.memory.retry_in(m.uid, delay - since)
         return Result() if terminal else Result(requeue_after=max(delay - since, 0.5))
+
+    async def _pin_after_failure(self, backend: Backend, m: Machine, seen: Finished) -> None:
+        """Pin the key a failed attempt accepted on first use (a provisionJob reports it even
+        when it fails), so the next attempt refuses another key instead of trusting anew. After
+        the status write: a Conflict here records the outcome again, which writes nothing new."""
+        accepted = {"hostKeyFingerprint": seen.outcome.details.get("fingerprint")}
+        pins = first_use_pins(m.rm, m.rm["spec"], accepted)
+        if pins:
+            await backend.record_pins(m, pins)
 
     async def _wait_for_lock(
         self, m: Machine, status: JSONDict, seen: Finished, stale_after: int

@@ -62,6 +62,9 @@ class Backends:
     def of(self, machine: Machine) -> Backend:
         return self.job if machine.spec.provision_job is not None else self.runner
 
+    def other(self, machine: Machine) -> Backend:
+        return self.runner if machine.spec.provision_job is not None else self.job
+
 
 class RemoteMachineReconciler:
     def __init__(
@@ -126,6 +129,9 @@ class RemoteMachineReconciler:
             return Result()
         mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
         await inherit_metadata(self.client, rm, machine)
+        pooled = pools.held_host(stores.pooled, rm)
+        if pooled is not None and pools.pin_edits(rm, pooled):
+            return await self._restore_pins(rm, pooled)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
         if provisioned and rm.get("spec", {}).get("providerID"):
             return await self.node_link.steady(log, rm, status, machine, cluster_name or "")
@@ -156,7 +162,15 @@ class RemoteMachineReconciler:
                 c.WAITING_FOR_BOOTSTRAP_DATA,
                 f"waiting for bootstrap data Secret {data_name}",
             )
-        view = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), machine, request, log)
+        view = Machine(
+            pools.with_host_pins(rm, pooled),
+            from_dict(RemoteMachineSpec, rm["spec"]),
+            machine,
+            request,
+            log,
+            pooled,
+        )
+        await self.backends.other(view).retire(view.rm)  # e.g. a switch from provisionJob
         return await self.flow.step(self.backends.of(view), view, status, data_secret)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
@@ -166,6 +180,25 @@ class RemoteMachineReconciler:
         mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
         await self.writer.status(rm, status)
+        return Result()
+
+    async def _restore_pins(self, rm: JSONDict, pooled: JSONDict) -> Result:
+        """Give the machine its pooled host's pins again. Only the host's pins are ever used
+        (:func:`reconcilers.pool.with_host_pins`); this keeps what users see true. A pin the
+        machine merely lacks (the host was pinned since) is mirrored without an Event."""
+        edits = pools.pin_edits(rm, pooled)
+        own = rm["metadata"].get("annotations") or {}
+        edited = sorted(pin for pin in edits if own.get(pin) is not None)
+        await self.writer.object(rm, pools.with_host_pins(rm, pooled))
+        if edited:
+            name = pooled["metadata"]["name"]
+            self.writer.event(
+                rm,
+                "Warning",
+                c.HOST_PINS_RESTORED,
+                f"{', '.join(edited)} differed from the pin of PooledRemoteMachine {name}"
+                " (edited after the claim?): restored the host's pins, which alone verify it",
+            )
         return Result()
 
     async def _claim(

@@ -9,12 +9,10 @@ A trust-on-first-use host is pinned before its first job sends anything
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from capi_remote import Conflict, KubeClient, patch_object
+from capi_remote import KubeClient
 from capi_remote.bootstrap import BootstrapPlan
-from capi_remote.resources import REMOTE_MACHINES
 from reconcilers import conditions as c
 from reconcilers.hostjobs import HostJobs, JobState, Outcome
 from reconcilers.remote import HostAccess
@@ -25,6 +23,7 @@ from reconcilers.remotemachine.backend import (
     Running,
     Started,
 )
+from reconcilers.remotemachine.pins import record_pins
 
 JSONDict = dict[str, Any]
 
@@ -61,11 +60,10 @@ class RunnerBackend:
         target = self.access.target(machine.rm)
         deadlines = machine.deadlines
         uid, jobs, adopt = machine.uid, self.jobs, machine.adopts
-        rm = machine.rm
 
         async def run(job: JobState) -> Outcome:
             async def record(seen: dict[str, str]) -> dict[str, str]:
-                return await self._record_pins(rm, seen)
+                return await self.record_pins(machine, seen)
 
             pinned = await self.access.pin_first_use(target, record)
             if isinstance(pinned, Outcome):
@@ -80,29 +78,20 @@ class RunnerBackend:
             f"bootstrapping {machine.address} ({len(plan.steps)} steps, attempt {attempt})",
         )
 
-    async def _record_pins(self, rm: JSONDict, seen: dict[str, str]) -> dict[str, str]:
-        """Annotate the RemoteMachine with the keys ``seen`` unless it holds pins already (read
-        fresh, written with its resourceVersion: a pin is never replaced); the pins in force."""
-        meta = rm["metadata"]
-        current = await self.client.get(REMOTE_MACHINES, meta["namespace"], meta["name"])
-        if current["metadata"]["uid"] != meta["uid"]:
-            raise Conflict(f"RemoteMachine {meta['name']} is gone")
-        pins = dict(current["metadata"].get("annotations") or {})
-        missing = {name: value for name, value in seen.items() if not pins.get(name)}
-        if missing:
-            desired = copy.deepcopy(current)
-            desired["metadata"].setdefault("annotations", {}).update(missing)
-            await patch_object(self.client, REMOTE_MACHINES, current, desired)
-            pins.update(missing)
-        return {name: pins[name] for name in seen}
+    async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        return await record_pins(self.client, machine, seen)
 
     async def settle(self, machine: Machine, finished: Finished) -> None:
         self.jobs.forget(machine.uid)
 
     async def cancel(self, rm: JSONDict) -> float | None:
+        await self.retire(rm)
+        return None
+
+    async def retire(self, rm: JSONDict) -> None:
+        """Stop the machine's provisioning job, if one runs here."""
         uid = rm["metadata"]["uid"]
         job = self.jobs.state(uid)
         if job is not None and job.kind == "provision":
             await self.jobs.cancel(uid)
             self.jobs.forget(uid)
-        return None

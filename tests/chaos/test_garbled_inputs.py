@@ -647,7 +647,7 @@ async def test_r5_garbled_inputs_get_clear_conditions(
         if subject.counted and await asyncio.to_thread(counts, subject.host) != (1, 1):
             problems.append(f"{subject.name}: steps did not run exactly once")
     for host in quiet:
-        for path in ("/var/lib/capi-remote", "/run/lock/capi-remote.lock", SENTINEL):
+        for path in ("/var/lib/capi-remote", "/run/capi-remote/host.lock", SENTINEL):
             if host.exec_inside(["test", "-e", path]).returncode == 0:
                 problems.append(f"{path} exists on {host.name}, where nothing may have run")
     controller = controllers.running[-1]

@@ -591,7 +591,7 @@ def test_a_cancelled_job_kills_its_remote_process(hosts: HostsFactory) -> None:
 
     asyncio.run(scenario())
     assert counter(host, "b") == 0
-    assert not host.path("/run/lock/capi-remote.lock").exists(), "the lock was released"
+    assert not host.path("/run/capi-remote/host.lock").exists(), "the lock was released"
 
 
 def test_a_detached_job_keeps_running_and_the_next_controller_resumes_it(
@@ -616,7 +616,7 @@ def test_a_detached_job_keeps_running_and_the_next_controller_resumes_it(
 
     assert asyncio.run(shutdown_mid_step()) < 1.5, "the job stopped waiting promptly"
     assert any("sleep 3" in p for p in live_processes(host)), "the step survived the shutdown"
-    assert not host.path("/run/lock/capi-remote.lock").exists(), "the lock was released"
+    assert not host.path("/run/capi-remote/host.lock").exists(), "the lock was released"
 
     with Runner(FAST, identity="controller-new") as successor:
         result = successor.run(job)

@@ -21,6 +21,7 @@ from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from reconcilers.pool import RECHECK_ANNOTATION
 from reconcilers.pool import reconciler as pool
 from reconcilers.pool.reconciler import PooledRemoteMachineReconciler
+from tests.support.events import RecordedEvents
 from tests.support.merge_patch import apply_merge_patch
 
 JSONDict = dict[str, Any]
@@ -95,7 +96,11 @@ class Bed:
         self.pooled = Informer(client, POOLED_REMOTE_MACHINES)
         self.prober = GatedProber(result)
         self.reconciler = PooledRemoteMachineReconciler(
-            client, self.pooled, Informer(client, REMOTE_MACHINES), self.prober
+            client,
+            self.pooled,
+            Informer(client, REMOTE_MACHINES),
+            self.prober,
+            RecordedEvents().as_recorder(),
         )
         self.catch_up()
 

@@ -16,6 +16,7 @@ from capi_remote.ssh.executor import step_name
 from tests.unit.test_ssh_executor import Host, make_host, plan_of
 
 OWNER = "job:ns/m-provision-1"
+FINGERPRINT = "SHA256:" + "k" * 43
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_reports_and_failures_read_back() -> None:
         "capi-remote-job result provisioned\ncapi-remote-job hostname h1\n"
         "capi-remote-job address eth0 inet 10.0.0.2/24 global\n"
         "capi-remote-job address eth0@if3 inet6 fe80::1/64 link\n"
-        "capi-remote-job fingerprint SHA256:abc\nnoise\n"
+        f"capi-remote-job fingerprint {FINGERPRINT}\nnoise\n"
     )
     assert report == jobscript.JobReport(
         already_bootstrapped=False,
@@ -201,7 +202,7 @@ def test_reports_and_failures_read_back() -> None:
             ("eth0", "inet", "10.0.0.2/24", "global"),
             ("eth0@if3", "inet6", "fe80::1/64", "link"),
         ),
-        fingerprint="SHA256:abc",
+        fingerprint=FINGERPRINT,
     )
     assert jobscript.parse_report("capi-remote-job step 1 2 x\n") is None
     cases = {
