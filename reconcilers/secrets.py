@@ -8,6 +8,8 @@
   ``MAX_SHARED_VALUE``: a tenant may create any number of Secrets of that type, each up to
   1 MiB, and each was cached in full, referenced or not (tests/benchmarks/bench_bombs.py). A
   larger value is read, once something asks for it, from a watch of that Secret's name only.
+  Its lists come in pages of ``SHARED_PAGE_SIZE``, each trimmed as it arrives, so a (re)list
+  holds at most one such page in full.
 - Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts), and any other
   key, gets a watch of its own, filtered by name, started on first use. Such objects are few and
   shared by many machines, so this costs a handful of watches, and one created late still wakes
@@ -41,6 +43,8 @@ SHARED_KEYS = frozenset({"value", "format"})
 MAX_SHARED_VALUE = 96 << 10
 #: Set on the shared store's copy of a Secret whose value was too large to keep there.
 _DROPPED = "capiRemoteDroppedKeys"
+#: Secrets per page of the shared informer's lists: at most 1.5 MiB each (etcd's limit).
+SHARED_PAGE_SIZE = 32
 DEFAULT_MAX_WATCHES = 1024
 # Unreferenced watches are looked for when the count reaches this, then twice the count left.
 _FIRST_SWEEP = 64
@@ -89,7 +93,11 @@ class ObjectSource:
         self._shared: Informer | None = None
         if shared_selector is not None:
             self._shared = manager.informer(
-                resource, shared_selector, filtered=False, transform=shared_view
+                resource,
+                shared_selector,
+                filtered=False,
+                transform=shared_view,
+                page_size=SHARED_PAGE_SIZE,
             )
             self._shared.add_handler(on_change)
         self._by_name: OrderedDict[tuple[str, str], Informer] = OrderedDict()

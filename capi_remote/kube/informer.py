@@ -12,6 +12,8 @@ Invariants:
 - Periodic resync re-announces every cached object (type RESYNC) without talking to the server.
 - With ``max_objects`` set (a server nobody vouches for), a list or watch that would hold more
   objects ends ``run`` with :class:`InformerOverflow` instead of growing the store.
+- A list holds at most one page of objects as the server sent them: each page is transformed
+  (trimmed) as it arrives, so a trimming transform bounds a relist's memory by the page size.
 """
 
 from __future__ import annotations
@@ -153,7 +155,12 @@ class Informer:
                 limit=self.settings.list_page_size,
                 continue_token=token,
             )
-            items.extend(page.get("items", ()))
+            for item in page.get("items", ()):
+                # Lists omit apiVersion/kind on items; handlers and reconcilers expect them.
+                item.setdefault("apiVersion", self.resource.api_version)
+                item.setdefault("kind", self.resource.kind)
+                items.append(self._transform(item))
+            del page["items"]
             self._check_count(len(items))
             token = page.get("metadata", {}).get("continue") or None
             if token is None:
@@ -166,13 +173,9 @@ class Informer:
         self.synced.set()
 
     def _replace(self, items: list[JSONDict]) -> None:
-        """Make the store equal to a fresh list, announcing the differences."""
-        fresh = {}
-        for item in items:
-            # Lists omit apiVersion/kind on items; handlers and reconcilers expect them.
-            item.setdefault("apiVersion", self.resource.api_version)
-            item.setdefault("kind", self.resource.kind)
-            fresh[object_key(item)] = self._transform(item)
+        """Make the store equal to a fresh list (of transformed items), announcing the
+        differences."""
+        fresh = {object_key(item): item for item in items}
         for key in self.store.list_keys():
             if key not in fresh:
                 old = self.store.remove(key)
@@ -253,14 +256,18 @@ class InformerSet:
         selector: Selector = Selector(),
         *,
         transform: Callable[[JSONDict], JSONDict] = strip_managed_fields,
+        page_size: int | None = None,
     ) -> Informer:
-        """The informer of (resource, selector); ``transform`` applies when this call creates
-        it (callers sharing one informer must agree on it)."""
+        """The informer of (resource, selector); ``transform`` and ``page_size`` (of its lists)
+        apply when this call creates it (callers sharing one informer must agree on them)."""
         key = (resource, selector)
         informer = self._informers.get(key)
         if informer is None:
+            settings = self.settings
+            if page_size is not None:
+                settings = attrs.evolve(settings, list_page_size=page_size)
             informer = Informer(
-                self.client, resource, selector, settings=self.settings, transform=transform
+                self.client, resource, selector, settings=settings, transform=transform
             )
             self._informers[key] = informer
             if self._started:  # a late informer starts right away

@@ -142,10 +142,12 @@ class Manager:
         *,
         filtered: bool = True,
         transform: Callable[[JSONDict], JSONDict] = strip_managed_fields,
+        page_size: int | None = None,
     ) -> Informer:
         """The shared informer for ``resource``, scoped to the manager's namespace; with
         ``filtered`` also to its watch filter (leave it off for Secrets and other objects that
-        users do not label). ``transform`` trims what its store keeps (see InformerSet.get)."""
+        users do not label). ``transform`` trims what its store keeps, ``page_size`` bounds its
+        lists' pages (see InformerSet.get)."""
         labels = selector.label_selector
         if filtered and self.settings.watch_filter:
             wanted = f"{WATCH_FILTER_LABEL}={self.settings.watch_filter}"
@@ -155,7 +157,7 @@ class Manager:
             namespace=selector.namespace or self.settings.namespace,
             label_selector=labels,
         )
-        return self.informers.get(resource, scoped, transform=transform)
+        return self.informers.get(resource, scoped, transform=transform, page_size=page_size)
 
     def watch(
         self,

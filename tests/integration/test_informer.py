@@ -6,15 +6,18 @@ import asyncio
 import base64
 import json
 import urllib.request
+from typing import Any
 
 import pytest
 
 from capi_remote.kube.cache import index_by_label
 from capi_remote.kube.client import KubeClient, Resource
-from capi_remote.kube.informer import Event, Informer, Selector
+from capi_remote.kube.informer import Event, Informer, InformerSettings, Selector
 from capi_remote_testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
+
+JSONDict = dict[str, Any]
 
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 # The test control plane serves PodTemplates without a watch cache (see controlplane.py), so an
@@ -139,3 +142,49 @@ async def test_compaction_forces_a_relist_that_reports_deletes_from_the_gap(
         assert ("MODIFIED", "keep") not in recorder.seen()
     finally:
         task.cancel()
+
+
+class PageCounter(KubeClient):
+    """The real client, noting how many listed objects had been trimmed when each page was
+    asked for."""
+
+    trimmed: list[str]
+    seen_at_page: list[int]
+
+    async def list(
+        self, resource: Resource, namespace: str | None = None, **kw: object
+    ) -> JSONDict:
+        self.seen_at_page.append(len(self.trimmed))
+        return await super().list(resource, namespace, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_list_is_trimmed_page_by_page(kube: KubeClient, namespace: str) -> None:
+    """A trimming transform runs on each page as it arrives, so a relist of many large objects
+    holds one page of them in full, not all (the shared Secret store relies on it)."""
+    for i in range(25):
+        await kube.create(CONFIGMAPS, _configmap(namespace, f"big-{i:02d}"))
+    client = PageCounter.for_configuration(kube.api.configuration)
+    client.trimmed, client.seen_at_page = [], []
+
+    def trim(obj: JSONDict) -> JSONDict:
+        client.trimmed.append(obj["metadata"]["name"])
+        obj.pop("data", None)
+        return obj
+
+    informer = Informer(
+        client,
+        CONFIGMAPS,
+        Selector(namespace=namespace),
+        settings=InformerSettings(list_page_size=10),
+        transform=trim,
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        async with asyncio.timeout(20):
+            await informer.synced.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+    assert client.seen_at_page[:3] == [0, 10, 20]
+    assert all("data" not in obj for obj in informer.store.values())
