@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 import structlog
 
-from capi_remote import KubeClient, Request
+from capi_remote import ApiError, Conflict, KubeClient, Request
 from capi_remote.api import BASTION_HOST_KEY_FINGERPRINT_ANNOTATION as BASTION_PIN
 from capi_remote.api import HOST_KEY_FINGERPRINT_ANNOTATION as PIN
 from capi_remote.api import RemoteMachineSpec, from_dict
@@ -128,3 +128,46 @@ def test_first_use_pins_of_a_held_host_are_recorded_on_the_host() -> None:
     assert patch["metadata"] == {"annotations": {PIN: HOST_KEY}, "resourceVersion": "7"}
     # A later attempt finds the host's pin and keeps it, whatever key it sees.
     assert asyncio.run(record_pins(client, machine, {PIN: TENANT_KEY})) == {PIN: HOST_KEY}
+
+
+class BusyServer(Server):
+    """Another writer (Cluster API) updates the object between our read and our write, twice."""
+
+    def __init__(self, *objects: JSONDict, conflicts: int) -> None:
+        super().__init__(*objects)
+        self.conflicts = conflicts
+        self.reads = 0
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> JSONDict:
+        self.reads += 1
+        return await super().get(resource, namespace, name)
+
+    async def patch(self, resource: Resource, namespace: str, name: str, patch: JSONDict) -> Any:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiError(409, "Conflict", "the object has been modified")
+        return await super().patch(resource, namespace, name, patch)
+
+
+def test_a_pin_write_that_meets_a_concurrent_update_is_tried_again() -> None:
+    """A Conflict on the pin write must not end the attempt before anything ran (it did: the
+    attempt failed InternalError and, with maxAttempts 1, the machine for good)."""
+    rm = claimed({})
+    rm["metadata"]["resourceVersion"] = "3"
+    server = BusyServer(rm, conflicts=2)
+    machine = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), {}, Request("ns", "m"), LOG)
+    in_force = asyncio.run(record_pins(cast(KubeClient, server), machine, {PIN: HOST_KEY}))
+    assert in_force == {PIN: HOST_KEY}
+    assert server.reads == 3 and server.objects[("ns", "m")]["metadata"]["annotations"] == {
+        PIN: HOST_KEY
+    }
+
+
+def test_a_holder_that_is_gone_is_not_retried() -> None:
+    rm = claimed({})
+    rm["metadata"]["resourceVersion"] = "3"
+    server = BusyServer(dict(rm, metadata={**rm["metadata"], "uid": "someone-else"}), conflicts=0)
+    machine = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), {}, Request("ns", "m"), LOG)
+    with pytest.raises(Conflict, match="is gone"):
+        asyncio.run(record_pins(cast(KubeClient, server), machine, {PIN: HOST_KEY}))
+    assert server.reads == 1
