@@ -33,11 +33,42 @@ JSONDict = dict[str, Any]
 BOOTSTRAP_SECRET_TYPE = "cluster.x-k8s.io/secret"
 #: The data keys the shared store keeps of ``cluster.x-k8s.io/secret`` Secrets.
 SHARED_KEYS = frozenset({"value", "format"})
+#: Index name, on the RemoteMachine and PooledRemoteMachine stores, of ``namespace/name`` of every
+#: Secret or ConfigMap a spec names (:func:`referenced_secrets`).
+SECRET_REF_INDEX = "secret-refs"
 DEFAULT_MAX_WATCHES = 1024
 # Unreferenced watches are looked for when the count reaches this, then twice the count left.
 _FIRST_SWEEP = 64
 
 _log = structlog.get_logger("capi_remote.secrets")
+
+
+def referenced_secrets(rm: JSONDict) -> list[str]:
+    """``namespace/name`` of every Secret or ConfigMap a RemoteMachine's spec names, so their
+    watches wake it (a name shared by a Secret and a ConfigMap only costs a spare reconcile)."""
+    spec = rm.get("spec", {})
+    namespace = rm["metadata"].get("namespace", "")
+    names = set()
+    for holder in (spec, spec.get("bastion") or {}):
+        key = holder.get("sshKeyRef") or {}
+        for ref in (
+            key,
+            key.get("passphraseRef"),
+            holder.get("passwordRef"),
+            holder.get("sudoPasswordRef"),
+        ):
+            if ref and ref.get("name"):
+                names.add(ref["name"])
+        known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
+        if known.get("name"):  # a Secret or a ConfigMap: both wake the machine when they change
+            names.add(known["name"])
+    return [f"{namespace}/{n}" for n in sorted(names)]
+
+
+def pooled_secrets(pooled: JSONDict) -> list[str]:
+    """What a pooled host's spec names (its probes read those objects too)."""
+    host = (pooled.get("spec") or {}).get("machine") or {}
+    return referenced_secrets({"metadata": pooled["metadata"], "spec": host})
 
 
 def shared_view(obj: JSONDict) -> JSONDict:
@@ -70,7 +101,7 @@ class ObjectSource:
     ) -> None:
         self._manager = manager
         self._resource = resource
-        self._on_change = on_change
+        self._handlers = [on_change]
         self._referenced = referenced
         self._max_watches = max_watches
         self._sweep_at = _FIRST_SWEEP
@@ -79,8 +110,16 @@ class ObjectSource:
             self._shared = manager.informer(
                 resource, shared_selector, filtered=False, transform=shared_view
             )
-            self._shared.add_handler(on_change)
+            self._shared.add_handler(self._on_change)
         self._by_name: OrderedDict[tuple[str, str], Informer] = OrderedDict()
+
+    def add_handler(self, handler: Callable[[Event], None]) -> None:
+        """Also tell ``handler`` about every change of the objects this source watches."""
+        self._handlers.append(handler)
+
+    def _on_change(self, event: Event) -> None:
+        for handler in self._handlers:
+            handler(event)
 
     @property
     def watches(self) -> int:

@@ -86,14 +86,14 @@ def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
 
 
 def is_free(pooled: JSONDict) -> bool:
-    """Claimable: unclaimed, not deleting, not known unreachable, and not waiting for the
-    re-check a returned host gets before its next machine."""
+    """Claimable: unclaimed, not deleting, not known unreachable or untrusted (its key), and not
+    waiting for the re-check a returned host gets before its next machine."""
     health = (pooled.get("status") or {}).get("health") or {}
     return (
         not pooled.get("spec", {}).get("claim")
         and not pooled["metadata"].get("deletionTimestamp")
         and RECHECK_ANNOTATION not in (pooled["metadata"].get("annotations") or {})
-        and health.get("state") != "Unreachable"
+        and health.get("state") not in ("Unreachable", "Untrusted")
     )
 
 
