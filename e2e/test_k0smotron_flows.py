@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import pytest
 
 from capi_remote.api import GROUP
@@ -20,6 +23,7 @@ from capi_remote.resources import (
     JOBS,
     MACHINES,
     POOLED_REMOTE_MACHINES,
+    REMOTE_MACHINE_TEMPLATES,
     REMOTE_MACHINES,
 )
 from capi_remote_testbed import samples
@@ -34,6 +38,21 @@ pytestmark = pytest.mark.integration
 
 K0SMOTRON_API = f"{GROUP}/v1beta1"
 TELEPORT = "tsh -i /identity-output/identity --proxy teleport.example.com:443"
+_KINDS = {
+    r.kind: attrs.evolve(r, version="v1beta1")
+    for r in (REMOTE_MACHINES, POOLED_REMOTE_MACHINES, REMOTE_MACHINE_TEMPLATES)
+}
+
+
+async def _create_v1beta1(bed: Bed, kind: str, name: str, spec: dict[str, Any]) -> None:
+    """Create an object as k0smotron's docs write it: through the v1beta1 API."""
+    obj = {
+        "apiVersion": K0SMOTRON_API,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": bed.namespace},
+        "spec": spec,
+    }
+    await bed.kube.create(_KINDS[kind], obj)
 
 
 async def test_a_provision_job_whose_commands_log_in_themselves(
@@ -54,21 +73,19 @@ async def test_a_provision_job_whose_commands_log_in_themselves(
         "env": [{"name": "TSH_KNOWN_HOSTS", "value": host.known_hosts_line}],
     }
     pod = {"hostNetwork": True, "containers": [container], "restartPolicy": "Never"}
-    await bed.create(
+    await _create_v1beta1(
+        bed,
+        "RemoteMachine",
+        "tsh-0",
         {
-            "apiVersion": K0SMOTRON_API,
-            "kind": "RemoteMachine",
-            "metadata": {"name": "tsh-0"},
-            "spec": {
-                "address": host.address,
-                "useSudo": False,
-                "provisionJob": {
-                    "sshCommand": f"{TELEPORT} ssh",
-                    "scpCommand": f"{TELEPORT} scp",
-                    "jobSpecTemplate": {"spec": {"template": {"spec": pod}}},
-                },
+            "address": host.address,
+            "useSudo": False,
+            "provisionJob": {
+                "sshCommand": f"{TELEPORT} ssh",
+                "scpCommand": f"{TELEPORT} scp",
+                "jobSpecTemplate": {"spec": {"template": {"spec": pod}}},
             },
-        }
+        },
     )
     await bed.machine("tsh-0", "tsh", data)
 
@@ -112,29 +129,25 @@ async def test_a_pool_host_without_a_policy_is_untrusted_until_its_key_is_known(
     host = bed.fleet.hosts[0]
     await bed.cluster("pool")
     data = await bed.bootstrap_secret("pool-bootstrap")
-    await bed.create(
-        {
-            "apiVersion": K0SMOTRON_API,
-            "kind": "RemoteMachineTemplate",
-            "metadata": {"name": "remote-test-template"},
-            "spec": {"template": {"spec": {"pool": "default"}}},
-        }
+    await _create_v1beta1(
+        bed,
+        "RemoteMachineTemplate",
+        "remote-test-template",
+        {"template": {"spec": {"pool": "default"}}},
     )
-    await bed.create(
+    await _create_v1beta1(
+        bed,
+        "PooledRemoteMachine",
+        "remote-test-0",
         {
-            "apiVersion": K0SMOTRON_API,
-            "kind": "PooledRemoteMachine",
-            "metadata": {"name": "remote-test-0"},
-            "spec": {
-                "pool": "default",
-                "machine": {
-                    "address": host.address,
-                    "port": 22,
-                    "user": "root",
-                    "sshKeyRef": {"name": samples.SSH_KEY_SECRET},
-                },
+            "pool": "default",
+            "machine": {
+                "address": host.address,
+                "port": 22,
+                "user": "root",
+                "sshKeyRef": {"name": samples.SSH_KEY_SECRET},
             },
-        }
+        },
     )
     probed = await bed.wait_for("the first probe", lambda: _health(bed, "remote-test-0"), 60)
     assert probed["state"] == "Untrusted", probed
@@ -181,7 +194,10 @@ async def test_a_pool_host_without_a_policy_is_untrusted_until_its_key_is_known(
     )
     generation = int(changed["metadata"]["generation"])
     empty = await bed.wait_for(
-        "a probe of the new policy", lambda: _health(bed, "remote-test-0", generation), 30
+        "a probe of the new policy",
+        lambda: _health(bed, "remote-test-0", generation),
+        30,
+        diagnose=lambda: bed.describe("pooledremotemachine", "remote-test-0"),
     )
     assert empty["state"] == "Untrusted", empty
     pooled = await bed.get(POOLED_REMOTE_MACHINES, "remote-test-0") or {}

@@ -251,7 +251,8 @@ class Health:
             "Outcome of the last probe: Healthy (logged in), Untrusted (the host answered but"
             " its key is not trusted: no hostKeyPolicy, or a key other than the trusted one),"
             " Unreachable (any other failure), Unknown before the first probe or while a Secret"
-            " or ConfigMap it needs is missing. Untrusted and Unreachable hosts are not claimed."
+            " or ConfigMap it needs is missing. Only a host found Healthy by a probe of its"
+            " current spec (observedGeneration) is claimed."
         ),
     )
     reachable: bool | None = attrs.field(
