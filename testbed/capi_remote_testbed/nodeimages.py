@@ -34,7 +34,7 @@ from capi_remote_testbed.toolchain import cache_root
 SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
 TSH_IMAGE = "localhost/capi-remote-tsh:test"
 PAUSE_IMAGE = "localhost/capi-remote-pause:test"
-#: Bump when the image recipe below changes.
+#: Bump when the image recipe below changes (the tsh stand-in's text is part of the recipe).
 IMAGE_RECIPE_VERSION = 3
 #: Where TSH_IMAGE keeps its identity: the path k0smotron's Teleport guide mounts it at.
 TSH_IDENTITY = "/identity-output/identity"
@@ -54,8 +54,14 @@ while [ $# -gt 0 ]; do
     *) echo "tsh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-case ${{1:-}} in ssh|scp) ;; *) echo "tsh: usage: tsh [-i file] [--proxy addr] ssh|scp" >&2; exit 2 ;; esac
-[ -n "${{TSH_KNOWN_HOSTS:-}}" ] || {{ echo "tsh: no trusted host keys (TSH_KNOWN_HOSTS)" >&2; exit 2; }}
+case ${{1:-}} in
+  ssh|scp) ;;
+  *) echo "tsh: usage: tsh [-i file] [--proxy addr] ssh|scp" >&2; exit 2 ;;
+esac
+if [ -z "${{TSH_KNOWN_HOSTS:-}}" ]; then
+  echo "tsh: no trusted host keys (TSH_KNOWN_HOSTS)" >&2
+  exit 2
+fi
 tool=$1; shift
 known=$(mktemp) || exit 2
 printf '%s\n' "$TSH_KNOWN_HOSTS" > "$known"
@@ -204,7 +210,7 @@ def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Pat
     binary (its cache directory's name carries its pins) on a miss."""
     source = rootfs.ensure_rootfs()
     recipe = hashlib.sha256(
-        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{pause.parent.name}\n"
+        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{pause.parent.name}\n{_TSH_STANDIN}\n"
         f"{SSH_CLIENT_IMAGE}\n{TSH_IMAGE}\n{PAUSE_IMAGE}".encode()
     ).hexdigest()[:12]
     images = cache_root() / "images"
