@@ -8,7 +8,8 @@
 - Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts), and any other
   key, gets a watch of its own, filtered by name, started on first use. Such objects are few and
   shared by many machines, so this costs a handful of watches, and one created late still wakes
-  its machines.
+  its machines (and, through :meth:`ObjectSource.add_handler`, re-probes the pooled hosts that
+  name it).
 - Per-name watches are released: when one is about to be opened and there are many, those whose
   name nothing references any more (``referenced``, e.g. the RemoteMachine index) are closed; and
   there are never more than ``max_watches``: past that, the least recently used is closed (its
