@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from capi_remote.kube.handler import request_for as request_for
     from capi_remote.kube.informer import Event as Event
     from capi_remote.kube.informer import Informer as Informer
+    from capi_remote.kube.informer import InformerOverflow as InformerOverflow
+    from capi_remote.kube.informer import InformerSettings as InformerSettings
     from capi_remote.kube.informer import Selector as Selector
     from capi_remote.kube.kubeconfig import KubeconfigError as KubeconfigError
     from capi_remote.kube.manager import Manager as Manager
@@ -68,6 +70,8 @@ _PUBLIC = {
     "request_for": "capi_remote.kube.handler",
     "Event": "capi_remote.kube.informer",
     "Informer": "capi_remote.kube.informer",
+    "InformerOverflow": "capi_remote.kube.informer",
+    "InformerSettings": "capi_remote.kube.informer",
     "Selector": "capi_remote.kube.informer",
     "Manager": "capi_remote.kube.manager",
     "ReconcileContext": "capi_remote.kube.reconcile",

@@ -1,7 +1,8 @@
 """Clients for workload clusters, built from their ``<cluster>-kubeconfig`` Secrets.
 
 Used to give a registered Node its providerID when nothing else does (no cloud provider runs on
-remote hosts): Cluster API links a Node to its Machine only through that field.
+remote hosts): Cluster API links a Node to its Machine only through that field. The Nodes are
+read from a watch (:mod:`reconcilers.workloadnodes`).
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import structlog
-
-from capi_remote import ApiError, KubeClient, KubeconfigError, TransportError
+from capi_remote import KubeClient, KubeconfigError
 from capi_remote.resources import NODES
 from reconcilers.secrets import ObjectSource
 
 JSONDict = dict[str, Any]
-
-_log = structlog.get_logger("capi_remote.workload")
 
 
 class WorkloadClients:
@@ -75,43 +72,12 @@ def _load(encoded: str) -> KubeClient | KubeconfigError:
         return KubeconfigError("the Secret's 'value' is not valid base64")
 
 
-async def link_node(
-    client: KubeClient, names: list[str], addresses: set[str], provider_id: str
-) -> str:
-    """Give the Node that is this host (by name, else by address) our providerID.
+async def set_provider_id(client: KubeClient, node: JSONDict, provider_id: str) -> str:
+    """Give the host's ``node`` our providerID, unless it has one.
 
-    Returns what happened: "linked", "already" (it has ours), "not-registered" (no such Node
-    yet), "unreachable" (its API server cannot be asked, e.g. not up yet), or "conflict: <id>"
-    when the Node carries another providerID (left alone).
+    Returns what happened: "linked", "already" (it has ours), or "conflict: <id>" when the Node
+    carries another providerID (left alone).
     """
-    try:
-        return await _link_node(client, names, addresses, provider_id)
-    except TransportError as error:
-        _log.debug("workload cluster not reachable", error=str(error))
-        return "unreachable"
-
-
-async def _link_node(
-    client: KubeClient, names: list[str], addresses: set[str], provider_id: str
-) -> str:
-    node = None
-    for name in names:
-        try:
-            node = await client.get(NODES, None, name)
-            break
-        except ApiError as error:
-            if not error.not_found:
-                raise
-    if node is None:
-        for candidate in (await client.list(NODES)).get("items", []):
-            node_addresses = {
-                a.get("address") for a in candidate.get("status", {}).get("addresses", [])
-            }
-            if node_addresses & addresses:
-                node = candidate
-                break
-    if node is None:
-        return "not-registered"
     current = node.get("spec", {}).get("providerID")
     if current == provider_id:
         return "already"

@@ -62,7 +62,7 @@ def token_client(plane: ControlPlane, token: str) -> KubeClient:
     configuration = k8s_client.Configuration(host=plane.server)
     configuration.ssl_ca_cert = str(plane.workdir / "pki" / "ca.crt")
     configuration.api_key = {"BearerToken": f"Bearer {token}"}
-    return KubeClient(k8s_client.ApiClient(configuration))
+    return KubeClient.for_configuration(configuration)
 
 
 def service_account_token(plane: ControlPlane, namespace: str, name: str) -> str:

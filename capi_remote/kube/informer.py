@@ -10,6 +10,8 @@ Invariants:
 - Handlers run on the event loop, in event order, and must be quick (map to keys and enqueue);
   an exception in one handler is logged and does not stop the informer or the other handlers.
 - Periodic resync re-announces every cached object (type RESYNC) without talking to the server.
+- With ``max_objects`` set (a server nobody vouches for), a list or watch that would hold more
+  objects ends ``run`` with :class:`InformerOverflow` instead of growing the store.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ class InformerSettings:
     # The server closes each watch after a random 5-10 minutes, as client-go asks it to.
     watch_timeout_range: tuple[int, int] = (300, 600)
     backoff: ExponentialBackoffPolicy = ExponentialBackoffPolicy(base_delay=0.2, max_delay=30.0)
+    #: None: as many as the server has (the management cluster's own API server).
+    max_objects: int | None = None
+
+
+class InformerOverflow(Exception):
+    """The server has more objects than the informer's ``max_objects``; it stopped."""
 
 
 class Informer:
@@ -146,6 +154,7 @@ class Informer:
                 continue_token=token,
             )
             items.extend(page.get("items", ()))
+            self._check_count(len(items))
             token = page.get("metadata", {}).get("continue") or None
             if token is None:
                 break
@@ -193,11 +202,18 @@ class Informer:
                 continue
             obj = self._transform(obj)
             if kind in ("ADDED", "MODIFIED"):
+                if object_key(obj) not in self.store:
+                    self._check_count(len(self.store) + 1)
                 old = self.store.upsert(obj)
                 self._notify(Event("ADDED" if old is None else "MODIFIED", obj, old))
             elif kind == "DELETED":
                 old = self.store.remove(object_key(obj))
                 self._notify(Event("DELETED", obj, old))
+
+    def _check_count(self, count: int) -> None:
+        limit = self.settings.max_objects
+        if limit is not None and count > limit:
+            raise InformerOverflow(f"more than {limit} {self.resource.plural}")
 
     async def _resync_loop(self) -> None:
         assert self.settings.resync_period is not None

@@ -1,8 +1,10 @@
 """A provisioned machine: conditions kept true, and its Node given our providerID.
 
 The Node may register without a providerID (no cloud provider on remote hosts), so we set ours
-on it. Nodes are in the workload cluster, which we do not watch: look again every little while
-until Cluster API reports the Machine's nodeRef."""
+on it. The workload cluster's Nodes come from a watch that runs while machines wait for theirs
+(:mod:`reconcilers.workloadnodes`): a Node that registers wakes its machine, so the machine looks
+again on its own only every ``NODE_LINK_INTERVAL`` (a safety net, and what keeps it waiting), and
+stops waiting once Cluster API reports the Machine's nodeRef."""
 
 from __future__ import annotations
 
@@ -10,22 +12,35 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from capi_remote import ApiError, Result, TransportError
+from capi_remote import ApiError, Request, Result, TransportError, request_for
 from reconcilers import conditions as c
 from reconcilers.remotemachine.machinestatus import keep_true
 from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.writer import Writer
-from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, link_node
+from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, set_provider_id
+from reconcilers.workloadnodes import WorkloadNodes
 
 JSONDict = dict[str, Any]
-NODE_LINK_INTERVAL = 20.0
+#: Well inside ``NodeWatchSettings.wait_ttl``, which a look renews.
+NODE_LINK_INTERVAL = 60.0
 
 
 class NodeLink:
-    def __init__(self, writer: Writer, memory: MachineMemory, workloads: WorkloadClients) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        memory: MachineMemory,
+        workloads: WorkloadClients,
+        nodes: WorkloadNodes,
+    ) -> None:
         self.writer = writer
         self.memory = memory
         self.workloads = workloads
+        self.nodes = nodes
+
+    def forget(self, rm: JSONDict, cluster: str) -> None:
+        """The machine no longer waits for its Node (linked, or being deleted)."""
+        self.nodes.release((rm["metadata"]["namespace"], cluster), request_for(rm))
 
     async def steady(
         self,
@@ -44,6 +59,7 @@ class NodeLink:
         status["phase"] = "Provisioned"
         await self.writer.status(rm, status)
         if (machine.get("status") or {}).get("nodeRef"):
+            self.forget(rm, cluster)
             return Result()
         try:
             client = await self.workloads.get(rm["metadata"]["namespace"], cluster)
@@ -62,10 +78,19 @@ class NodeLink:
         addresses = {
             a["address"] for a in recorded if a.get("type") in ("InternalIP", "ExternalIP")
         }
+        request: Request = request_for(rm)
+        found = self.nodes.lookup(
+            (rm["metadata"]["namespace"], cluster), client, request, names, addresses
+        )
+        if found.failure is not None:
+            self.writer.event(rm, "Warning", "WorkloadNodesUnwatched", found.failure)
+            return Result(requeue_after=NODE_LINK_INTERVAL)
+        if found.node is None:  # listing, or not registered yet: its watch wakes us
+            return Result(requeue_after=NODE_LINK_INTERVAL)
         try:
-            outcome = await link_node(client, names, addresses, rm["spec"]["providerID"])
-        except (ApiError, TransportError) as error:
-            log.debug("workload cluster not reachable yet", cluster=cluster, error=str(error))
+            outcome = await set_provider_id(client, found.node, rm["spec"]["providerID"])
+        except (ApiError, TransportError, ValueError) as error:
+            log.debug("workload cluster not reachable", cluster=cluster, error=str(error))
             return Result(requeue_after=NODE_LINK_INTERVAL)
         if outcome == "linked":
             self.writer.event(rm, "Normal", "NodeLinked", "set the Node's providerID")

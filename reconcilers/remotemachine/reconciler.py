@@ -84,6 +84,8 @@ class RemoteMachineReconciler:
             return Result()
         rm = self.writer.view(rm)
         if rm["metadata"].get("deletionTimestamp"):
+            cluster = rm["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL, "")
+            self.node_link.forget(rm, cluster)
             return await self.deletion.run(ctx.log, rm, request)
         if FINALIZER not in rm["metadata"].get("finalizers", []):
             desired = copy.deepcopy(rm)

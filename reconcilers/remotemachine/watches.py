@@ -49,6 +49,7 @@ from reconcilers.secrets import (
     referenced_secrets,
 )
 from reconcilers.workload import WorkloadClients
+from reconcilers.workloadnodes import WorkloadNodes
 
 JSONDict = dict[str, Any]
 DATA_SECRET_INDEX = "data-secret"
@@ -157,7 +158,9 @@ def _reconciler(
 
     backends = Backends(RunnerBackend(access, jobs, client), JobBackend(client, access, watch_jobs))
     workloads = WorkloadClients(secrets)
-    provider.on_close.append(workloads.close)
+    nodes = WorkloadNodes(wake)
+    # Closed in reverse order: the Node watches before the clients they read through.
+    provider.on_close.extend((workloads.close, nodes.close))
     deletion = Deletion(
         client,
         writer,
@@ -176,7 +179,7 @@ def _reconciler(
         backends,
         ProvisionFlow(writer, memory, policy, ParseSandbox(SandboxSettings())),
         deletion,
-        NodeLink(writer, memory, workloads),
+        NodeLink(writer, memory, workloads, nodes),
     )
 
 

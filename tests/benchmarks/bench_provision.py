@@ -335,11 +335,11 @@ def _start_controller(plane: ControlPlane, workdir: Path) -> ManagedProcess:
 
 
 @contextlib.asynccontextmanager
-async def environment(hosts: int) -> AsyncIterator[Env]:
+async def environment(hosts: int, audit_policy: JSONDict = AUDIT_POLICY) -> AsyncIterator[Env]:
     """Control plane (CAPI, audit log), controller, ``hosts`` hosts behind forwarders."""
     workdir = Path(tempfile.mkdtemp(prefix="capi-remote-bench-"))
     policy = workdir / "audit-policy.yaml"
-    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    policy.write_text(yaml.safe_dump(audit_policy))
     keep = bool(os.environ.get("CAPI_REMOTE_KEEP_ENV"))
     tools = toolchain.ensure(log=lambda _: None)
     plane = ControlPlane(tools, Settings(audit_policy=policy))

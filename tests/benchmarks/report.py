@@ -4,7 +4,8 @@ targets and pass/fail per target. A missed target is reported, never an error (e
 
 Run as root (the SSH and end-to-end benchmarks use namespaced hosts): ``make bench``, or
 ``python -m tests.benchmarks.report [--quick] [--ssh-sizes 50 200] [--long-hosts 200]
-[--long-seconds 30] [--objects 10000] [--only ssh ssh-long reconcile informer provision]``.
+[--long-seconds 30] [--objects 10000]
+[--only ssh ssh-long reconcile informer provision timeline]``.
 See docs/benchmarks.md.
 """
 
@@ -31,10 +32,16 @@ from capi_remote.ssh import SSHSettings
 from capi_remote_testbed import toolchain
 from capi_remote_testbed.controlplane import ControlPlane, Settings
 from capi_remote_testbed.provider import install_crds
-from tests.benchmarks import bench_informer, bench_provision, bench_reconcile, bench_ssh
+from tests.benchmarks import (
+    bench_informer,
+    bench_provision,
+    bench_reconcile,
+    bench_ssh,
+    bench_timeline,
+)
 
 OUT = Path("build/bench")
-BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision"]
+BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline"]
 P1_AIM = 1.10  # stricter than issue #8's 1.5 x bound: what we aim for
 
 
@@ -318,6 +325,54 @@ def run_provision(sizes: bench_provision.Sizes) -> list[dict[str, Any]]:
     return rows
 
 
+def run_timeline(machines: int) -> list[dict[str, Any]]:
+    try:
+        result = asyncio.run(bench_timeline.run(machines))
+    except TimeoutError as error:
+        return [check("E1", f"timeline run failed: {error}", None, "", "-", None)]
+    stages = result["stages"]
+    total = stages["machine_running"]["since_created"]
+    cpu = result["controller_cpu_ms_per_machine"]
+    lag = stages["provisioned"]["since_previous"]
+    return [
+        check(
+            "E1",
+            f"{machines} machines created at once: Machine created -> Running, p50 (p99 "
+            f"{total.get('p99_s')} s; stages in the detail)",
+            total.get("p50_s"),
+            "s",
+            "-",
+            None,
+            result,
+        ),
+        check(
+            "E1",
+            f"first machine provisioned, {machines} at once (last "
+            f"{stages['provisioned'].get('last_machine_s')} s)",
+            stages["provisioned"].get("first_machine_s"),
+            "s",
+            "-",
+            None,
+        ),
+        check(
+            "E1",
+            "bootstrap's last command -> Provisioned written, p50",
+            lag.get("p50_s"),
+            "s",
+            "< 1 s",
+            lambda v: v < 1.0,
+        ),
+        check(
+            "E1",
+            f"controller CPU per machine (peak RSS {result['controller_peak_rss_mb']} MB)",
+            cpu,
+            "ms",
+            "< 42 ms",
+            lambda v: v < 42,
+        ),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -394,6 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(
                     check(id_, "end-to-end benchmark with hosts (needs root)", None, "", "-", None)
                 )
+    if "timeline" in args.only:
+        if root:
+            results += run_timeline(10 if args.quick else 50)
+        else:
+            results.append(check("E1", "timeline benchmark (needs root)", None, "", "-", None))
     report = {
         "machine": {**machine, "load_1m_after": round(os.getloadavg()[0], 2)},
         "results": results,

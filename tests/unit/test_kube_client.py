@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from kubernetes_asyncio import client as k8s_client
 
 from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
 
@@ -155,3 +156,62 @@ async def test_the_client_says_when_the_api_server_answers_again() -> None:
     await client.get(SECRETS, "ns", "s")
     await client.get(SECRETS, "ns", "s")
     assert calls == ["again"], "once per outage, on its first answer"
+
+
+class Recorder:
+    """A plain HTTP listener on loopback: an API server, or a proxy, that records what it got."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Recorder:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.lines.append((await reader.readline()).decode().strip())
+        while (await reader.readline()).strip():
+            pass
+        body = b'{"kind": "Secret", "metadata": {"name": "s"}}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def plain_client(server: str) -> KubeClient:
+    return KubeClient.for_configuration(k8s_client.Configuration(host=server))
+
+
+async def test_the_proxy_variables_are_read_once_when_the_client_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment's proxy applies (as with client-go), read when the client is made: not
+    looked up again, with ~/.netrc, in a thread on every request."""
+    server, proxy = await Recorder().start(), await Recorder().start()
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    through_proxy = plain_client(server.url)
+    monkeypatch.delenv("HTTP_PROXY")
+    direct = plain_client(server.url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)  # too late for both clients
+    try:
+        await through_proxy.get(SECRETS, "ns", "s")
+        await direct.get(SECRETS, "ns", "s")
+        assert proxy.lines == [f"GET {server.url}/api/v1/namespaces/ns/secrets/s HTTP/1.1"]
+        assert server.lines == ["GET /api/v1/namespaces/ns/secrets/s HTTP/1.1"]
+        assert not through_proxy.api.rest_client.pool_manager.trust_env
+    finally:
+        for client in (through_proxy, direct):
+            await client.close()
+        await server.close()
+        await proxy.close()

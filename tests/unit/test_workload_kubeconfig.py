@@ -1,6 +1,7 @@
 """Attacks through a tenant-written ``<cluster>-kubeconfig`` Secret (issue 13, point 1).
 
-Each attack runs the reconciler's real path (``WorkloadClients.get`` then ``link_node``) against
+Each attack runs the reconciler's real path (``WorkloadClients.get``, the Node watch of
+``WorkloadNodes``, then ``set_provider_id``) against
 a real HTTPS listener on loopback standing in for the tenant's server, and asserts that nothing
 reaches it (no service-account token, no request at all) and that no command ran. The accepted
 forms (inline token, inline client certificate) reach the same listener, which proves it listens.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
@@ -20,6 +22,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from capi_remote import KubeClient, Request, TransportError
+from capi_remote.kube.client import UNTRUSTED_MAX_BODY_BYTES
 from capi_remote.kube.kubeconfig import (
     MAX_KUBECONFIG_BYTES,
     KubeconfigError,
@@ -27,8 +31,10 @@ from capi_remote.kube.kubeconfig import (
     api_client,
     parse_kubeconfig,
 )
+from capi_remote.resources import NODES
 from capi_remote_testbed.pki import CertificateAuthority, KeyPair
-from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, link_node
+from reconcilers.workload import InvalidWorkloadKubeconfig, WorkloadClients, set_provider_id
+from reconcilers.workloadnodes import NodeWatchSettings, WorkloadNodes
 
 JSONDict = dict[str, Any]
 STOLEN = "controller-service-account-token"
@@ -45,12 +51,24 @@ class Listener:
         self.context.load_verify_locations(cadata=ca.cert_pem.decode())
         self.context.verify_mode = ssl.CERT_OPTIONAL
         self.url = ""
+        #: A hostile server's answer to every request instead of the one Node, when set.
+        self.hostile: bytes | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         subject = dict(x[0] for x in peer["subject"])["commonName"] if peer else None
         self.requests.append((request.path, request.headers.get("Authorization"), subject))
-        return web.json_response({"kind": "Node", "metadata": {"name": "n"}, "spec": {}})
+        if self.hostile is not None:
+            return web.Response(body=self.hostile, content_type="application/json")
+        node = {"kind": "Node", "metadata": {"name": "n", "resourceVersion": "1"}, "spec": {}}
+        if request.path != "/api/v1/nodes":
+            return web.json_response(node)
+        if request.query.get("watch") == "true":
+            await asyncio.sleep(0.5)  # nothing changed: the watch ends, and is opened again
+            return web.Response(body=b"")
+        return web.json_response(
+            {"kind": "NodeList", "metadata": {"resourceVersion": "1"}, "items": [node]}
+        )
 
 
 @pytest.fixture
@@ -99,15 +117,23 @@ def b64(data: bytes) -> str:
 
 
 async def reconcile(config: JSONDict | bytes) -> str:
-    """What the RemoteMachine reconciler does with the Secret: get a client, link the Node."""
+    """What the RemoteMachine reconciler does with the Secret: get a client, find the Node in
+    the cluster's Node watch, link it."""
     clients = WorkloadClients(Secrets(config))  # type: ignore[arg-type]
+    nodes = WorkloadNodes(lambda _: None)
     try:
         client = await clients.get("tenant", "c")
         assert client is not None
-        return await link_node(client, ["n"], set(), "remote://x")
+        async with asyncio.timeout(10):
+            while True:
+                found = nodes.lookup(("tenant", "c"), client, Request("tenant", "m"), ["n"], set())
+                if found.node is not None:
+                    return await set_provider_id(client, found.node, "remote://x")
+                await asyncio.sleep(0.05)
     except InvalidWorkloadKubeconfig as error:
         return f"refused: {error}"
     finally:
+        await nodes.close()
         await clients.close()
 
 
@@ -281,3 +307,70 @@ def test_unusable_certificate_data_is_a_kubeconfig_error() -> None:
     garbage = b"-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
     with pytest.raises(KubeconfigError, match="not usable"):
         api_client(WorkloadKubeconfig(server="https://h", certificate_authority=garbage))
+
+
+def client_of(server: Listener, ca: CertificateAuthority) -> KubeClient:
+    config = kubeconfig(
+        server.url, {"certificate-authority-data": b64(ca.cert_pem)}, {"token": "t"}
+    )
+    return KubeClient.from_untrusted_kubeconfig(yaml.safe_dump(config).encode())
+
+
+async def test_an_answer_over_the_budget_is_not_read_to_its_end(
+    listener: tuple[Listener, CertificateAuthority],
+) -> None:
+    """A tenant's server answers a Node request with more than the client's budget."""
+    server, ca = listener
+    server.hostile = b'{"kind": "NodeList", "items": [' + b'{"a": 1},' * UNTRUSTED_MAX_BODY_BYTES
+    client = client_of(server, ca)
+    try:
+        with pytest.raises(TransportError, match="larger than"):
+            await client.list(NODES)
+        with pytest.raises(TransportError, match="larger than"):
+            async for _ in client.watch(NODES, None, "1"):
+                pass
+    finally:
+        await client.close()
+
+
+async def test_json_nested_past_the_parser_is_a_value_error(
+    listener: tuple[Listener, CertificateAuthority],
+) -> None:
+    server, ca = listener
+    server.hostile = b"[" * 200_000
+    client = client_of(server, ca)
+    try:
+        with pytest.raises(ValueError, match="nested too deeply"):
+            await client.get(NODES, None, "n")
+    finally:
+        await client.close()
+
+
+async def test_more_nodes_than_the_budget_stop_the_watch_with_a_reason(
+    listener: tuple[Listener, CertificateAuthority],
+) -> None:
+    """A tenant's server lists more Nodes than the controller keeps: the watch stops, the waiting
+    machine is woken to report why, and nothing more is asked until the retry time."""
+    server, ca = listener
+    items = [{"metadata": {"name": f"n{i}", "resourceVersion": "1"}} for i in range(5)]
+    server.hostile = json.dumps(
+        {"kind": "NodeList", "metadata": {"resourceVersion": "1"}, "items": items}
+    ).encode()
+    client = client_of(server, ca)
+    woken: list[Request] = []
+    nodes = WorkloadNodes(woken.append, NodeWatchSettings(max_nodes=3))
+    machine = Request("tenant", "m")
+    try:
+        assert not nodes.lookup(("tenant", "c"), client, machine, ["n1"], set()).synced
+        async with asyncio.timeout(10):
+            while not woken:
+                await asyncio.sleep(0.02)
+        found = nodes.lookup(("tenant", "c"), client, machine, ["n1"], set())
+        assert found.failure is not None and "more than 3 nodes" in found.failure
+        asked = len(server.requests)
+        await asyncio.sleep(0.2)
+        assert nodes.lookup(("tenant", "c"), client, machine, ["n1"], set()).failure
+        assert len(server.requests) == asked
+    finally:
+        await nodes.close()
+        await client.close()
