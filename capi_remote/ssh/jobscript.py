@@ -45,6 +45,8 @@ from capi_remote.ssh.executor import step_name
 from capi_remote.ssh.settings import SSHSettings
 
 PREFIX = "capi-remote-job"
+#: The container script's ``$0`` (``sh -c SCRIPT NAME``): its shell's messages start with it.
+SCRIPT_NAME = "capi-remote-provision"
 #: Where the Job's container finds the Secret's files.
 SECRET_MOUNT = "/var/run/capi-remote"
 #: Keys of the Job's Secret.
@@ -543,6 +545,9 @@ _OPENSSH_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "ImageLacksSSH",
         ),
         (r"exec: \S*(ssh|scp)\S*: not found|executable file not found", "ImageLacksSSH"),
+        # The container script's own shell (its $0 is SCRIPT_NAME) missing a command:
+        # sshCommand/scpCommand name any tool (tsh, sft).
+        (rf"(^|\n){SCRIPT_NAME}: \d+: (eval: )?\S+: not found", "ImageLacksSSH"),
     )
 )
 

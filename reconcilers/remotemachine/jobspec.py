@@ -246,7 +246,7 @@ def render_job(inputs: JobInputs, secret_name: str) -> JSONDict:
     ]
     ours = {k: v for k, v in chosen.items() if k not in ("command", "args")}
     ours["name"] = CONTAINER_NAME  # where jobread looks for the outcome
-    ours["command"] = ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, "capi-remote-provision"]
+    ours["command"] = ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, jobscript.SCRIPT_NAME]
     env = [
         e for e in chosen.get("env") or [] if not str(e.get("name", "")).startswith("CAPI_REMOTE_")
     ]

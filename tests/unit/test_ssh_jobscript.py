@@ -212,6 +212,7 @@ def test_reports_and_failures_read_back() -> None:
         "ssh: connect to host 10.0.0.2 port 22: Connection refused": ("HostUnreachable", True),
         "sudo: a password is required": ("SudoFailed", False),
         "sh: 1: ssh: not found": ("ImageLacksSSH", False),
+        "capi-remote-provision: 1: eval: tsh: not found": ("ImageLacksSSH", False),
         "something else entirely": ("Unknown", True),
         "capi-remote-job failed SSH ssh exited with 255": ("Unknown", True),
     }
