@@ -63,11 +63,12 @@ $(STAMP): pyproject.toml testbed/pyproject.toml
 
 # Builds (or finds in the cache) kube-apiserver, kube-controller-manager, kubectl, etcd, the
 # Cluster API manager and its kubeadm bootstrap/control-plane providers (e2e ClusterClass flow),
-# and the test bed node's kubelet, kube-scheduler, kube-proxy, CNI plugins and pause;
-# see docs/development.md for the cache location.
+# the test bed node's kubelet, kube-scheduler, kube-proxy, CNI plugins and pause, and cert-manager
+# (the deploy e2e); see docs/development.md for the cache location.
 toolchain: venv
 	$(BIN)/python -m capi_remote_testbed.toolchain
 	$(BIN)/python -m capi_remote_testbed.toolchain node
+	$(BIN)/python -m capi_remote_testbed.toolchain cert-manager
 	$(BIN)/python -m capi_remote_testbed.kubeadm_providers
 
 clean-devenv: venv
@@ -96,7 +97,7 @@ release-manifests: $(if $(KUBECTL),,venv)
 	echo "wrote $$out"
 
 # The controller image, built with podman on a base made from Debian packages (no registry
-# needed); see docs/deployment.md. IMAGE_FLAGS: e.g. --offline, --base python:3.11-slim.
+# needed); see docs/deployment.md. IMAGE_FLAGS: e.g. --offline, --base python:3.11-slim@sha256:...
 IMAGE ?= localhost/capi-remote:dev
 IMAGE_FLAGS ?=
 

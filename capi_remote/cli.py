@@ -53,6 +53,10 @@ def _switch(parser: _Parser, flag: str, help: str) -> None:
     )
 
 
+def _kubeconfig_flag(parser: _Parser, help: str) -> None:
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None, help=help)
+
+
 def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
@@ -61,11 +65,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         "CAPI_REMOTE_<FLAG> (upper case, dashes as underscores; --diagnostics-address reads "
         "CAPI_REMOTE_METRICS_ADDRESS) and KUBECONFIG for --kubeconfig.",
     )
-    run.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or None,
-        help="kubeconfig file (default: $KUBECONFIG, else in-cluster)",
-    )
+    _kubeconfig_flag(run, "kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     run.add_argument(
         "--namespace",
         default=_env("NAMESPACE", ""),
@@ -319,6 +319,84 @@ def _preflight(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _add_migrate(commands: argparse._SubParsersAction[_Parser]) -> None:
+    migrate = commands.add_parser(
+        "migrate",
+        help="take a management cluster from k0smotron's Remote Machine provider to capi-remote",
+        description="Checks, pauses the Clusters, stops the reference, replaces the CRDs, sets "
+        "host-key policies, waits for capi-remote's controller, unpauses and reports. Progress "
+        "is recorded in the cluster: after an interruption, run the same command again. Exit "
+        "codes: 0 done, 1 failed, 2 usage, 3 waiting for you (see the last line), run again.",
+    )
+    _kubeconfig_flag(
+        migrate, "kubeconfig of the management cluster, as cluster admin (default: $KUBECONFIG)"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print checks and plan only")
+    migrate.add_argument(
+        "--rollback", action="store_true", help="go back to the reference provider"
+    )
+    keys = migrate.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--known-hosts", type=Path, help="take host keys from this known_hosts file you verified"
+    )
+    keys.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="accept the keys hosts present now, without asking",
+    )
+    migrate.add_argument(
+        "--components",
+        type=Path,
+        help="YAML with capi-remote's components (the release's infrastructure-components.yaml): "
+        "its CRDs replace the reference's, the rest is applied to start the controller",
+    )
+    migrate.add_argument(
+        "--stop-all-in-one",
+        action="store_true",
+        help="also stop a k0smotron Deployment that runs all of k0smotron's controllers",
+    )
+    migrate.add_argument(
+        "--capi-remote-stopped",
+        action="store_true",
+        help="rollback: capi-remote's controller is stopped (it runs outside a Deployment)",
+    )
+    migrate.add_argument(
+        "--record-namespace",
+        default="kube-system",
+        help="namespace of the progress record ConfigMap capi-remote-migration",
+    )
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds a step waits for the cluster before it stops and asks to be run again",
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from capi_remote.migrate import Options, command
+
+    if args.kubeconfig and not Path(args.kubeconfig).is_file():
+        raise UserError(f"kubeconfig {args.kubeconfig} does not exist")
+    for path in (args.known_hosts, args.components):
+        if path is not None and not path.is_file():
+            raise UserError(f"{path} does not exist")
+    if args.wait <= 0:
+        raise UserError("--wait must be positive")
+    options = Options(
+        rollback=args.rollback,
+        dry_run=args.dry_run,
+        stop_all_in_one=args.stop_all_in_one,
+        trust_on_first_use=args.trust_on_first_use,
+        known_hosts=args.known_hosts,
+        components=args.components,
+        record_namespace=args.record_namespace,
+        wait=args.wait,
+        capi_remote_stopped=args.capi_remote_stopped,
+    )
+    return asyncio.run(command.run(options, args.kubeconfig))
+
+
 def _print_crds(_: argparse.Namespace) -> int:
     """From the models themselves, so it works from a wheel or the image, not only a checkout."""
     from capi_remote.api import crdgen
@@ -378,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_preflight(commands)
+    _add_migrate(commands)
     commands.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     manifests = commands.add_parser(
         "manifests", help="print every component to deploy (kustomize output, YAML)"
@@ -398,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "preflight": _preflight,
+    "migrate": _migrate,
     "crds": _print_crds,
     "manifests": _print_manifests,
     "version": _print_version,

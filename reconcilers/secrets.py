@@ -4,7 +4,10 @@
   filtered by that type serves them all. So does every other Secret of that type (CA keys, etcd
   and service-account keys of every cluster), so its store keeps only what the controller reads
   of them: the ``value`` and ``format`` keys (``SHARED_KEYS``), no annotations (kubectl's
-  last-applied copy of the data lives there).
+  last-applied copy of the data lives there), and of those only values up to
+  ``MAX_SHARED_VALUE``: a tenant may create any number of Secrets of that type, each up to
+  1 MiB, and each was cached in full, referenced or not (tests/benchmarks/bench_bombs.py). A
+  larger value is read, once something asks for it, from a watch of that Secret's name only.
 - Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts), and any other
   key, gets a watch of its own, filtered by name, started on first use. Such objects are few and
   shared by many machines, so this costs a handful of watches, and one created late still wakes
@@ -37,6 +40,11 @@ SHARED_KEYS = frozenset({"value", "format"})
 #: Index name, on the RemoteMachine and PooledRemoteMachine stores, of ``namespace/name`` of every
 #: Secret or ConfigMap a spec names (:func:`referenced_secrets`).
 SECRET_REF_INDEX = "secret-refs"
+#: The longest of those values (base64 characters) the shared store keeps: kubeadm's bootstrap
+#: data is some 10-30 KiB.
+MAX_SHARED_VALUE = 96 << 10
+#: Set on the shared store's copy of a Secret whose value was too large to keep there.
+_DROPPED = "capiRemoteDroppedKeys"
 DEFAULT_MAX_WATCHES = 1024
 # Unreferenced watches are looked for when the count reaches this, then twice the count left.
 _FIRST_SWEEP = 64
@@ -78,7 +86,10 @@ def shared_view(obj: JSONDict) -> JSONDict:
     meta.pop("managedFields", None)
     meta.pop("annotations", None)
     data = obj.get("data") or {}
-    obj["data"] = {key: value for key, value in data.items() if key in SHARED_KEYS}
+    kept = {key: value for key, value in data.items() if key in SHARED_KEYS}
+    obj["data"] = {key: value for key, value in kept.items() if len(value) <= MAX_SHARED_VALUE}
+    if len(obj["data"]) < len(kept):
+        obj[_DROPPED] = sorted(set(kept) - set(obj["data"]))
     obj.pop("stringData", None)
     return obj
 
@@ -86,8 +97,9 @@ def shared_view(obj: JSONDict) -> JSONDict:
 class ObjectSource:
     """``get``/``value`` of named Secrets or ConfigMaps, backed by narrow watches.
 
-    ``get`` may answer from the shared store, which holds only ``SHARED_KEYS`` of its objects;
-    ``value`` of any other key always reads the object's own watch.
+    ``get`` may answer from the shared store, which holds only ``SHARED_KEYS`` of its objects
+    (an object whose value was too large for it comes from its own watch); ``value`` of any
+    other key always reads the object's own watch.
     """
 
     def __init__(
@@ -129,10 +141,9 @@ class ObjectSource:
 
     def get(self, namespace: str, name: str) -> JSONDict | None:
         """The object if known; None while unknown (its watch reports it when it appears)."""
-        if self._shared is not None:
-            found = self._shared.store.get_by_name(namespace, name)
-            if found is not None:
-                return found
+        found = self._shared_copy(namespace, name)
+        if found is not None:
+            return found
         return self._watch(namespace, name).store.get_by_name(namespace, name)
 
     def known(self, namespace: str, name: str) -> bool:
@@ -141,9 +152,14 @@ class ObjectSource:
         informer = self._by_name.get((namespace, name))
         if informer is not None:
             return informer.synced.is_set()
-        return (
-            self._shared is not None and self._shared.store.get_by_name(namespace, name) is not None
-        )
+        return self._shared_copy(namespace, name) is not None
+
+    def _shared_copy(self, namespace: str, name: str) -> JSONDict | None:
+        """The shared store's copy if it is complete (no value dropped for size)."""
+        if self._shared is None:
+            return None
+        found = self._shared.store.get_by_name(namespace, name)
+        return None if found is None or _DROPPED in found else found
 
     def value(self, namespace: str, name: str, key: str) -> bytes | None:
         """One data key, decoded (Secrets are base64 in ``data``); None if missing."""

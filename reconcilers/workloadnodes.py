@@ -13,6 +13,9 @@ Invariants:
   condition or Event can show) until ``settings.retry_after`` has passed.
 - A Node event wakes exactly the waiting machines whose host names or addresses it matches, and
   only when what linking reads of it changed.
+- A providerID we just set (:meth:`WorkloadNodes.linked`) is what lookups see until the watch
+  shows that Node with a providerID: a reconcile that runs before the watch delivers our own
+  patch does not patch (and announce) it again.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class _ClusterWatch:
         self.waiters: dict[Request, _Waiter] = {}
         self._by_name: defaultdict[str, set[Request]] = defaultdict(set)
         self._by_address: defaultdict[str, set[Request]] = defaultdict(set)
+        self.assumed: dict[str, str] = {}
         self.failure: str | None = None
         self.failed_at = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -160,16 +164,21 @@ class _ClusterWatch:
     def find(self, names: Iterable[str], addresses: Iterable[str]) -> JSONDict | None:
         """The host's Node: by name first, else by any address."""
         store = self.informer.store
-        for name in names:
-            node = store.get(name)
-            if node is not None:
-                return node
+        found = next(filter(None, (store.get(name) for name in names)), None)
         for address in addresses:
-            for node in store.by_index(ADDRESS_INDEX, address):
-                return node
-        return None
+            if found is not None:
+                break
+            found = next(iter(store.by_index(ADDRESS_INDEX, address)), None)
+        if found is None:
+            return None
+        assumed = self.assumed.get(found["metadata"]["name"])
+        if assumed and not found["spec"]["providerID"]:
+            return {**found, "spec": {"providerID": assumed}}
+        return found
 
     def _on_node(self, event: Event) -> None:
+        if event.type == "DELETED" or event.obj["spec"]["providerID"]:
+            self.assumed.pop(event.obj["metadata"]["name"], None)
         if event.type != "DELETED" and _linking_view(event.obj) == _linking_view(event.old):
             return
         woken: set[Request] = set()
@@ -246,6 +255,12 @@ class WorkloadNodes:
         if not watch.informer.synced.is_set():
             return Lookup(synced=False)
         return Lookup(synced=True, node=watch.find(names, addresses))
+
+    def linked(self, cluster: tuple[str, str], node: str, provider_id: str) -> None:
+        """We set ``provider_id`` on ``node``: lookups see it until the watch does."""
+        watch = self._clusters.get(cluster)
+        if watch is not None:
+            watch.assumed[node] = provider_id
 
     def release(self, cluster: tuple[str, str], request: Request) -> None:
         """``request`` no longer waits for its Node (it is linked, or the machine is gone)."""

@@ -4,7 +4,9 @@ A thread cannot be stopped: a parse that outlives the reconcile timeout kept run
 retry started another. Here every parse runs in a child of a forkserver that has only the parser
 modules loaded (a fork is cheap, and the child holds none of the controller's memory: no tokens),
 under ``RLIMIT_AS`` and ``RLIMIT_CPU``, and is killed at its wall deadline or when the caller is
-cancelled. At most ``workers`` parses run at once; others wait their turn.
+cancelled. At most ``workers`` parses run at once; others wait their turn, taken fairly across
+tenants (``admission.FairAdmission``: a namespace's queue of bombs delays another's parse by at
+most one running parse).
 
 Invariants:
 - :meth:`ParseSandbox.parse` returns a ``BootstrapPlan`` or raises ``BootstrapParseError``; a
@@ -28,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from capi_remote.bootstrap.admission import FairAdmission
 from capi_remote.bootstrap.budget import MAX_BOOTSTRAP_BYTES, Budget
 from capi_remote.bootstrap.errors import LIMITS, BootstrapParseError
 from capi_remote.bootstrap.jinja import InstanceMetadata
@@ -85,7 +88,7 @@ class ParseSandbox:
         self.settings = settings
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload())
-        self._slots = asyncio.Semaphore(settings.workers)
+        self._admission = FairAdmission(settings.workers)
 
     async def parse(
         self,
@@ -94,10 +97,15 @@ class ParseSandbox:
         *,
         metadata: InstanceMetadata,
         commands_as_script: bool = False,
+        tenant: str = "",
     ) -> BootstrapPlan:
-        """``parse_bootstrap`` in a limited child process (waits for a free worker first)."""
+        """``parse_bootstrap`` in a limited child process (waits for a free worker first).
+
+        ``tenant`` (the namespace) is whose turn the parse takes: workers go round robin across
+        tenants with waiting parses.
+        """
         request = _Request(data, format, metadata, commands_as_script)
-        async with self._slots:
+        async with self._admission.slot(tenant):
             return await self._run(request)
 
     async def _run(self, request: _Request) -> BootstrapPlan:

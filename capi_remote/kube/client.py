@@ -306,6 +306,10 @@ class KubeClient:
         result: JSONDict = _loads(payload)
         return result
 
+    async def get_path(self, path: str) -> JSONDict:
+        """GET a path outside the resource API (``/version``)."""
+        return await self._json("GET", path)
+
     async def get(self, resource: Resource, namespace: str | None, name: str) -> JSONDict:
         return await self._json("GET", resource.path(namespace, name))
 

@@ -235,7 +235,13 @@ class Manager:
         self, name: str, app: web.Application, address: str, tls: ssl.SSLContext | None = None
     ) -> web.AppRunner:
         host, _, port = address.rpartition(":")
-        runner = web.AppRunner(app, access_log=None, handler_args=SERVER_LIMITS)
+        # Keyword arguments of AppRunner reach each connection's request handler.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            max_line_size=SERVER_LIMITS["max_line_size"],
+            max_field_size=SERVER_LIMITS["max_field_size"],
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,

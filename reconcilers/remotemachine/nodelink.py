@@ -79,9 +79,8 @@ class NodeLink:
             a["address"] for a in recorded if a.get("type") in ("InternalIP", "ExternalIP")
         }
         request: Request = request_for(rm)
-        found = self.nodes.lookup(
-            (rm["metadata"]["namespace"], cluster), client, request, names, addresses
-        )
+        key = (rm["metadata"]["namespace"], cluster)
+        found = self.nodes.lookup(key, client, request, names, addresses)
         if found.failure is not None:
             self.writer.event(rm, "Warning", "WorkloadNodesUnwatched", found.failure)
             return Result(requeue_after=NODE_LINK_INTERVAL)
@@ -93,6 +92,7 @@ class NodeLink:
             log.debug("workload cluster not reachable", cluster=cluster, error=str(error))
             return Result(requeue_after=NODE_LINK_INTERVAL)
         if outcome == "linked":
+            self.nodes.linked(key, found.node["metadata"]["name"], rm["spec"]["providerID"])
             self.writer.event(rm, "Normal", "NodeLinked", "set the Node's providerID")
         elif outcome.startswith("conflict"):
             self.writer.event(

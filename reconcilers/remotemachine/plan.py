@@ -32,6 +32,7 @@ class Parser(Protocol):
         *,
         metadata: InstanceMetadata,
         commands_as_script: bool = False,
+        tenant: str = "",
     ) -> BootstrapPlan: ...
 
 
@@ -61,4 +62,5 @@ async def bootstrap_plan(
         fmt,
         metadata=metadata,
         commands_as_script=bool(rm["spec"].get("commandsAsScript")),
+        tenant=meta["namespace"],
     )

@@ -5,12 +5,16 @@ or, once provisioned, the steady state.
 
 Level-triggered: each reconcile reads the cache, works out the single next step, writes status
 only if it changed, and returns. Every wait has a condition reason and is ended by a watch
-(Machine, Cluster, Secrets, pool hosts), never by polling.
+(Machine, Cluster, Secrets, pool hosts), never by polling. A new machine's waits are written only
+once it is ``QUIET_WAITS`` seconds old: Cluster API usually ends them within a second (owner
+reference, bootstrap data), and a write each would cost the API server one per machine.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -38,6 +42,8 @@ from reconcilers.remotemachine.writer import Writer
 from reconcilers.secrets import ObjectSource
 
 JSONDict = dict[str, Any]
+#: How long a new RemoteMachine may wait before its wait is written to status.
+QUIET_WAITS = 5.0
 
 
 @attrs.frozen
@@ -154,6 +160,9 @@ class RemoteMachineReconciler:
         return await self.flow.step(self.backends.of(view), view, status, data_secret)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
+        quiet = quiet_waits_left(rm, time.time())
+        if quiet > 0:  # the watch that ends the wait wakes it; else it looks again then
+            return Result(requeue_after=quiet)
         mark(rm, status, c.READY, False, reason, message)
         status["phase"] = "Pending"
         await self.writer.status(rm, status)
@@ -184,3 +193,21 @@ class RemoteMachineReconciler:
             f"claimed PooledRemoteMachine {pooled['metadata']['name']} ({host})",
         )
         return Result()
+
+
+def quiet_waits_left(rm: JSONDict, now: float) -> float:
+    """How much longer a wait of ``rm`` stays unwritten at ``now``: only a machine that has no
+    Ready condition yet and is younger than ``QUIET_WAITS`` (by the API server's clock, which has
+    second resolution)."""
+    if any(x.get("type") == c.READY for x in (rm.get("status") or {}).get("conditions") or []):
+        return 0.0
+    created = rm["metadata"].get("creationTimestamp")
+    if not created:
+        return 0.0
+    try:
+        age = now - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+    if age < -1.0:  # this clock is behind the API server's: say everything at once
+        return 0.0
+    return max(0.0, QUIET_WAITS - max(age, 0.0))

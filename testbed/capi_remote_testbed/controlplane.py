@@ -37,6 +37,12 @@ from capi_remote_testbed.pki import CertificateAuthority, service_account_key
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.toolchain import Toolchain
 
+# Settings.in_cluster_pods: Deployments become Pods that run as their ServiceAccount.
+_IN_CLUSTER_CONTROLLERS = (
+    ",deployment-controller,replicaset-controller,serviceaccount-controller,"
+    "root-ca-certificate-publisher-controller"
+)
+
 
 class ControlPlaneError(RuntimeError):
     """A component failed to start or become ready; the message carries its log tail."""
@@ -50,6 +56,11 @@ class Settings:
     ready_timeout: float = 120.0
     feature_gates: str = "ClusterTopology=true"
     audit_policy: Path | None = None
+    # What Pods of a real Deployment that talk to the API server need (the deploy e2e): the
+    # ServiceAccount admission plugin (their token), the Deployment, ReplicaSet, ServiceAccount and
+    # root-CA publisher controllers, and Services resolved to their endpoints (see
+    # docs/test-bed-hosts.md: the API server reaches webhooks in Pods at their Pod IPs).
+    in_cluster_pods: bool = False
 
 
 @attrs.define
@@ -310,7 +321,11 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
+            *(
+                ["--enable-aggregator-routing=true"]
+                if self.settings.in_cluster_pods
+                else ["--disable-admission-plugins=ServiceAccount"]
+            ),
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={sa_public}",
             f"--service-account-signing-key-file={sa_private}",
@@ -354,7 +369,8 @@ class ControlPlane:
                 # gives Services their endpoints (their Pods need a node:
                 # capi_remote_testbed.node).
                 "--controllers=garbage-collector-controller,namespace-controller,job-controller,"
-                "endpointslice-controller",
+                "endpointslice-controller"
+                + (_IN_CLUSTER_CONTROLLERS if self.settings.in_cluster_pods else ""),
                 "--leader-elect=false",
                 f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",

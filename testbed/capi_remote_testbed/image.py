@@ -4,7 +4,8 @@
   ``debootstrap --variant=minbase bookworm`` with python3 and python3-venv (Debian's python3 is
   3.11) gives an equivalent. Its tarball is cached under ``<cache>/images/`` and imported with
   ``podman import`` as ``localhost/capi-remote-base:bookworm``, labelled with the recipe hash so a
-  changed recipe is never served from an old import.
+  changed recipe is never served from an old import. Builds name it by digest
+  (``localhost/capi-remote-base@sha256:...``), as they must name any base.
 - podman 4.3 (Debian) fails with its defaults on this kind of machine (crun setrlimit errors): we
   point it at our own containers.conf (runc, explicit ulimits) through ``CONTAINERS_CONF`` rather
   than changing the machine's configuration.
@@ -37,9 +38,10 @@ CONTAINERFILE = REPO_ROOT / "Containerfile"
 #: Relative to the build context (.containerignore lets it in).
 WHEELHOUSE = Path("build/wheels")
 
-BASE_IMAGE = "localhost/capi-remote-base:bookworm"
-DEFAULT_TAG = "localhost/capi-remote:dev"
 SUITE = "bookworm"
+BASE_REPOSITORY = "localhost/capi-remote-base"
+BASE_IMAGE = f"{BASE_REPOSITORY}:{SUITE}"
+DEFAULT_TAG = "localhost/capi-remote:dev"
 MIRROR = "http://deb.debian.org/debian"
 #: python3-venv brings ensurepip; ca-certificates and netbase are what python:3.11-slim also has.
 BASE_PACKAGES = ("ca-certificates", "netbase", "python3", "python3-venv")
@@ -108,30 +110,45 @@ def base_recipe() -> str:
 
 
 def ensure_base_image(log: Callable[[str], None] = print) -> str:
-    """Import the cached base tarball (building it first if needed) unless podman has it already."""
+    """Import the cached base tarball (building it first if needed) unless podman has it already.
+
+    Returns the base by digest, ``localhost/capi-remote-base@sha256:...``.
+    """
     recipe = base_recipe()
     with build_lock(images_dir() / ".base.lock"):
-        if _image_label(BASE_IMAGE, _RECIPE_LABEL) == recipe:
-            return BASE_IMAGE
-        tarball = images_dir() / f"capi-remote-base-{SUITE}-{recipe}.tar"
-        if not tarball.is_file():
-            log(f"building the base image rootfs with debootstrap into {tarball} (about a minute)")
-            _build_base_tarball(tarball)
-        log(f"importing {tarball} as {BASE_IMAGE}")
-        podman(
-            "import",
-            "--change",
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--change",
-            "ENV LANG=C.UTF-8",
-            "--change",
-            f"LABEL {_RECIPE_LABEL}={recipe}",
-            "--change",
-            'CMD ["python3"]',
-            str(tarball),
-            BASE_IMAGE,
-        )
-    return BASE_IMAGE
+        if _image_label(BASE_IMAGE, _RECIPE_LABEL) != recipe:
+            _import_base(recipe, log)
+        return pinned(BASE_IMAGE, BASE_REPOSITORY)
+
+
+def pinned(image: str, repository: str) -> str:
+    """The local ``image`` as ``repository@sha256:...``, the form a build's FROM must take."""
+    digest = podman("image", "inspect", "--format", "{{.Digest}}", image).stdout.strip()
+    if not digest.startswith("sha256:"):
+        raise ImageError(f"podman reports no digest for {image}: {digest!r}")
+    return f"{repository}@{digest}"
+
+
+def _import_base(recipe: str, log: Callable[[str], None]) -> None:
+    """Under the base lock: the tarball (built if missing) imported as ``BASE_IMAGE``."""
+    tarball = images_dir() / f"capi-remote-base-{SUITE}-{recipe}.tar"
+    if not tarball.is_file():
+        log(f"building the base image rootfs with debootstrap into {tarball} (about a minute)")
+        _build_base_tarball(tarball)
+    log(f"importing {tarball} as {BASE_IMAGE}")
+    podman(
+        "import",
+        "--change",
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        f"LABEL {_RECIPE_LABEL}={recipe}",
+        "--change",
+        'CMD ["python3"]',
+        str(tarball),
+        BASE_IMAGE,
+    )
 
 
 def build_image(
@@ -142,7 +159,10 @@ def build_image(
     ca_bundle: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Build the Containerfile into ``tag`` on ``base`` (default: the local Debian base)."""
+    """Build the Containerfile into ``tag`` on ``base`` (``name@sha256:...``; default: the local
+    Debian base, by its digest)."""
+    if base is not None and "@sha256:" not in base:
+        raise ImageError(f"--base {base}: name the base by digest (name@sha256:...), not a tag")
     args = ["build", "--file", str(CONTAINERFILE), "--tag", tag]
     args += ["--build-arg", f"BASE_IMAGE={base or ensure_base_image(log)}"]
     if offline:
@@ -279,11 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build the controller image with podman, without a container registry.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("base", help=f"build or import {BASE_IMAGE}")
+    commands.add_parser("base", help=f"build or import {BASE_IMAGE}; prints it by digest")
     build = commands.add_parser("build", help="build the controller image")
     build.add_argument("--tag", default=DEFAULT_TAG)
     build.add_argument(
-        "--base", help=f"base image (default: {BASE_IMAGE}, built locally); e.g. python:3.11-slim"
+        "--base",
+        help=f"base image by digest (default: {BASE_IMAGE}, built locally, by its digest); "
+        "e.g. python:3.11-slim@sha256:...",
     )
     build.add_argument(
         "--offline",

@@ -91,6 +91,15 @@ class Node:
     def containerd_socket(self) -> Path:
         return self.workdir / "containerd" / "containerd.sock"
 
+    @property
+    def apiserver_endpoint(self) -> tuple[str, int]:
+        """Where the node's network namespace reaches the API server (a forwarder on the
+        machine's end of the node's link): kube-proxy's, and the ``kubernetes`` Service's
+        endpoint for Pods (:mod:`capi_remote_testbed.incluster`)."""
+        if self._apiserver_proxy is None:
+            raise NodeError("the node is not started")
+        return self._apiserver_proxy.address
+
     def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
         missing = _missing_packages()
         if missing:

@@ -12,9 +12,13 @@ Invariants: slot ``k`` (a flock in the fleets' lock directory, see :mod:`.hosts.
 names ``crn<k>`` (namespace), ``crn<k>h`` (the machine's end of the veth), the Pod subnet
 10.251.<k>.0/24 (the bridge is .1) and the link 10.252.<k>.0/30 (.1 the machine, .2 the node). The
 machine routes only the Pod subnet to the node, so the API server and tests reach Pod IPs; Service
-IPs are reached from Pods (the namespace's kube-proxy rules), not from the machine. Deleting the
-namespace removes the bridge, the veths, the routes and every iptables rule; namespaces left by
-dead owners are swept whenever a node network is allocated.
+IPs are reached from Pods (the namespace's kube-proxy rules), not from the machine. Pods reach the
+test hosts' bridges (a controller in a Pod provisions them): the machine masquerades what leaves
+the Pod subnet for any other network (one ``nat POSTROUTING`` rule of the machine, commented
+``crn<k>``), since the hosts route only their own /24. Deleting the namespace removes the bridge,
+the veths, the routes and every iptables rule inside it; :meth:`NodeNetwork.close` removes the
+machine's rule; namespaces and rules left by dead owners are swept whenever a node network is
+allocated.
 """
 
 from __future__ import annotations
@@ -106,6 +110,12 @@ class NodeNetwork:
         _ip("route", "add", str(self.pod_subnet), "via", self.node_address)
         # Per-namespace sysctl: the node forwards between its veth and the Pods' bridge.
         self.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        _iptables("-A", *self._masquerade_rule)
+
+    @property
+    def _masquerade_rule(self) -> tuple[str, ...]:
+        subnet = str(self.pod_subnet)
+        return ("POSTROUTING", "-s", subnet, "!", "-d", subnet, *_comment(self.netns))
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the node's namespace."""
@@ -157,6 +167,7 @@ class NodeNetwork:
 
     def close(self) -> None:
         _remove_netns(self.netns)
+        _remove_masquerade(self.netns)
         if self._lock_fd is not None:
             release_slot(self.slot, self._lock_fd, MARKER)
             self._lock_fd = None
@@ -174,11 +185,41 @@ def _remove_netns(name: str) -> None:
     _ip("netns", "del", name)
 
 
+def _comment(netns: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", netns, "-j", "MASQUERADE")
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = ["iptables", "-w", "-t", "nat", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise NodeNetworkError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
+    return proc
+
+
+def _masquerade_rules() -> dict[str, list[list[str]]]:
+    """The machine's masquerade rules of node networks, by the namespace their comment names."""
+    rules: dict[str, list[list[str]]] = {}
+    for line in _iptables("-S", "POSTROUTING", check=False).stdout.splitlines():
+        words = line.split()
+        if words[:1] != ["-A"] or "--comment" not in words:
+            continue
+        owner = words[words.index("--comment") + 1]
+        if _NETNS_RE.match(owner):
+            rules.setdefault(owner, []).append(words[1:])
+    return rules
+
+
+def _remove_masquerade(netns: str) -> None:
+    for rule in _masquerade_rules().get(netns, []):
+        _iptables("-D", *rule, check=False)
+
+
 def sweep() -> list[str]:
-    """Delete the namespaces of node networks whose owner died (no live process holds their slot's
-    lock); returns their names."""
+    """Delete the namespaces and the machine's masquerade rules of node networks whose owner died
+    (no live process holds their slot's lock); returns their names."""
     removed = []
-    for name in netns_list():
+    for name in sorted({*netns_list(), *_masquerade_rules()}):
         match = _NETNS_RE.match(name)
         if match is None:
             continue
@@ -188,6 +229,7 @@ def sweep() -> list[str]:
             continue
         try:
             _remove_netns(name)
+            _remove_masquerade(name)
             removed.append(name)
         finally:
             release_slot(slot, fd, MARKER)

@@ -32,6 +32,7 @@ KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.10"
 CLUSTER_API_VERSION = "v1.13.6"
 CNI_PLUGINS_VERSION = "v1.9.1"
+CERT_MANAGER_VERSION = "v1.21.2"
 
 
 def cache_root() -> Path:
@@ -137,6 +138,15 @@ PAUSE = Component(
     module_dir="pause",
     packages=("capi-remote.dev/toolchain/pause",),
 )
+# cert-manager for the deploy e2e (kustomize/default's webhook certificate): its certificate
+# controllers and CA injector in one binary of our own (toolchain/certmanager/main.go says why),
+# with the module's CRDs beside it; built on first use (`ensure_cert_manager`).
+CERT_MANAGER = Component(
+    name="cert-manager",
+    version=CERT_MANAGER_VERSION,
+    module_dir="certmanager",
+    packages=("capi-remote.dev/toolchain/cert-manager",),
+)
 
 # The CAPI module's root package builds a binary named after the module; give it a clear name.
 _RENAMES = {"cluster-api": "cluster-api-manager"}
@@ -218,23 +228,28 @@ def _build(component: Component, log: Callable[[str], None]) -> None:
                 if (staging / original).exists():
                     (staging / original).rename(staging / renamed)
             if component is CLUSTER_API:
-                _copy_capi_config(staging)
+                _copy_module_dir(CLUSTER_API, "sigs.k8s.io/cluster-api", "config", staging)
+            if component is CERT_MANAGER:
+                _copy_module_dir(
+                    CERT_MANAGER, "github.com/cert-manager/cert-manager", "deploy/crds", staging
+                )
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _copy_capi_config(staging: Path) -> None:
-    """Keep CAPI's CRDs and webhook manifests beside its binary so runs need no module cache."""
+def _copy_module_dir(component: Component, module: str, subdir: str, staging: Path) -> None:
+    """Keep a directory of the module (CAPI's CRDs and webhook manifests, cert-manager's CRDs)
+    beside the binary, under its last path element, so runs need no module cache."""
     listing = _run_go(
-        ["mod", "download", "-json", f"sigs.k8s.io/cluster-api@{CLUSTER_API_VERSION}"],
-        cwd=TOOLCHAIN_DIR / CLUSTER_API.module_dir,
-        what="locating the cluster-api module",
+        ["mod", "download", "-json", f"{module}@{component.version}"],
+        cwd=TOOLCHAIN_DIR / component.module_dir,
+        what=f"locating the {module} module",
     )
-    module_dir = Path(json.loads(listing)["Dir"])
-    shutil.copytree(module_dir / "config", staging / "config")
-    for path in (staging / "config").rglob("*"):
+    target = staging / subdir.rsplit("/", 1)[-1]
+    shutil.copytree(Path(json.loads(listing)["Dir"]) / subdir, target)
+    for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
@@ -295,15 +310,36 @@ def ensure_node(log: Callable[[str], None] = print) -> NodeBinaries:
     )
 
 
+@attrs.frozen
+class CertManager:
+    binary: Path  # `cert-manager controller|cainjector --kubeconfig PATH`
+    crds: Path  # the module's deploy/crds
+
+
+def ensure_cert_manager(log: Callable[[str], None] = print) -> CertManager:
+    """Build (or find in the cache) cert-manager's controllers and injector and its CRDs."""
+    _build(CERT_MANAGER, log)
+    return CertManager(
+        binary=CERT_MANAGER.cache_dir / "cert-manager", crds=CERT_MANAGER.cache_dir / "crds"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the control plane's binaries, or with ``node`` the node's (building the missing)."""
+    """Print the control plane's binaries, or with ``node`` the node's, or with
+    ``cert-manager`` cert-manager's (building the missing)."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["node"]):
-        print("usage: python -m capi_remote_testbed.toolchain [node]", file=sys.stderr)
+    if args not in ([], ["node"], ["cert-manager"]):
+        print("usage: python -m capi_remote_testbed.toolchain [node|cert-manager]", file=sys.stderr)
         return 2
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        built: Toolchain | NodeBinaries = ensure_node(log) if args else ensure(log)
+        built: Toolchain | NodeBinaries | CertManager = (
+            ensure(log)
+            if not args
+            else ensure_node(log)
+            if args == ["node"]
+            else ensure_cert_manager(log)
+        )
     except ToolchainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

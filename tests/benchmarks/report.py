@@ -5,7 +5,7 @@ targets and pass/fail per target. A missed target is reported, never an error (e
 Run as root (the SSH and end-to-end benchmarks use namespaced hosts): ``make bench``, or
 ``python -m tests.benchmarks.report [--quick] [--ssh-sizes 50 200] [--long-hosts 200]
 [--long-seconds 30] [--objects 10000]
-[--only ssh ssh-long reconcile informer provision timeline]``.
+[--only ssh ssh-long reconcile informer provision timeline bombs]``.
 See docs/benchmarks.md.
 """
 
@@ -33,6 +33,7 @@ from capi_remote_testbed import toolchain
 from capi_remote_testbed.controlplane import ControlPlane, Settings
 from capi_remote_testbed.provider import install_crds
 from tests.benchmarks import (
+    bench_bombs,
     bench_informer,
     bench_provision,
     bench_reconcile,
@@ -41,7 +42,7 @@ from tests.benchmarks import (
 )
 
 OUT = Path("build/bench")
-BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline"]
+BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs"]
 P1_AIM = 1.10  # stricter than issue #8's 1.5 x bound: what we aim for
 
 
@@ -373,6 +374,42 @@ def run_timeline(machines: int) -> list[dict[str, Any]]:
     ]
 
 
+def run_bombs(sizes: bench_bombs.Sizes) -> list[dict[str, Any]]:
+    try:
+        result = asyncio.run(bench_bombs.run(sizes))
+    except bench_provision.BenchmarkFailed as error:
+        first_line = str(error).splitlines()[0]
+        detail = {"error": str(error), "sizes": attrs.asdict(sizes)}
+        return [check("X2", f"bomb run failed: {first_line}", None, "", "-", None, detail)]
+    memory, quiet, bombs = result["memory"], result["quiet"], result["under_bombs"]
+    limit = result["limit_mib"]
+    return [
+        check(
+            "X2",
+            f"peak memory (PSS) of the controller's process tree while a tenant churns "
+            f"{sizes.bombs} bomb machines and {sizes.secrets} more {sizes.secret_kib} KiB Secrets "
+            f"(RSS sum {memory['peak_tree_rss_mib']} MiB, controller alone "
+            f"{memory['peak_controller_rss_mib']} MiB, largest parse child "
+            f"{memory['peak_parse_child_hwm_mib']} MiB)",
+            memory["peak_tree_pss_mib"],
+            "MiB",
+            f"< {limit} MiB (the Deployment's limit)",
+            lambda v: v < limit,
+            result,
+        ),
+        check(
+            "X2",
+            f"another tenant's {bombs['machines']} machines provisioned meanwhile: the last after "
+            f"(quiet: {quiet['max_s']} s)",
+            bombs["max_s"],
+            "s",
+            "(informational)",
+            None,
+            {"quiet": quiet, "under_bombs": bombs},
+        ),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -454,6 +491,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += run_timeline(10 if args.quick else 50)
         else:
             results.append(check("E1", "timeline benchmark (needs root)", None, "", "-", None))
+    if "bombs" in args.only:
+        if root:
+            bomb_sizes = (
+                bench_bombs.Sizes(bombs=6, honest=2, secrets=20)
+                if args.quick
+                else bench_bombs.Sizes()
+            )
+            results += run_bombs(bomb_sizes)
+        else:
+            results.append(
+                check("X2", "bomb benchmark with hosts (needs root)", None, "", "-", None)
+            )
     report = {
         "machine": {**machine, "load_1m_after": round(os.getloadavg()[0], 2)},
         "results": results,

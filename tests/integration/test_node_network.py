@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import yaml
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.node import start_node
 from capi_remote_testbed.nodeimages import SSH_CLIENT_IMAGE
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -66,17 +65,6 @@ while True:
     conn.close()
     print("served", peer[0], flush=True)
 """
-
-
-def _eventually(what: str, check: Callable[[], Any], within: float = 90.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def _leftovers(workdir: Path, netns: str, link: str, sandboxes: list[str]) -> list[str]:
@@ -134,7 +122,7 @@ def test_a_plain_pod_gets_an_ip_logs_exec_and_a_service_and_the_node_leaves_noth
             "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
         }
         kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([server, service]))
-        running = _eventually(
+        running = eventually(
             "the server Pod Running with an IP",
             lambda: (
                 (p := pod("server"))["status"].get("podIP")
@@ -154,8 +142,8 @@ def test_a_plain_pod_gets_an_ip_logs_exec_and_a_service_and_the_node_leaves_noth
             except OSError:
                 return b""
 
-        assert MARKER.encode() in _eventually("the Pod's IP answering from the machine", served)
-        assert "serving on 8080" in _eventually(
+        assert MARKER.encode() in eventually("the Pod's IP answering from the machine", served)
+        assert "serving on 8080" in eventually(
             "the server's logs", lambda: kubectl("logs", "-n", NAMESPACE, "server")
         )
         exec_out = kubectl("exec", "-n", NAMESPACE, "server", "--", "cat", "/proc/1/cmdline")
@@ -182,7 +170,7 @@ def test_a_plain_pod_gets_an_ip_logs_exec_and_a_service_and_the_node_leaves_noth
             "Never",
         )
         kubectl("apply", "-f", "-", stdin=yaml.safe_dump(client))
-        phase = _eventually(
+        phase = eventually(
             "the client Pod finished",
             lambda: (
                 pod("client")["status"].get("phase") in ("Succeeded", "Failed")

@@ -141,3 +141,26 @@ async def test_the_watch_stops_when_no_machine_waits(workload: CountingClient) -
         await until(lambda: not nodes.watching(CLUSTER), timeout=5)  # expired, not released
     finally:
         await nodes.close()
+
+
+async def test_a_provider_id_we_set_is_seen_before_the_watch_delivers_it(
+    kube: KubeClient, workload: CountingClient, names: list[str]
+) -> None:
+    """A reconcile between our patch and its watch event must not patch (and announce) again."""
+    machine = Request("tenant", f"a-{uuid.uuid4().hex[:8]}")
+    nodes = WorkloadNodes(lambda _: None)
+    try:
+        await synced(nodes, workload, machine)
+        await register(kube, names, machine.name, "10.79.0.1")
+
+        def provider_id() -> str | None:
+            found = nodes.lookup(CLUSTER, workload, machine, [machine.name], set()).node
+            return None if found is None else str(found["spec"]["providerID"])
+
+        await until(lambda: provider_id() == "")
+        nodes.linked(CLUSTER, machine.name, "remote://ours")  # as if our patch were in flight
+        assert provider_id() == "remote://ours"
+        await kube.patch(NODES, None, machine.name, {"spec": {"providerID": "remote://theirs"}})
+        await until(lambda: provider_id() == "remote://theirs")  # the watch's word wins
+    finally:
+        await nodes.close()

@@ -41,7 +41,9 @@ def test_without_plugins_there_is_no_dev_command(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _plugins(monkeypatch, {})
-    assert _commands(cli.build_parser()) == {"run", "preflight", "crds", "manifests", "version"}
+    assert _commands(cli.build_parser()) == {
+        "run", "preflight", "migrate", "crds", "manifests", "version"
+    }  # fmt: skip
     with pytest.raises(SystemExit) as exit_:
         cli.main(["dev", "up"])
     assert exit_.value.code == 2

@@ -159,6 +159,18 @@ async def test_oversized_header_is_refused_before_review() -> None:
         assert reviewer.authentications == 0
 
 
+async def test_the_servers_own_limits_apply() -> None:
+    """Ours, not aiohttp's defaults (8190 bytes each): a request line over 4 KiB is refused, and
+    a token up to MAX_TOKEN_BYTES reaches the review."""
+    reviewer = FakeReviewer()
+    async with serving(reviewer) as url:
+        status, _, _ = await asyncio.to_thread(scrape, url + "?" + "a" * 5000, "reader-token")
+        assert status in (400, 414)
+        assert reviewer.authentications == 0
+        status, _, _ = await asyncio.to_thread(scrape, url, "t" * (MAX_TOKEN_BYTES - 16))
+        assert status == 401 and reviewer.authentications == 1  # reviewed, and unknown
+
+
 async def test_certificate_files_are_served_when_given(tmp_path: Path) -> None:
     """--metrics-cert-dir: the server presents that certificate (a client trusting only its CA
     connects), and the checks still apply."""

@@ -1,4 +1,5 @@
-"""What ``pip install .`` installs: the product (``capi_remote``, ``reconcilers``), no test bed.
+"""What ``pip install .`` installs: the product (``capi_remote``, ``reconcilers``), no test bed;
+and what the Containerfile builds from (tests/integration/test_deploy_image.py runs the image).
 
 The wheel is built from a copy of the checkout (without build/, caches and the venv, whose stale
 files could otherwise end up in it or hide one), with the virtualenv's setuptools and no index, so
@@ -8,11 +9,16 @@ would show here.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+
+from capi_remote_testbed import image
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_SOURCES = shutil.ignore_patterns(
@@ -52,3 +58,17 @@ def test_the_wheel_holds_the_product_and_no_test_bed(tmp_path: Path) -> None:
     assert test_bed == []
     assert "capi_remote.cli:main" in entry_points
     assert "testbed" not in entry_points
+
+
+def test_the_containerfile_pins_its_base_by_digest_and_ends_from_scratch() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"[\w.-]+(/[\w.-]+)*(:[\w.-]+)?@sha256:[0-9a-f]{64}", default), default
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    # The base serves the builder only: the final stage has none of its shell or packages.
+    assert stages == ["${BASE_IMAGE}", "scratch"]
+
+
+def test_the_test_bed_builds_on_a_base_named_by_digest_only() -> None:
+    with pytest.raises(image.ImageError, match="by digest"):
+        image.build_image("localhost/capi-remote:never", base="docker.io/library/python:3.11-slim")

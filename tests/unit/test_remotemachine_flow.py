@@ -154,6 +154,7 @@ class CountingParser:
 
     def __init__(self) -> None:
         self.parses = 0
+        self.tenants: list[str] = []
 
     async def parse(
         self,
@@ -162,8 +163,10 @@ class CountingParser:
         *,
         metadata: InstanceMetadata,
         commands_as_script: bool = False,
+        tenant: str = "",
     ) -> BootstrapPlan:
         self.parses += 1
+        self.tenants.append(tenant)
         return parse_bootstrap(
             data, format, metadata=metadata, commands_as_script=commands_as_script
         )
@@ -215,6 +218,7 @@ async def test_success_records_provider_id_and_attempt() -> None:
     b = bed()
     await b.step()
     assert b.backend.starts == [1]
+    assert b.parser.tenants == ["ns"]  # the parse takes the namespace's turn (fair admission)
     assert b.status["phase"] == "Provisioning" and b.status["bootstrap"]["attempts"] == 1
     b.backend.seen = Finished(1, 1, Outcome(True, c.PROVISIONED, "done"), steps_total=1)
     assert await b.step() == Result()

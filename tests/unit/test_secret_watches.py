@@ -11,7 +11,7 @@ from typing import Any
 
 from capi_remote import Event, Manager, Selector
 from capi_remote.resources import SECRETS
-from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
+from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, MAX_SHARED_VALUE, ObjectSource
 
 JSONDict = dict[str, Any]
 
@@ -143,4 +143,23 @@ async def test_the_shared_store_keeps_only_value_and_format() -> None:
     await settle()
     assert source.known("tenant", "c-ca")
     assert source.value("tenant", "c-ca", "tls.key") == b"key"
+    await manager.informers.stop()
+
+
+async def test_a_value_too_large_for_the_shared_store_is_read_through_its_own_watch() -> None:
+    """A tenant's many 1 MiB Secrets of the shared type no longer sit in the controller's memory
+    whole; the one a machine names is still read in full."""
+    big = b"#cloud-config\n#" + b"x" * MAX_SHARED_VALUE
+    large = secret("m-data", {"value": big, "format": b"cloud-config"}, BOOTSTRAP_SECRET_TYPE)
+    manager, _ = await started([large])
+    shared = Selector(field_selector=f"type={BOOTSTRAP_SECRET_TYPE}")
+    source = ObjectSource(manager, SECRETS, ignore, shared_selector=shared)
+    await manager.informers.wait_synced()
+    (cached,) = manager.informer(SECRETS, shared, filtered=False).store.values()
+    assert cached["data"] == {"format": base64.b64encode(b"cloud-config").decode()}
+    assert not source.known("tenant", "m-data")
+    assert source.get("tenant", "m-data") is None  # opens its watch, which has not listed yet
+    await settle()
+    assert source.known("tenant", "m-data") and source.watches == 1
+    assert source.value("tenant", "m-data", "value") == big
     await manager.informers.stop()
