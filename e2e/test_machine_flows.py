@@ -442,7 +442,7 @@ async def test_a_trust_on_first_use_pool_host_keeps_its_pin_across_claimants(
         60,
         diagnose=lambda: bed.describe("pooledremotemachine", host.name),
     )
-    assert health["state"] == "Unreachable", health
+    assert health["state"] == "Untrusted", health
     assert "HostKeyMismatch" in str(health["message"])
     assert await pinned() != host.host_key.fingerprint
 
@@ -477,7 +477,7 @@ async def test_a_pool_host_given_a_host_key_policy_is_probed_at_once(make_bed: B
         return {**found, "generation": pooled["metadata"]["generation"]}
 
     refused = await bed.wait_for("the first probe", lambda: health(1), 60)
-    assert refused["state"] == "Unreachable"
+    assert refused["state"] == "Untrusted"
     assert "HostKeyUnknown" in str(refused["message"])
 
     changed = await bed.kube.patch(

@@ -23,6 +23,6 @@ def setup(provider: Provider) -> None:
     )
     provider.on_close.append(runner.detach)
     access = remotemachine.setup(provider, runner)
-    pool.setup(provider, pool.probe_with(access))
+    pool.setup(provider, pool.probe_with(access), (access.secrets, access.configmaps))
     template.setup(provider)
     cluster.setup(provider)

@@ -52,6 +52,15 @@ DEFAULT_CLEANUP: dict[str, tuple[str, ...]] = {
 }
 
 
+@attrs.frozen
+class OwnLogin:
+    """A host that a provisioning Job's own commands log in to (no sshKeyRef): ``host_key`` is
+    None when the spec sets no policy, the commands then verify the host themselves."""
+
+    host_key: HostKeyPolicy | None
+    sudo_password: str | None = attrs.field(default=None, repr=False)
+
+
 class MissingSecret(Exception):
     """A Secret (or ConfigMap) the spec names is not there (yet); a watch on it is in place."""
 
@@ -202,6 +211,27 @@ class HostAccess:
             host_key=host_key,
             via=via,
             connect_timeout=connect_timeout,
+        )
+
+    def own_login(self, rm: JSONDict) -> OwnLogin:
+        """What a provisioning Job whose own commands log in needs (provisionJob without
+        sshKeyRef): the host-key policy if the spec sets one (else the commands verify the host
+        themselves), and the sudo password, sent only to a host whose key this policy verifies
+        (the module invariant: the controller cannot tell whether those commands verify it).
+        Raises MissingSecret or InvalidSpec."""
+        namespace = rm["metadata"]["namespace"]
+        host = from_dict(PooledMachineSpec, rm["spec"])
+        recorded = (rm["metadata"].get("annotations") or {}).get(HOST_KEY_FINGERPRINT_ANNOTATION)
+        policy = None
+        if host.host_key_policy not in (None, api.HostKeyPolicy()):
+            policy = self._policy(namespace, host.host_key_policy, recorded)
+        sudo = host.sudo_password_ref
+        self._refuse_unverified(
+            policy or HostKeyPolicy.skip_verification(), attrs.evolve(host, password_ref=None)
+        )
+        return OwnLogin(
+            host_key=policy,
+            sudo_password=None if sudo is None else self._secret(namespace, sudo.name, sudo.key),
         )
 
     def _refuse_unverified(self, host_key: HostKeyPolicy, passwords: PooledMachineSpec) -> None:

@@ -13,7 +13,8 @@
 - Any other object a RemoteMachine names (SSH key Secret, passwords, known_hosts), and any other
   key, gets a watch of its own, filtered by name, started on first use. Such objects are few and
   shared by many machines, so this costs a handful of watches, and one created late still wakes
-  its machines.
+  its machines (and, through :meth:`ObjectSource.add_handler`, re-probes the pooled hosts that
+  name it).
 - Per-name watches are released: when one is about to be opened and there are many, those whose
   name nothing references any more (``referenced``, e.g. the RemoteMachine index) are closed; and
   there are never more than ``max_watches``: past that, the least recently used is closed (its
@@ -38,6 +39,9 @@ JSONDict = dict[str, Any]
 BOOTSTRAP_SECRET_TYPE = "cluster.x-k8s.io/secret"
 #: The data keys the shared store keeps of ``cluster.x-k8s.io/secret`` Secrets.
 SHARED_KEYS = frozenset({"value", "format"})
+#: Index name, on the RemoteMachine and PooledRemoteMachine stores, of ``namespace/name`` of every
+#: Secret or ConfigMap a spec names (:func:`referenced_secrets`).
+SECRET_REF_INDEX = "secret-refs"
 #: The longest of those values (base64 characters) the shared store keeps: kubeadm's bootstrap
 #: data is some 10-30 KiB.
 MAX_SHARED_VALUE = 96 << 10
@@ -50,6 +54,34 @@ DEFAULT_MAX_WATCHES = 1024
 _FIRST_SWEEP = 64
 
 _log = structlog.get_logger("capi_remote.secrets")
+
+
+def referenced_secrets(rm: JSONDict) -> list[str]:
+    """``namespace/name`` of every Secret or ConfigMap a RemoteMachine's spec names, so their
+    watches wake it (a name shared by a Secret and a ConfigMap only costs a spare reconcile)."""
+    spec = rm.get("spec", {})
+    namespace = rm["metadata"].get("namespace", "")
+    names = set()
+    for holder in (spec, spec.get("bastion") or {}):
+        key = holder.get("sshKeyRef") or {}
+        for ref in (
+            key,
+            key.get("passphraseRef"),
+            holder.get("passwordRef"),
+            holder.get("sudoPasswordRef"),
+        ):
+            if ref and ref.get("name"):
+                names.add(ref["name"])
+        known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
+        if known.get("name"):  # a Secret or a ConfigMap: both wake the machine when they change
+            names.add(known["name"])
+    return [f"{namespace}/{n}" for n in sorted(names)]
+
+
+def pooled_secrets(pooled: JSONDict) -> list[str]:
+    """What a pooled host's spec names (its probes read those objects too)."""
+    host = (pooled.get("spec") or {}).get("machine") or {}
+    return referenced_secrets({"metadata": pooled["metadata"], "spec": host})
 
 
 def shared_view(obj: JSONDict) -> JSONDict:
@@ -86,7 +118,7 @@ class ObjectSource:
     ) -> None:
         self._manager = manager
         self._resource = resource
-        self._on_change = on_change
+        self._handlers = [on_change]
         self._referenced = referenced
         self._max_watches = max_watches
         self._sweep_at = _FIRST_SWEEP
@@ -99,8 +131,16 @@ class ObjectSource:
                 transform=shared_view,
                 page_size=SHARED_PAGE_SIZE,
             )
-            self._shared.add_handler(on_change)
+            self._shared.add_handler(self._on_change)
         self._by_name: OrderedDict[tuple[str, str], Informer] = OrderedDict()
+
+    def add_handler(self, handler: Callable[[Event], None]) -> None:
+        """Also tell ``handler`` about every change of the objects this source watches."""
+        self._handlers.append(handler)
+
+    def _on_change(self, event: Event) -> None:
+        for handler in self._handlers:
+            handler(event)
 
     @property
     def watches(self) -> int:

@@ -123,7 +123,8 @@ class HostKeyPolicy:
 _HOST_KEY_POLICY_DOC = (
     "How the SSH host key is verified; set at most one member. When absent or empty the key must"
     " still be verified, and with no key material to verify against the host is not contacted:"
-    " the object's conditions say so."
+    " the object's conditions say so (in provisionJob mode without sshKeyRef, the Job's own ssh"
+    " and scp commands verify the host instead)."
 )
 
 
@@ -177,10 +178,15 @@ class Timeouts:
 @attrs.frozen(kw_only=True)
 class ProvisionJob:
     ssh_command: str = attrs.field(
-        default="ssh", metadata=doc("ssh command used by the provisioning Job.")
+        default="ssh",
+        metadata=doc(
+            "ssh command used by the provisioning Job, read as shell words (quotes work). Without"
+            " sshKeyRef it logs in by itself (e.g. `tsh -i <identity> --proxy <proxy> ssh`)."
+        ),
     )
     scp_command: str = attrs.field(
-        default="scp", metadata=doc("scp command used by the provisioning Job.")
+        default="scp",
+        metadata=doc("scp command used by the provisioning Job, read like sshCommand."),
     )
     job_spec_template: Mapping[str, Any] | None = attrs.field(
         default=None,

@@ -245,8 +245,15 @@ class HostFacts:
 
 @attrs.frozen(kw_only=True)
 class Health:
-    state: Literal["Healthy", "Unreachable", "Unknown"] | None = attrs.field(
-        default=None, metadata=doc("Outcome of the last probe, Unknown before the first one.")
+    state: Literal["Healthy", "Untrusted", "Unreachable", "Unknown"] | None = attrs.field(
+        default=None,
+        metadata=doc(
+            "Outcome of the last probe: Healthy (logged in), Untrusted (the host answered but"
+            " its key is not trusted: no hostKeyPolicy, or a key other than the trusted one),"
+            " Unreachable (any other failure), Unknown before the first probe or while a Secret"
+            " or ConfigMap it needs is missing. Only a host found Healthy by a probe of its"
+            " current spec (observedGeneration) is claimed."
+        ),
     )
     reachable: bool | None = attrs.field(
         default=None, metadata=doc("Whether the last probe could log in.")

@@ -69,11 +69,16 @@ class Privilege:
 
     @classmethod
     def for_credentials(cls, credentials: Credentials) -> Privilege:
-        if credentials.user == ROOT:
+        return cls.for_user(credentials.user, credentials.sudo_password)
+
+    @classmethod
+    def for_user(cls, user: str, sudo_password: str | None) -> Privilege:
+        """Root logs in as root; anyone else uses sudo, with the password when one is given."""
+        if user == ROOT:
             return cls("root")
-        if credentials.sudo_password is None:
+        if sudo_password is None:
             return cls("sudo")
-        return cls("sudo-password", credentials.sudo_password)
+        return cls("sudo-password", sudo_password)
 
     def wrap(self, command: str, stdin: bytes = b"") -> tuple[str, bytes]:
         """``(command line, stdin)`` that runs ``command`` as root with ``stdin`` as its input."""

@@ -14,10 +14,15 @@ Two scripts:
   (mode 0600), and removes itself as soon as the shell has opened it.
 - :data:`CONTAINER_SCRIPT`: runs in the Job's container. It builds the ``known_hosts`` the host
   key policy asks for, copies the host script with ``scp``, runs it with ``ssh`` (through sudo
-  unless the login is root) and passes its output through. On success it writes a small report
-  (result, hostname, addresses, host key fingerprint) to ``/dev/termination-log``; on failure the
-  output's tail becomes the Pod's termination message (``FallbackToLogsOnError``). Everything
-  secret comes from files of the mounted Secret, never from arguments or environment values.
+  unless the login is root) and passes its output through. ``sshCommand``/``scpCommand`` are
+  read as shell words (quotes work, as in k0smotron's Job script); they run in the tenant's own
+  image, so this gives the tenant nothing its image does not. Without a key in the Secret the
+  commands log in by themselves (tsh, sft, an ssh with its own config); without a host-key
+  policy either (mode ``command``) they get no option of ours at all, only ``-p``/``-P``. On
+  success it writes a small report (result, hostname, addresses, host key fingerprint) to
+  ``/dev/termination-log``; on failure the output's tail becomes the Pod's termination message
+  (``FallbackToLogsOnError``). Everything secret comes from files of the mounted Secret, never
+  from arguments or environment values.
 
 Lines starting with ``capi-remote-job `` are the protocol: ``step``, ``skip``, ``running``,
 ``failed <Reason> <message>`` (the reasons of :mod:`capi_remote.ssh.errors`), ``result``,
@@ -41,6 +46,8 @@ from capi_remote.ssh.hostkeys import is_fingerprint
 from capi_remote.ssh.settings import SSHSettings
 
 PREFIX = "capi-remote-job"
+#: The container script's ``$0`` (``sh -c SCRIPT NAME``): its shell's messages start with it.
+SCRIPT_NAME = "capi-remote-provision"
 #: Where the Job's container finds the Secret's files.
 SECRET_MOUNT = "/var/run/capi-remote"
 #: Keys of the Job's Secret.
@@ -49,6 +56,9 @@ KEY_KNOWN_HOSTS = "known_hosts"
 KEY_FINGERPRINTS = "fingerprints"
 KEY_SUDO_PASSWORD = "sudo-password"
 KEY_HOST_SCRIPT = "bootstrap.sh"
+#: Host key mode of a Job whose own ssh/scp commands log in and verify the host (provisionJob
+#: without sshKeyRef or hostKeyPolicy): the container adds no option to them.
+COMMAND_VERIFIES = "command"
 #: At most this many addresses are reported (the termination message holds 4 KiB).
 MAX_REPORTED_ADDRESSES = 16
 _B64_DELIMITER = "CAPI_REMOTE_B64"
@@ -378,8 +388,12 @@ umask 077
 host=$CAPI_REMOTE_ADDRESS port=$CAPI_REMOTE_PORT user=$CAPI_REMOTE_USER
 remote_file=".capi-remote-bootstrap-$CAPI_REMOTE_MACHINE_UID.sh"
 case $host in *:*) scp_host="[$host]" ;; *) scp_host=$host ;; esac
-cat "$d/ssh-privatekey" > "$t/id" || fail InvalidCredentials cannot read the private key file
+if [ -e "$d/ssh-privatekey" ]; then
+  cat "$d/ssh-privatekey" > "$t/id" || fail InvalidCredentials cannot read the private key file
+fi
 cat "$d/bootstrap.sh" > "$t/bootstrap.sh" || fail RemoteError cannot read the bootstrap script
+ssh_cmd() { eval "$CAPI_REMOTE_SSH \"\$@\""; }
+scp_cmd() { eval "$CAPI_REMOTE_SCP \"\$@\""; }
 : > "$t/known_hosts"
 known=$t/known_hosts strict=yes
 fingerprint_of() {
@@ -409,14 +423,21 @@ case $CAPI_REMOTE_HOST_KEYS in
         "none matches the pinned fingerprint" ;;
   trust-on-first-use) strict=accept-new ;;
   insecure) strict=no known=/dev/null ;;
+  command) strict= ;;
   *) fail RemoteError "unknown host key mode $CAPI_REMOTE_HOST_KEYS" ;;
 esac
-set -- -o BatchMode=yes -o IdentitiesOnly=yes -o "IdentityFile=$t/id" \
-  -o "UserKnownHostsFile=$known" -o GlobalKnownHostsFile=/dev/null \
-  -o "StrictHostKeyChecking=$strict" -o "ConnectTimeout=$CAPI_REMOTE_CONNECT_TIMEOUT" \
-  -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR
+quiet=-q
+if [ -z "$strict" ]; then
+  set -- # the commands bring their own login and host verification: nothing of ours
+  quiet=
+else
+  set -- -o BatchMode=yes -o "UserKnownHostsFile=$known" -o GlobalKnownHostsFile=/dev/null \
+    -o "StrictHostKeyChecking=$strict" -o "ConnectTimeout=$CAPI_REMOTE_CONNECT_TIMEOUT" \
+    -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR
+  [ ! -e "$t/id" ] || set -- "$@" -o IdentitiesOnly=yes -o "IdentityFile=$t/id"
+fi
 say copying the bootstrap script to "$user@$host" port "$port"
-$CAPI_REMOTE_SCP -q -P "$port" "$@" "$t/bootstrap.sh" "$user@$scp_host:$remote_file" ||
+scp_cmd $quiet -P "$port" "$@" "$t/bootstrap.sh" "$user@$scp_host:$remote_file" ||
   fail SSH "$CAPI_REMOTE_SCP could not copy the bootstrap script to $host (see the lines above)"
 input=/dev/null
 case $CAPI_REMOTE_PRIVILEGE in
@@ -427,7 +448,7 @@ case $CAPI_REMOTE_PRIVILEGE in
 esac
 run="$run; rc=\$?; rm -f ./$remote_file; exit \$rc"
 {
-  $CAPI_REMOTE_SSH -p "$port" "$@" "$user@$host" "$run" < "$input" 2>&1
+  ssh_cmd -p "$port" "$@" "$user@$host" "$run" < "$input" 2>&1
   echo "capi-remote-job exit $?"
 } |
   while IFS= read -r line; do
@@ -545,6 +566,9 @@ _OPENSSH_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "ImageLacksSSH",
         ),
         (r"exec: \S*(ssh|scp)\S*: not found|executable file not found", "ImageLacksSSH"),
+        # The container script's own shell (its $0 is SCRIPT_NAME) missing a command:
+        # sshCommand/scpCommand name any tool (tsh, sft).
+        (rf"(^|\n){SCRIPT_NAME}: \d+: (eval: )?\S+: not found", "ImageLacksSSH"),
     )
 )
 

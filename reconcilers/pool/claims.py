@@ -92,14 +92,18 @@ def pool_members(store: Store, namespace: str, pool: str) -> list[JSONDict]:
 
 
 def is_free(pooled: JSONDict) -> bool:
-    """Claimable: unclaimed, not deleting, not known unreachable, and not waiting for the
-    re-check a returned host gets before its next machine."""
+    """Claimable: unclaimed, not deleting, not waiting for the re-check a returned host gets
+    before its next machine, and found Healthy by a probe of its current spec. A host not probed
+    yet, or whose last probe could not start (a Secret or ConfigMap not known yet), is not: it
+    may well be untrusted, and a machine that claimed it would fail for good (HostKeyUnknown)."""
+    meta = pooled["metadata"]
     health = (pooled.get("status") or {}).get("health") or {}
     return (
         not pooled.get("spec", {}).get("claim")
-        and not pooled["metadata"].get("deletionTimestamp")
-        and RECHECK_ANNOTATION not in (pooled["metadata"].get("annotations") or {})
-        and health.get("state") != "Unreachable"
+        and not meta.get("deletionTimestamp")
+        and RECHECK_ANNOTATION not in (meta.get("annotations") or {})
+        and health.get("state") == "Healthy"
+        and health.get("observedGeneration") == meta.get("generation")
     )
 
 

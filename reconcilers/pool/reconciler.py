@@ -1,6 +1,12 @@
 """The PooledRemoteMachine reconciler: keeps each pooled host's health fresh (a probe over
 SSH while it is free), mirrors its claim into status, and frees stale claims (the claim protocol
-itself is in ``claims.py``)."""
+itself is in ``claims.py``).
+
+Health states: ``Healthy`` (logged in), ``Untrusted`` (the host answered but its key is not the
+one the host-key policy trusts, or there is no policy to trust one), ``Unreachable`` (any other
+SSH failure), ``Unknown`` (the probe could not start: a Secret or ConfigMap it needs is missing).
+A free host is probed again at once when anything it is reached by changes: its spec (a new
+generation) or a Secret or ConfigMap its spec names (e.g. the known_hosts a policy points to)."""
 
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from capi_remote.api import (
     RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
-from capi_remote.ssh import SSHError
+from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, SSHError
 from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
@@ -45,6 +51,7 @@ from reconcilers.pool.claims import (
     release_stale,
 )
 from reconcilers.remote import HostAccess, MissingSecret
+from reconcilers.secrets import SECRET_REF_INDEX, ObjectSource, pooled_secrets
 
 JSONDict = dict[str, Any]
 PROBE_INTERVAL = 300.0
@@ -125,8 +132,28 @@ class PooledRemoteMachineReconciler:
         self.pooled = pooled.store
         self.machines = machines.store
         self.prober = prober
+        # Hosts a Secret or ConfigMap they name changed for since their last reconcile (in
+        # memory: after a restart the periodic probe covers a change made meanwhile).
+        self._references_changed: set[tuple[str, str]] = set()
+
+    def references_changed(self, request: Request) -> None:
+        """Have the next reconcile of this host probe it (if free), whatever its last probe."""
+        self._references_changed.add((request.namespace, request.name))
 
     async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
+        # Taken before anything else: a change while this reconcile runs marks it again, and a
+        # reconcile that fails (e.g. a write conflict) leaves it for the retry.
+        key = (request.namespace, request.name)
+        changed = key in self._references_changed
+        self._references_changed.discard(key)
+        try:
+            return await self._reconcile(request, changed)
+        except BaseException:
+            if changed:
+                self._references_changed.add(key)
+            raise
+
+    async def _reconcile(self, request: Request, changed: bool) -> Result:
         obj = self.pooled.get_by_name(request.namespace, request.name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return Result()
@@ -149,6 +176,7 @@ class PooledRemoteMachineReconciler:
         generation = obj["metadata"].get("generation")
         recheck = (
             marked
+            or changed
             or health.get("state") in (None, "Unknown")
             or health.get("observedGeneration") != generation  # reached differently now
         )
@@ -272,8 +300,9 @@ def probe_with(access: HostAccess) -> Prober:
         try:
             facts = await access.probe(target)
         except SSHError as error:
+            untrusted = isinstance(error, HostKeyUnknown | HostKeyMismatch)
             return {
-                "state": "Unreachable",
+                "state": "Untrusted" if untrusted else "Unreachable",
                 "reachable": False,
                 "message": f"{error.reason}: {error.message}",
             }
@@ -301,13 +330,19 @@ def pool_informer(provider: Provider) -> Informer:
     informer = provider.manager.informer(POOLED_REMOTE_MACHINES)
     informer.store.add_indexer(CLAIM_INDEX, index_by_claimant)
     informer.store.add_indexer(POOL_INDEX, index_by_pool)
+    informer.store.add_indexer(SECRET_REF_INDEX, pooled_secrets)
     return informer
 
 
-def setup(provider: Provider, prober: Prober) -> None:
+def setup(provider: Provider, prober: Prober, sources: tuple[ObjectSource, ...]) -> None:
+    """Register the controller; ``sources`` are the Secret and ConfigMap sources probes read
+    through, whose changes re-probe the hosts naming the changed object."""
     manager = provider.manager
     pooled = pool_informer(provider)
     machines = manager.informer(REMOTE_MACHINES)
+    reconciler = PooledRemoteMachineReconciler(
+        provider.client, pooled, machines, prober, manager.events
+    )
 
     def deleted_machine_to_claimed_host(event: Event) -> list[Request]:
         if event.type != "DELETED":
@@ -319,9 +354,27 @@ def setup(provider: Provider, prober: Prober) -> None:
             for p in pooled.store.by_index(CLAIM_INDEX, key)
         ]
 
-    manager.controller(
-        "pooledremotemachine",
-        PooledRemoteMachineReconciler(provider.client, pooled, machines, prober, manager.events),
-        for_=POOLED_REMOTE_MACHINES,
-        workers=provider.options.pool_workers,
-    ).watches(REMOTE_MACHINES, deleted_machine_to_claimed_host).build()
+    controller = (
+        manager.controller(
+            "pooledremotemachine",
+            reconciler,
+            for_=POOLED_REMOTE_MACHINES,
+            workers=provider.options.pool_workers,
+        )
+        .watches(REMOTE_MACHINES, deleted_machine_to_claimed_host)
+        .build()
+    )
+
+    def referenced_object_changed(event: Event) -> None:
+        if event.type == "RESYNC":  # nothing changed: a handler's first look, or a resync
+            return
+        meta = event.obj["metadata"]
+        for host in pooled.store.by_index(
+            SECRET_REF_INDEX, f"{meta.get('namespace', '')}/{meta['name']}"
+        ):
+            request = Request(host["metadata"]["namespace"], host["metadata"]["name"])
+            reconciler.references_changed(request)
+            controller.enqueue(request)
+
+    for source in sources:
+        source.add_handler(referenced_object_changed)

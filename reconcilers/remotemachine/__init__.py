@@ -5,7 +5,8 @@ protocol, ``runner_backend.py`` and ``job_backend.py`` run attempts, ``cleanup.p
 
 from reconcilers.remotemachine.cleanup import FINALIZER, FORCE_RELEASE_ANNOTATION
 from reconcilers.remotemachine.machinestatus import provider_id
-from reconcilers.remotemachine.watches import referenced_secrets, setup
+from reconcilers.remotemachine.watches import setup
+from reconcilers.secrets import referenced_secrets
 
 __all__ = [
     "FINALIZER",

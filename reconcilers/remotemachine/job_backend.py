@@ -44,6 +44,7 @@ from reconcilers.remotemachine.jobspec import (
     JobInputs,
     container,
     host_key_material,
+    host_key_policy_material,
     job_name,
     openssh_key,
     render_job,
@@ -257,19 +258,31 @@ class JobBackend:
                 "provisionJob mode does not support a bastion: reach the host from the Job's"
                 " network instead (e.g. hostNetwork on a node that can)"
             )
-        if not (spec.get("sshKeyRef") or {}).get("name"):
-            raise InvalidProvisionJob(
-                "provisionJob mode needs sshKeyRef: ssh in a Job logs in with a key, not a password"
-            )
-        target = self.access.target(rm)
-        credentials = target.credentials
-        if credentials.private_key is None:
-            raise InvalidProvisionJob("provisionJob mode needs a private key in sshKeyRef")
-        try:
-            key = openssh_key(credentials.private_key, credentials.passphrase)
-        except ValueError as invalid:
-            raise InvalidSpec(c.INVALID_SSH_KEY, f"the private key: {invalid}") from None
-        mode, known, fingerprints = host_key_material(target, self._known_hosts_text(rm))
+        if (spec.get("sshKeyRef") or {}).get("name"):
+            target = self.access.target(rm)
+            credentials = target.credentials
+            if credentials.private_key is None:
+                raise InvalidProvisionJob("provisionJob mode needs a private key in sshKeyRef")
+            try:
+                key: str | None = openssh_key(credentials.private_key, credentials.passphrase)
+            except ValueError as invalid:
+                raise InvalidSpec(c.INVALID_SSH_KEY, f"the private key: {invalid}") from None
+            mode, known, fingerprints = host_key_material(target, self._known_hosts_text(rm))
+            address, port, user = target.address, target.port, credentials.user
+            privilege = Privilege.for_credentials(credentials).mode
+            sudo_password = credentials.sudo_password
+        else:
+            # No sshKeyRef: the Job's own commands log in (tsh, sft, an ssh with its own config,
+            # as in k0smotron's Teleport and Okta ASA guides); the Secret carries no key.
+            own = self.access.own_login(rm)
+            key, mode, known, fingerprints = None, jobscript.COMMAND_VERIFIES, "", ()
+            if own.host_key is not None:
+                mode, known, fingerprints = host_key_policy_material(
+                    own.host_key, self._known_hosts_text(rm)
+                )
+            address, port, user = machine.address, machine.spec.port, machine.spec.user
+            privilege = Privilege.for_user(user, own.sudo_password).mode
+            sudo_password = own.sudo_password
         deadlines = machine.deadlines
         settings = self.access.runner.settings
         name = job_name(meta["name"], attempt)
@@ -293,10 +306,10 @@ class JobBackend:
             machine_uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
             attempt=attempt,
-            address=target.address,
-            port=target.port,
-            user=credentials.user,
-            privilege=Privilege.for_credentials(credentials).mode,
+            address=address,
+            port=port,
+            user=user,
+            privilege=privilege,
             host_keys=mode,
             ssh_command=job_spec.ssh_command,
             scp_command=job_spec.scp_command,
@@ -307,7 +320,7 @@ class JobBackend:
             host_script=script,
             known_hosts=known,
             fingerprints=fingerprints,
-            sudo_password=credentials.sudo_password,
+            sudo_password=sudo_password,
             cluster_name=cluster,
         )
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from capi_remote.api import GROUP
 from capi_remote.resources import INFRA_VERSION
-from capi_remote.ssh import Target, jobscript
+from capi_remote.ssh import HostKeyPolicy, Target, jobscript
 from capi_remote.ssh.auth import load_private_key
 from reconcilers.common import CLUSTER_NAME_LABEL
 from reconcilers.remotemachine.jobtemplate import SERVICE_ACCOUNT, InvalidProvisionJob, check
@@ -73,13 +73,14 @@ class JobInputs:
     port: int
     user: str
     privilege: str  # root | sudo | sudo-password
-    host_keys: str  # known-hosts | pinned | trust-on-first-use | insecure
+    host_keys: str  # known-hosts | pinned | trust-on-first-use | insecure | command
     ssh_command: str
     scp_command: str
     connect_timeout: int
     job_timeout: int
     template: JSONDict = attrs.field(repr=False)
-    private_key: str = attrs.field(repr=False)
+    #: None: the Job's own commands log in (provisionJob without sshKeyRef), no key is mounted.
+    private_key: str | None = attrs.field(repr=False)
     host_script: bytes = attrs.field(repr=False)
     known_hosts: str = attrs.field(default="", repr=False)
     fingerprints: tuple[str, ...] = ()
@@ -123,7 +124,14 @@ def host_key_material(
     target: Target, known_hosts_text: str | None
 ) -> tuple[str, str, tuple[str, ...]]:
     """``(mode, known_hosts, fingerprints)`` for the container from the runner's policy."""
-    policy = target.host_key
+    return host_key_policy_material(target.host_key, known_hosts_text)
+
+
+def host_key_policy_material(
+    policy: HostKeyPolicy, known_hosts_text: str | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """:func:`host_key_material` of a policy alone (a Job whose commands log in themselves has
+    no runner target)."""
     if policy.mode == "insecure":
         return "insecure", "", ()
     if policy.mode == "pinned" or (policy.mode == "trust_on_first_use" and policy.fingerprints):
@@ -155,11 +163,12 @@ def container(template: JSONDict) -> JSONDict:
 
 def secret_data(inputs: JobInputs) -> dict[str, bytes]:
     data = {
-        jobscript.KEY_PRIVATE_KEY: inputs.private_key.encode(),
         jobscript.KEY_KNOWN_HOSTS: inputs.known_hosts.encode(),
         jobscript.KEY_FINGERPRINTS: "".join(f"{fp}\n" for fp in inputs.fingerprints).encode(),
         jobscript.KEY_HOST_SCRIPT: inputs.host_script,
     }
+    if inputs.private_key is not None:
+        data[jobscript.KEY_PRIVATE_KEY] = inputs.private_key.encode()
     if inputs.sudo_password is not None:
         data[jobscript.KEY_SUDO_PASSWORD] = inputs.sudo_password.encode() + b"\n"
     return data
@@ -237,7 +246,7 @@ def render_job(inputs: JobInputs, secret_name: str) -> JSONDict:
     ]
     ours = {k: v for k, v in chosen.items() if k not in ("command", "args")}
     ours["name"] = CONTAINER_NAME  # where jobread looks for the outcome
-    ours["command"] = ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, "capi-remote-provision"]
+    ours["command"] = ["/bin/sh", "-c", jobscript.CONTAINER_SCRIPT, jobscript.SCRIPT_NAME]
     env = [
         e for e in chosen.get("env") or [] if not str(e.get("name", "")).startswith("CAPI_REMOTE_")
     ]

@@ -42,42 +42,18 @@ from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.reconciler import Backends, RemoteMachineReconciler, Stores
 from reconcilers.remotemachine.runner_backend import RunnerBackend
 from reconcilers.remotemachine.writer import MachineWriter
-from reconcilers.secrets import BOOTSTRAP_SECRET_TYPE, ObjectSource
+from reconcilers.secrets import (
+    BOOTSTRAP_SECRET_TYPE,
+    SECRET_REF_INDEX,
+    ObjectSource,
+    referenced_secrets,
+)
 from reconcilers.workload import WorkloadClients
 from reconcilers.workloadnodes import WorkloadNodes
 
 JSONDict = dict[str, Any]
-SECRET_REF_INDEX = "secret-refs"
 DATA_SECRET_INDEX = "data-secret"
 CLUSTER_INDEX = "cluster"
-
-
-def referenced_secrets(rm: JSONDict) -> list[str]:
-    """``namespace/name`` of every Secret or ConfigMap a RemoteMachine's spec names, so their
-    watches wake it (a name shared by a Secret and a ConfigMap only costs a spare reconcile)."""
-    spec = rm.get("spec", {})
-    namespace = rm["metadata"].get("namespace", "")
-    names = set()
-    for holder in (spec, spec.get("bastion") or {}):
-        key = holder.get("sshKeyRef") or {}
-        for ref in (
-            key,
-            key.get("passphraseRef"),
-            holder.get("passwordRef"),
-            holder.get("sudoPasswordRef"),
-        ):
-            if ref and ref.get("name"):
-                names.add(ref["name"])
-        known = ((holder.get("hostKeyPolicy") or {}).get("knownHostsRef")) or {}
-        if known.get("name"):  # a Secret or a ConfigMap: both wake the machine when they change
-            names.add(known["name"])
-    return [f"{namespace}/{n}" for n in sorted(names)]
-
-
-def _pooled_secrets(pooled: JSONDict) -> list[str]:
-    """What a pooled host's spec names (probes read those Secrets too)."""
-    host = (pooled.get("spec") or {}).get("machine") or {}
-    return referenced_secrets({"metadata": pooled["metadata"], "spec": host})
 
 
 def machine_to_remote(machine: JSONDict) -> list[Request]:
@@ -118,8 +94,7 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     capi_machines = manager.informer(MACHINES)
     capi_machines.store.add_indexer(DATA_SECRET_INDEX, _data_secret)
     capi_machines.store.add_indexer(CLUSTER_INDEX, _cluster)
-    pooled = pools.pool_informer(provider).store
-    pooled.add_indexer(SECRET_REF_INDEX, _pooled_secrets)
+    pooled = pools.pool_informer(provider).store  # indexed by SECRET_REF_INDEX too
     stores = Stores(remote.store, capi_machines.store, manager.informer(CLUSTERS).store, pooled)
     wake = Wake()
 

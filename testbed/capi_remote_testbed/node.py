@@ -44,7 +44,7 @@ import yaml
 from capi_remote_testbed import toolchain
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.net import free_port, http_ok
-from capi_remote_testbed.nodeimages import PAUSE_IMAGE, ensure_image_archive
+from capi_remote_testbed.nodeimages import PAUSE_IMAGE, ensure_image_archive, image_identity
 from capi_remote_testbed.nodenet import NodeNetwork, allocate, kube_proxy_config
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.tcpproxy import TcpProxy
@@ -82,6 +82,8 @@ class Node:
     name: str = NODE_NAME
     ready_timeout: float = 120.0
     network: NodeNetwork | None = attrs.field(default=None, init=False)
+    #: The public key of the tsh image's own identity (``nodeimages.TSH_IMAGE``), once started.
+    image_identity: str = attrs.field(default="", init=False)
     _processes: list[ManagedProcess] = attrs.field(factory=list, init=False)
     _apiserver_proxy: TcpProxy | None = attrs.field(default=None, init=False)
 
@@ -111,7 +113,9 @@ class Node:
             progress("containerd")
             self._start_containerd(self.network)
             progress("node images")
-            self._import_images(ensure_image_archive(self.binaries.pause, progress))
+            archive = ensure_image_archive(self.binaries.pause, progress)
+            self._import_images(archive)
+            self.image_identity = image_identity(archive)
             progress("kube-scheduler")
             self._start_scheduler()
             progress("kubelet")

@@ -1,9 +1,12 @@
 """The container images of the test bed's node, made here because no registry is reachable.
 
-One OCI archive, imported into containerd (``ctr images import``), with two images:
+One OCI archive, imported into containerd (``ctr images import``), with three images:
 :data:`SSH_CLIENT_IMAGE`, whose one layer is the test hosts' Debian rootfs (``sh``, ``ssh``,
-``scp``, ``python3``, ``curl``), for Jobs and test Pods; and :data:`PAUSE_IMAGE`, whose one layer
-is our static ``pause`` binary (built from ``toolchain/pause``), containerd's sandbox image. Pods
+``scp``, ``python3``, ``curl``), for Jobs and test Pods; :data:`TSH_IMAGE`, that rootfs plus a
+layer with a stand-in for Teleport's ``tsh`` and an identity of its own (a key pair made with the
+archive; :func:`image_identity` gives its public half, for a test to authorise on its hosts), for
+provisioning Jobs whose commands log in themselves; and :data:`PAUSE_IMAGE`, whose one layer is
+our static ``pause`` binary (built from ``toolchain/pause``), containerd's sandbox image. Pods
 must use ``imagePullPolicy: Never`` or ``IfNotPresent``.
 
 Invariant: the archive's name carries a hash of its recipe (:data:`IMAGE_RECIPE_VERSION`, the
@@ -24,13 +27,50 @@ from pathlib import Path
 from typing import Any
 
 from capi_remote_testbed import rootfs
+from capi_remote_testbed.hosts.keys import SshKey
 from capi_remote_testbed.locks import build_lock
 from capi_remote_testbed.toolchain import cache_root
 
 SSH_CLIENT_IMAGE = "localhost/capi-remote-sshclient:test"
+TSH_IMAGE = "localhost/capi-remote-tsh:test"
 PAUSE_IMAGE = "localhost/capi-remote-pause:test"
-#: Bump when the image recipe below changes.
-IMAGE_RECIPE_VERSION = 2
+#: Bump when the image recipe below changes (the tsh stand-in's text is part of the recipe).
+IMAGE_RECIPE_VERSION = 3
+#: Where TSH_IMAGE keeps its identity: the path k0smotron's Teleport guide mounts it at.
+TSH_IDENTITY = "/identity-output/identity"
+
+#: ``tsh [-i identity] [--proxy address] ssh|scp ARGS...`` through OpenSSH with the identity. Like
+#: tsh it verifies the host itself: against the known_hosts lines in $TSH_KNOWN_HOSTS (Teleport
+#: checks a node's certificate against its cluster's CA), and it refuses to run without them.
+_TSH_STANDIN = f"""#!/bin/sh
+# capi-remote test bed: a stand-in for Teleport's tsh (ssh and scp only).
+identity={TSH_IDENTITY}
+while [ $# -gt 0 ]; do
+  case $1 in
+    -i) identity=$2; shift 2 ;;
+    --proxy) shift 2 ;;
+    --proxy=*) shift ;;
+    ssh|scp) break ;;
+    *) echo "tsh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+case ${{1:-}} in
+  ssh|scp) ;;
+  *) echo "tsh: usage: tsh [-i file] [--proxy addr] ssh|scp" >&2; exit 2 ;;
+esac
+if [ -z "${{TSH_KNOWN_HOSTS:-}}" ]; then
+  echo "tsh: no trusted host keys (TSH_KNOWN_HOSTS)" >&2
+  exit 2
+fi
+tool=$1; shift
+known=$(mktemp) || exit 2
+printf '%s\n' "$TSH_KNOWN_HOSTS" > "$known"
+"$tool" -i "$identity" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes \
+  -o "UserKnownHostsFile=$known" -o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR "$@"
+rc=$?
+rm -f "$known"
+exit $rc
+"""
 
 
 def _layer_tar(source: Path, out: io.BufferedWriter) -> None:
@@ -88,18 +128,44 @@ def _layer(work: Path, source: Path) -> tuple[dict[str, Any], str]:
     return layer, f"sha256:{diff_id.hexdigest()}"
 
 
+def _identity_path(archive: Path) -> Path:
+    return archive.with_name(f"{archive.name}.identity.pub")
+
+
+def image_identity(archive: Path) -> str:
+    """The public key (``ssh-ed25519 AAAA...``) of TSH_IMAGE's identity in ``archive``."""
+    return _identity_path(archive).read_text().strip()
+
+
+def _tsh_layer(directory: Path, private_openssh: str) -> Path:
+    """The files TSH_IMAGE adds to the rootfs: the stand-in and its identity (root only)."""
+    tool = directory / "usr" / "local" / "bin" / "tsh"
+    tool.parent.mkdir(parents=True)
+    tool.write_text(_TSH_STANDIN)
+    tool.chmod(0o755)
+    identity = directory / TSH_IDENTITY.lstrip("/")
+    identity.parent.mkdir(parents=True)
+    identity.write_text(private_openssh)
+    identity.chmod(0o600)
+    return directory
+
+
 def build_image_archive(path: Path, source: Path, pause: Path) -> None:
-    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding both images."""
+    """An OCI archive (``oci-layout`` + ``index.json`` + blobs) holding the three images, and
+    next to it the public half of TSH_IMAGE's identity (:func:`image_identity`)."""
     work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
     try:
         (work / "blobs" / "sha256").mkdir(parents=True)
+        identity = SshKey.generate()
+        rootfs_layer = _layer(work, source)
+        tsh_layer = _layer(work, _tsh_layer(work / "tsh-layer", identity.private_openssh))
         images = (
-            (SSH_CLIENT_IMAGE, source, {"Cmd": ["/bin/sh"]}),
-            (PAUSE_IMAGE, pause, {"Entrypoint": [f"/{pause.name}"]}),
+            (SSH_CLIENT_IMAGE, [rootfs_layer], {"Cmd": ["/bin/sh"]}),
+            (TSH_IMAGE, [rootfs_layer, tsh_layer], {"Cmd": ["/bin/sh"]}),
+            (PAUSE_IMAGE, [_layer(work, pause)], {"Entrypoint": [f"/{pause.name}"]}),
         )
         manifests = []
-        for ref, layer_source, command in images:
-            layer, diff_id = _layer(work, layer_source)
+        for ref, layers, command in images:
             config = {
                 "architecture": "amd64",
                 "os": "linux",
@@ -107,14 +173,14 @@ def build_image_archive(path: Path, source: Path, pause: Path) -> None:
                     **command,
                     "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                 },
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
             }
             config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
             manifest = {
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-                "layers": [layer],
+                "layers": [layer for layer, _ in layers],
             }
             manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
             manifests.append(
@@ -129,6 +195,7 @@ def build_image_archive(path: Path, source: Path, pause: Path) -> None:
         (work / "index.json").write_text(
             json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
         )
+        _identity_path(path).write_text(identity.public + "\n")
         staging = path.with_name(f".{path.name}.tmp")
         with tarfile.open(staging, "w") as archive:
             for entry in ("oci-layout", "index.json", "blobs"):
@@ -143,8 +210,8 @@ def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Pat
     binary (its cache directory's name carries its pins) on a miss."""
     source = rootfs.ensure_rootfs()
     recipe = hashlib.sha256(
-        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{pause.parent.name}\n"
-        f"{SSH_CLIENT_IMAGE}\n{PAUSE_IMAGE}".encode()
+        f"{IMAGE_RECIPE_VERSION}\n{source.name}\n{pause.parent.name}\n{_TSH_STANDIN}\n"
+        f"{SSH_CLIENT_IMAGE}\n{TSH_IMAGE}\n{PAUSE_IMAGE}".encode()
     ).hexdigest()[:12]
     images = cache_root() / "images"
     archive = images / f"node-images-{recipe}.oci.tar"

@@ -143,3 +143,30 @@ def test_a_key_passphrase_is_read_whatever_the_policy() -> None:
         "ns", spec(sshKeyRef=key, hostKeyPolicy={"insecureSkipVerification": True})
     )
     assert target.credentials.passphrase == "unlock"
+
+
+def _own(**extra: Any) -> dict[str, Any]:
+    """A RemoteMachine whose provisionJob commands log in themselves (no sshKeyRef)."""
+    return {
+        "metadata": {"namespace": "ns", "annotations": {}},
+        "spec": {"address": "192.0.2.1", "provisionJob": {"sshCommand": "tsh ssh"}, **extra},
+    }
+
+
+def test_a_job_that_logs_in_itself_has_no_policy_unless_the_spec_sets_one() -> None:
+    assert access({}).own_login(_own()).host_key is None
+    assert access({}).own_login(_own(hostKeyPolicy={})).host_key is None
+    pinned = access({}).own_login(_own(hostKeyPolicy={"fingerprint": FP})).host_key
+    assert pinned is not None and pinned.fingerprints == (FP,)
+
+
+def test_a_job_that_logs_in_itself_gets_a_sudo_password_only_for_a_verified_host() -> None:
+    secrets = {("s", "password"): b"hunter2"}
+    ref = {"name": "s", "key": "password"}
+    with pytest.raises(InvalidSpec) as raised:
+        access(secrets).own_login(_own(user="deploy", sudoPasswordRef=ref))
+    assert raised.value.reason == c.UNVERIFIED_HOST_FOR_SECRET
+    verified = _own(user="deploy", sudoPasswordRef=ref, hostKeyPolicy={"fingerprint": FP})
+    assert access(secrets).own_login(verified).sudo_password == "hunter2"
+    # A login password is the commands' business: never read, never refused.
+    assert access({}).own_login(_own(passwordRef=ref)).sudo_password is None

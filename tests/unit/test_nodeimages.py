@@ -1,5 +1,5 @@
-"""The node's image archive: two images, the pause image holding only our static binary as its
-entrypoint (so no sandbox image is ever pulled), both addressable by digest."""
+"""The node's image archive: three images, the pause image holding only our static binary as its
+entrypoint (so no sandbox image is ever pulled), all addressable by digest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from capi_remote_testbed.nodeimages import PAUSE_IMAGE, SSH_CLIENT_IMAGE, build_image_archive
+from cryptography.hazmat.primitives import serialization
+
+from capi_remote_testbed.nodeimages import (
+    PAUSE_IMAGE,
+    SSH_CLIENT_IMAGE,
+    TSH_IDENTITY,
+    TSH_IMAGE,
+    build_image_archive,
+    image_identity,
+)
 
 
 def _read(archive: tarfile.TarFile, name: str) -> bytes:
@@ -27,7 +36,9 @@ def _blob(archive: tarfile.TarFile, descriptor: dict[str, Any]) -> bytes:
     return data
 
 
-def test_the_archive_holds_a_rootfs_image_and_a_pause_image_of_one_binary(tmp_path: Path) -> None:
+def test_the_archive_holds_a_rootfs_image_a_tsh_image_and_a_pause_image_of_one_binary(
+    tmp_path: Path,
+) -> None:
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
     (rootfs / "bin" / "sh").write_bytes(b"#!shell")
@@ -38,23 +49,46 @@ def test_the_archive_holds_a_rootfs_image_and_a_pause_image_of_one_binary(tmp_pa
 
     build_image_archive(archive_path, rootfs, pause)
 
-    images: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    images: dict[str, tuple[dict[str, Any], list[list[str]], dict[str, bytes]]] = {}
     with tarfile.open(archive_path) as archive:
         index = json.loads(_read(archive, "index.json"))
         for entry in index["manifests"]:
             manifest = json.loads(_blob(archive, entry))
             config = json.loads(_blob(archive, manifest["config"]))
-            (layer,) = manifest["layers"]
-            raw = gzip.decompress(_blob(archive, layer))
-            assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(raw).hexdigest()}"]
-            with tarfile.open(fileobj=io.BytesIO(raw)) as layer_tar:
-                names = layer_tar.getnames()
-            images[entry["annotations"]["io.containerd.image.name"]] = (config["config"], names)
+            raws = [gzip.decompress(_blob(archive, layer)) for layer in manifest["layers"]]
+            assert config["rootfs"]["diff_ids"] == [
+                f"sha256:{hashlib.sha256(raw).hexdigest()}" for raw in raws
+            ]
+            layers, files = [], {}
+            for raw in raws:
+                with tarfile.open(fileobj=io.BytesIO(raw)) as layer_tar:
+                    layers.append(layer_tar.getnames())
+                    for member in layer_tar.getmembers():
+                        data = layer_tar.extractfile(member) if member.isreg() else None
+                        if data is not None:
+                            files[member.name] = data.read()
+            images[entry["annotations"]["io.containerd.image.name"]] = (
+                config["config"],
+                layers,
+                files,
+            )
 
-    assert set(images) == {SSH_CLIENT_IMAGE, PAUSE_IMAGE}
-    pause_config, pause_files = images[PAUSE_IMAGE]
-    assert pause_files == ["pause"]
+    assert set(images) == {SSH_CLIENT_IMAGE, TSH_IMAGE, PAUSE_IMAGE}
+    pause_config, pause_layers, _ = images[PAUSE_IMAGE]
+    assert pause_layers == [["pause"]]
     assert pause_config["Entrypoint"] == ["/pause"]
-    client_config, client_files = images[SSH_CLIENT_IMAGE]
-    assert "bin/sh" in client_files
+    client_config, client_layers, _ = images[SSH_CLIENT_IMAGE]
+    assert "bin/sh" in client_layers[0] and len(client_layers) == 1
     assert client_config["Cmd"] == ["/bin/sh"]
+    # The tsh image is the same rootfs plus the stand-in and its identity, whose public half is
+    # next to the archive for tests to authorise.
+    _, tsh_layers, tsh_files = images[TSH_IMAGE]
+    assert tsh_layers[0] == client_layers[0]
+    assert "usr/local/bin/tsh" in tsh_layers[1]
+    identity = tsh_files[TSH_IDENTITY.lstrip("/")].decode()
+    public = image_identity(archive_path)
+    key = serialization.load_ssh_private_key(identity.encode(), password=None)
+    derived = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    assert public.split()[:2] == derived.decode().split()[:2]

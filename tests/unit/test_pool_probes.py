@@ -18,9 +18,11 @@ import structlog
 from capi_remote import ApiError, Conflict, Informer, KubeClient, ReconcileContext, Request
 from capi_remote.kube.client import Resource
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
-from reconcilers.pool import RECHECK_ANNOTATION
+from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, HostUnreachable, SSHError
+from reconcilers.pool import RECHECK_ANNOTATION, is_free
 from reconcilers.pool import reconciler as pool
 from reconcilers.pool.reconciler import PooledRemoteMachineReconciler
+from reconcilers.remote import HostAccess
 from tests.support.events import RecordedEvents
 from tests.support.merge_patch import apply_merge_patch
 
@@ -197,7 +199,7 @@ async def test_adding_a_host_key_policy_probes_the_host_at_once(frozen_clock: No
     # issue 16 point 3: without a policy the probe could not verify the key; the user adds one.
     unverified = pooled_host()
     unverified["status"]["health"] = {
-        "state": "Unreachable",
+        "state": "Untrusted",
         "reachable": False,
         "message": "HostKeyUnknown: no known host key",
         "observedGeneration": 1,
@@ -233,3 +235,104 @@ async def test_a_probe_of_the_old_spec_is_not_written_over_the_new_one(frozen_cl
     assert bed.prober.probed[-1]["spec"]["machine"]["address"] == "192.0.2.11"
     assert bed.server.obj["status"]["health"]["observedGeneration"] == 2
     assert RECHECK_ANNOTATION not in bed.server.annotations()
+
+
+def _untrusted(host: JSONDict) -> JSONDict:
+    host["spec"]["machine"]["hostKeyPolicy"] = {
+        "knownHostsRef": {"kind": "ConfigMap", "name": "known-hosts"}
+    }
+    host["status"]["health"] = {
+        "state": "Untrusted",
+        "reachable": False,
+        "message": "HostKeyUnknown: the host presented ssh-ed25519 SHA256:abc",
+        "observedGeneration": 1,
+        "lastProbeTime": PROBED_AT,
+    }
+    return host
+
+
+async def test_a_changed_known_hosts_probes_the_host_at_once(frozen_clock: None) -> None:
+    # issue 16 point 3: the policy names a ConfigMap; the host's line is added to it later. The
+    # spec does not change, so only the ConfigMap's change can bring the probe forward.
+    bed = Bed(_untrusted(pooled_host()))
+    await bed.reconcile()
+    assert bed.prober.probed == [], "nothing changed: the next probe is the periodic one"
+
+    bed.reconciler.references_changed(Request(NAMESPACE, NAME))
+    await bed.reconcile()
+    assert len(bed.prober.probed) == 1
+    assert bed.server.obj["status"]["health"]["state"] == "Healthy"
+    await bed.reconcile()
+    assert len(bed.prober.probed) == 1, "one change, one probe"
+
+
+async def test_a_change_while_a_probe_runs_gets_a_probe_of_its_own(frozen_clock: None) -> None:
+    bed = Bed(_untrusted(pooled_host()))
+    bed.reconciler.references_changed(Request(NAMESPACE, NAME))
+    bed.prober.gate.clear()
+    first = asyncio.create_task(bed.reconcile())
+    await bed.prober.waiting.wait()
+    bed.reconciler.references_changed(Request(NAMESPACE, NAME))  # e.g. a second edit
+    bed.prober.gate.set()
+    await first
+    bed.catch_up()
+    await bed.reconcile()
+    assert len(bed.prober.probed) == 2
+
+
+async def test_a_change_is_kept_for_the_retry_of_a_reconcile_that_failed(
+    frozen_clock: None,
+) -> None:
+    bed = Bed(_untrusted(pooled_host()))
+    bed.reconciler.references_changed(Request(NAMESPACE, NAME))
+    bed.prober.gate.clear()
+    first = asyncio.create_task(bed.reconcile())
+    await bed.prober.waiting.wait()
+    # The status changes meanwhile (another writer): the probe's write is a Conflict.
+    await bed.server.patch(
+        POOLED_REMOTE_MACHINES,
+        NAMESPACE,
+        NAME,
+        {"status": {"reserved": False, "x": 1}},
+        subresource="status",
+    )
+    bed.prober.gate.set()
+    await first
+    assert bed.server.obj["status"]["health"]["state"] == "Untrusted"
+    bed.catch_up()
+    await bed.reconcile()
+    assert len(bed.prober.probed) == 2
+    assert bed.server.obj["status"]["health"]["state"] == "Healthy"
+
+
+class _Access:
+    """A HostAccess whose probe fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def target_for(self, namespace: str, spec: JSONDict, pins: dict[str, str]) -> object:
+        return object()
+
+    async def probe(self, target: object) -> object:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        (HostKeyUnknown("192.0.2.10", "SHA256:abc", "ssh-ed25519"), "Untrusted"),
+        (HostKeyMismatch("192.0.2.10", ("SHA256:old",), "SHA256:abc", "ssh-ed25519"), "Untrusted"),
+        (HostUnreachable("192.0.2.10", "connection refused"), "Unreachable"),
+    ],
+)
+async def test_a_host_that_answers_with_an_untrusted_key_is_untrusted_not_unreachable(
+    error: SSHError, state: str
+) -> None:
+    prober = pool.probe_with(cast(HostAccess, _Access(error)))
+    health = await prober(pooled_host())
+    assert health["state"] == state
+    assert health["reachable"] is False
+    assert str(health["message"]).startswith(f"{error.reason}: ")
+    taken = {**pooled_host(), "status": {"health": health}}
+    assert is_free(taken) is (state not in ("Untrusted", "Unreachable"))

@@ -153,6 +153,28 @@ def test_the_secret_is_immutable_owned_and_named_by_its_content() -> None:
     )
 
 
+def test_a_job_whose_commands_log_in_themselves_gets_no_key_and_the_same_pod_rules() -> None:
+    # provisionJob without sshKeyRef (k0smotron's Teleport and Okta ASA guides): the Secret
+    # holds the bootstrap only; the Pod is bound by the same allow-list and gets only our Secret.
+    given = inputs(private_key=None, host_keys=jobscript.COMMAND_VERIFIES, sudo_password=None)
+    secret = jobspec.render_secret(given)
+    assert set(secret["data"]) == {
+        jobscript.KEY_KNOWN_HOSTS,
+        jobscript.KEY_FINGERPRINTS,
+        jobscript.KEY_HOST_SCRIPT,
+    }
+    job = jobspec.render_job(given, secret["metadata"]["name"])
+    pod = job["spec"]["template"]["spec"]
+    assert [v["secret"]["secretName"] for v in pod["volumes"]] == [secret["metadata"]["name"]]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("default", False)
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["CAPI_REMOTE_HOST_KEYS"] == "command"
+    volumes = {"volumes": [{"name": "identity", "secret": {"secretName": "identity-output"}}]}
+    template = {"spec": {"template": {"spec": {**volumes, "containers": [{"image": "tsh:1"}]}}}}
+    with pytest.raises(jobspec.InvalidProvisionJob, match="volumes"):
+        jobspec.render_job(inputs(private_key=None, template=template), "s")
+
+
 @pytest.mark.parametrize(
     "template",
     [

@@ -213,9 +213,120 @@ def test_reports_and_failures_read_back() -> None:
         "ssh: connect to host 10.0.0.2 port 22: Connection refused": ("HostUnreachable", True),
         "sudo: a password is required": ("SudoFailed", False),
         "sh: 1: ssh: not found": ("ImageLacksSSH", False),
+        "capi-remote-provision: 1: eval: tsh: not found": ("ImageLacksSSH", False),
         "something else entirely": ("Unknown", True),
         "capi-remote-job failed SSH ssh exited with 255": ("Unknown", True),
     }
     for output, (reason, retryable) in cases.items():
         failure = jobscript.classify_failure(output)
         assert (failure.reason, failure.retryable) == (reason, retryable), output
+
+
+#: A stand-in for an ssh or scp client: records its words, one per line, and answers as the
+#: host script does.
+_CLIENT = """#!/bin/sh
+for word in "$@"; do printf '%s\\n' "$word"; done > "$RECORD.$(basename "$0")"
+case $(basename "$0") in
+  fake-ssh) echo 'capi-remote-job result provisioned'; echo 'capi-remote-job hostname h1' ;;
+esac
+"""
+
+
+def run_container(
+    tmp_path: Path, *, secret: dict[str, str], **env: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, list[str]]]:
+    """CONTAINER_SCRIPT with fake clients; returns its run and each client's words."""
+    secrets = tmp_path / "secret"
+    secrets.mkdir()
+    for name, content in {"bootstrap.sh": "#!/bin/sh\n", **secret}.items():
+        (secrets / name).write_text(content)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("fake-ssh", "fake-scp"):
+        (bin_dir / name).write_text(_CLIENT)
+        (bin_dir / name).chmod(0o755)
+    record = tmp_path / "record"
+    settings = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RECORD": str(record),
+        "CAPI_REMOTE_SECRET_DIR": str(secrets),
+        "CAPI_REMOTE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        "CAPI_REMOTE_ADDRESS": "node-1.example",
+        "CAPI_REMOTE_PORT": "2222",
+        "CAPI_REMOTE_USER": "root",
+        "CAPI_REMOTE_PRIVILEGE": "root",
+        "CAPI_REMOTE_CONNECT_TIMEOUT": "15",
+        "CAPI_REMOTE_MACHINE_UID": "uid-1",
+        **env,
+    }
+    proc = subprocess.run(
+        ["sh", "-c", jobscript.CONTAINER_SCRIPT, "capi-remote-provision"],
+        env=settings,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    words = {
+        name: (tmp_path / f"record.{name}").read_text().splitlines()
+        for name in ("fake-ssh", "fake-scp")
+        if (tmp_path / f"record.{name}").exists()
+    }
+    return proc, words
+
+
+def test_commands_that_log_in_themselves_get_only_the_port_and_destination(
+    tmp_path: Path,
+) -> None:
+    # k0smotron's Teleport guide: sshCommand "tsh -i <identity> --proxy <proxy> ssh"; quoted
+    # words are words, as in k0smotron's Job script (its integration test quotes an option).
+    proc, words = run_container(
+        tmp_path,
+        secret={"known_hosts": "", "fingerprints": ""},
+        CAPI_REMOTE_HOST_KEYS=jobscript.COMMAND_VERIFIES,
+        CAPI_REMOTE_SSH='fake-ssh --proxy "teleport.example.com:443" ssh',
+        CAPI_REMOTE_SCP="fake-scp --proxy 'teleport.example.com:443' scp",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    remote = ".capi-remote-bootstrap-uid-1.sh"
+    assert words["fake-scp"][:4] == ["--proxy", "teleport.example.com:443", "scp", "-P"]
+    assert words["fake-scp"][4] == "2222"
+    assert words["fake-scp"][-1] == f"root@node-1.example:{remote}"
+    assert len(words["fake-scp"]) == 7, "no option of ours: the command verifies the host"
+    assert words["fake-ssh"][:5] == ["--proxy", "teleport.example.com:443", "ssh", "-p", "2222"]
+    assert words["fake-ssh"][5] == "root@node-1.example"
+    assert words["fake-ssh"][6].startswith(f"sh ./{remote};")
+    assert "result provisioned" in (tmp_path / "termination-log").read_text()
+
+
+def test_a_policy_without_a_key_verifies_the_host_and_offers_no_identity(
+    tmp_path: Path,
+) -> None:
+    proc, words = run_container(
+        tmp_path,
+        secret={"known_hosts": "[node-1.example]:2222 ssh-ed25519 AAAA\n", "fingerprints": ""},
+        CAPI_REMOTE_HOST_KEYS="known-hosts",
+        CAPI_REMOTE_SSH='fake-ssh -o "StrictHostKeyChecking=no"',
+        CAPI_REMOTE_SCP="fake-scp",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ssh = words["fake-ssh"]
+    assert ssh[:2] == ["-o", "StrictHostKeyChecking=no"]
+    assert "StrictHostKeyChecking=yes" in ssh and "BatchMode=yes" in ssh
+    assert not any(word.startswith(("IdentityFile=", "IdentitiesOnly=")) for word in ssh)
+    assert "-q" in words["fake-scp"]
+
+
+def test_a_key_is_offered_as_the_only_identity(tmp_path: Path) -> None:
+    proc, words = run_container(
+        tmp_path,
+        secret={"ssh-privatekey": "KEY\n", "known_hosts": "", "fingerprints": ""},
+        CAPI_REMOTE_HOST_KEYS="insecure",
+        CAPI_REMOTE_SSH="fake-ssh",
+        CAPI_REMOTE_SCP="fake-scp",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for client in ("fake-ssh", "fake-scp"):
+        assert "IdentitiesOnly=yes" in words[client]
+        assert any(word.startswith("IdentityFile=") for word in words[client])
+        assert "StrictHostKeyChecking=no" in words[client]
