@@ -62,6 +62,8 @@ def unkeyed(inventory: Inventory) -> list[Unkeyed]:
             continue
         if (rm.get("metadata") or {}).get("deletionTimestamp"):
             continue
+        if spec.get("provisionJob") and not spec.get("sshKeyRef"):
+            continue  # the Job's own commands (tsh, sft) log in and check the host themselves
         found.append(_unkeyed(rm, spec))
     for host in inventory.pooled:
         spec = (host.get("spec") or {}).get("machine") or {}

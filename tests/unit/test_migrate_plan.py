@@ -93,8 +93,11 @@ def test_the_host_key_step_covers_unprovisioned_machines_and_pool_hosts_without_
     new = remote_machine("new", address="192.0.2.3", port=2222)
     waiting_for_pool = remote_machine("pool-rm", pool="p")
     del waiting_for_pool["spec"]["address"]
+    # k0smotron's Teleport guide: the Job's own tsh logs in; OpenSSH options would break it.
+    teleport = remote_machine("tsh", address="192.0.2.6", provisionJob={"sshCommand": "tsh ssh"})
+    del teleport["spec"]["sshKeyRef"]
     inv = inventory(
-        remote_machines=[provisioned, keyed, new, waiting_for_pool],
+        remote_machines=[provisioned, keyed, new, waiting_for_pool, teleport],
         pooled=[
             pooled("free", "192.0.2.4"),
             pooled("pinned", "192.0.2.5", hostKeyPolicy={"trustOnFirstUse": True}),
