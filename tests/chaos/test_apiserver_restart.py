@@ -286,9 +286,14 @@ async def test_r6_compaction_and_apiserver_restart_lose_no_event(
                 restarted = True
             else:
                 assert cut < RENEW_DEADLINE + 2 * RETRY_PERIOD, f"still led after {cut:.1f}s"
-            assert restarted == (variant == "leader-elect-long"), (
-                f"{variant}: restarted={restarted} after a {cut:.1f}s cut"
-            )
+            # The long cut always outlasts the renew deadline. The short one is a restart
+            # without a pause, but a loaded machine can stretch that restart past the deadline
+            # too (12.5 s seen while CI shared two cores with other runs): then giving up is
+            # right, and the checks above hold it to the cut actually measured.
+            if variant == "leader-elect-long" or cut > RENEW_DEADLINE + 2 * RETRY_PERIOD:
+                assert restarted, f"{variant}: still led after a {cut:.1f}s cut"
+            elif cut < RENEW_DEADLINE - RETRY_PERIOD:
+                assert not restarted, f"{variant}: gave up after a {cut:.1f}s cut"
         else:
             assert controller.alive(), f"the controller died:\n{controllers.tails()}"
 
