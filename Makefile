@@ -68,6 +68,7 @@ $(STAMP): pyproject.toml testbed/pyproject.toml
 toolchain: venv
 	$(BIN)/python -m capi_remote_testbed.toolchain
 	$(BIN)/python -m capi_remote_testbed.toolchain node
+	$(BIN)/python -m capi_remote_testbed.toolchain kubeadm
 	$(BIN)/python -m capi_remote_testbed.kubeadm_providers
 
 clean-devenv: venv

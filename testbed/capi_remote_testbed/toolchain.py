@@ -119,6 +119,16 @@ NODE = Component(
     ),
     ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
 )
+# What an operator installs on a machine that becomes a real node (``kubeadm init``/``join`` from
+# CABPK's bootstrap data): its own wrapper module with the same pins, so adding it invalidates no
+# other cache entry.
+KUBEADM = Component(
+    name="kubeadm",
+    version=KUBERNETES_VERSION,
+    module_dir="kubeadm",
+    packages=("k8s.io/kubernetes/cmd/kubeadm",),
+    ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
+)
 # The node's Pod network: the CNI plugins containerd runs (the node's CNI configuration names them).
 CNI_PLUGINS = Component(
     name="cni-plugins",
@@ -295,15 +305,34 @@ def ensure_node(log: Callable[[str], None] = print) -> NodeBinaries:
     )
 
 
+def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
+    """Find (``TEST_ASSET_KUBEADM``, ``$KUBEBUILDER_ASSETS``) or build kubeadm."""
+    found = _from_environment("kubeadm")
+    if found is None:
+        _build(KUBEADM, log)
+        found = KUBEADM.cache_dir / "kubeadm"
+    return found
+
+
+@attrs.frozen
+class KubeadmBinary:
+    kubeadm: Path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the control plane's binaries, or with ``node`` the node's (building the missing)."""
+    """Print the control plane's binaries, or with ``node``/``kubeadm`` the node's (building the
+    missing)."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["node"]):
-        print("usage: python -m capi_remote_testbed.toolchain [node]", file=sys.stderr)
+    if args not in ([], ["node"], ["kubeadm"]):
+        print("usage: python -m capi_remote_testbed.toolchain [node|kubeadm]", file=sys.stderr)
         return 2
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        built: Toolchain | NodeBinaries = ensure_node(log) if args else ensure(log)
+        built: Toolchain | NodeBinaries | KubeadmBinary
+        if args == ["kubeadm"]:
+            built = KubeadmBinary(ensure_kubeadm(log))
+        else:
+            built = ensure_node(log) if args else ensure(log)
     except ToolchainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
