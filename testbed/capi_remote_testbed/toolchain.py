@@ -148,6 +148,15 @@ PAUSE = Component(
     packages=("capi-remote.dev/toolchain/pause",),
 )
 
+# Supervises containerd and the kubelet on a test-bed host that becomes a real node (the hosts have
+# no systemd) and, installed as systemctl, is how kubeadm (re)starts the kubelet: our own code.
+NODE_SUPERVISOR = Component(
+    name="nodesupervisor",
+    version="v1",
+    module_dir="nodesupervisor",
+    packages=("capi-remote.dev/toolchain/nodesupervisor",),
+)
+
 # The CAPI module's root package builds a binary named after the module; give it a clear name.
 _RENAMES = {"cluster-api": "cluster-api-manager"}
 
@@ -312,6 +321,12 @@ def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
         _build(KUBEADM, log)
         found = KUBEADM.cache_dir / "kubeadm"
     return found
+
+
+def ensure_node_supervisor(log: Callable[[str], None] = print) -> Path:
+    """Build (or find in the cache) the hosts' node supervisor."""
+    _build(NODE_SUPERVISOR, log)
+    return NODE_SUPERVISOR.cache_dir / "nodesupervisor"
 
 
 @attrs.frozen
