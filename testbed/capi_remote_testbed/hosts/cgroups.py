@@ -76,3 +76,5 @@ def remove(subtrees: list[Path]) -> None:
         ):
             with contextlib.suppress(OSError):
                 Path(dirpath).rmdir()
+        with contextlib.suppress(OSError):  # the shared parent, once no fleet uses it
+            subtree.parent.rmdir()

@@ -50,6 +50,8 @@ version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{kubeadmimages.PAUSE_IMAGE}"
   enable_selinux = false
+  # No CAP_SYS_RESOURCE on this VM: runc cannot lower a sandbox's oom_score_adj below ours.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
