@@ -76,5 +76,6 @@ def remove(subtrees: list[Path]) -> None:
         ):
             with contextlib.suppress(OSError):
                 Path(dirpath).rmdir()
-        with contextlib.suppress(OSError):  # the shared parent, once no fleet uses it
-            subtree.parent.rmdir()
+    for hierarchy in hierarchies():  # the shared parent, once no fleet uses it
+        with contextlib.suppress(OSError):
+            (hierarchy / PARENT).rmdir()

@@ -260,8 +260,10 @@ class HostFleet:
         self.write_known_hosts()
 
     def _pod_routes(self, host: Host) -> str:
-        """Routes to the other node hosts' Pod subnets, via those hosts (Pods talk directly)."""
-        return "".join(
+        """Routes to the other node hosts' Pod subnets, via those hosts (Pods talk directly), and
+        a default route on the host's link, as a machine has (kubeadm picks its advertise address
+        from it), without a gateway: nothing leaves the bridge."""
+        return "route add default dev eth0\n" + "".join(
             f"route add {nodelayer.pod_subnet(other.index)} via {other.address}\n"
             for other in self.hosts
             if other is not host

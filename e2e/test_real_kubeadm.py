@@ -1,0 +1,192 @@
+"""Real nodes from CABPK's unmodified bootstrap data: the shipped ClusterClass with a
+KubeadmControlPlane of 1 replica runs ``kubeadm init`` on a pooled host prepared as a node
+(containerd, kubelet under the node supervisor, images made here), a MachineDeployment worker runs
+``kubeadm join``, the kubelets register their Nodes and they go Ready; deleting the Cluster runs
+``kubeadm reset`` and returns each host to its pool with no kubelet or container left.
+
+It measures (prints, asserts nothing about) the time from applying the Cluster to every Node
+Ready and each node's peak memory and CPU time (its cgroup subtree: every process of the host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capi_remote.kube.client import KubeClient
+from capi_remote.resources import CLUSTERS, MACHINES, POOLED_REMOTE_MACHINES, SECRETS
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.hosts import Host
+from capi_remote_testbed.hosts.cgroups import PARENT as CGROUP_PARENT
+from capi_remote_testbed.kubeadm_providers import RunningProviders
+from capi_remote_testbed.toolchain import KUBERNETES_VERSION
+from e2e import kubeadm, realkubeadm
+from e2e.bed import Bed, BedFactory, Cluster, bed_factory
+from tests.fixtures_hosts import HostsFactory
+
+pytestmark = pytest.mark.integration
+
+JSONDict = dict[str, Any]
+CLUSTER = "real"
+CP_POOL, WORKER_POOL = "real-control-plane", "real-workers"
+WORKERS = 1
+#: Processes that must be gone from a host after ``kubeadm reset`` (containerd, prepared by the
+#: operator like the supervisor, keeps running, as on a real machine).
+NODE_PROCESSES = ("kubelet", "containerd-shim", "kube-apiserver", "etcd", "kube-scheduler",
+                  "kube-controller-manager", "pause")  # fmt: skip
+
+
+@pytest.fixture
+async def make_node_bed(
+    request: pytest.FixtureRequest,
+    kube: KubeClient,
+    control_plane: Cluster,
+    namespace: str,
+    hosts: HostsFactory,
+) -> AsyncIterator[BedFactory]:
+    """Like ``make_bed``, with hosts prepared as nodes."""
+    request.getfixturevalue("controller")
+    fleets = lambda n: hosts(n, nodes=True, ready_timeout=120)[0].fleet  # noqa: E731
+    async with bed_factory(kube, control_plane, namespace, fleets) as make:
+        yield make
+
+
+def _diagnose(bed: Bed, managers: RunningProviders) -> str:
+    parts = []
+    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
+        try:
+            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
+        except Exception as error:  # a diagnosis must not hide the real failure
+            parts.append(f"(describe {kind}: {error})")
+    for host in bed.fleet.hosts:
+        log = host.exec_inside(["tail", "-n", "15", "/var/log/capi-node/kubelet.log"])
+        parts.append(f"{host.name} kubelet:\n{log.stdout.decode(errors='replace')}")
+    return "\n".join(parts) + "\n" + managers.log_tails()
+
+
+async def _machines(bed: Bed) -> list[JSONDict]:
+    return await bed.list(MACHINES, label_selector=f"cluster.x-k8s.io/cluster-name={CLUSTER}")
+
+
+def _ready(node: JSONDict) -> bool:
+    conditions = node["status"].get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _ps(host: Host) -> str:
+    return host.exec_inside(["ps", "-eo", "args"]).stdout.decode(errors="replace")
+
+
+def _usage(host: Host) -> tuple[int, float]:
+    """(peak memory bytes, CPU seconds) of the host's cgroup subtree: all its processes."""
+    base = Path("/sys/fs/cgroup")
+    memory = base / "memory" / CGROUP_PARENT / host.netns / "memory.max_usage_in_bytes"
+    cpu = base / "cpuacct" / CGROUP_PARENT / host.netns / "cpuacct.usage"
+    return int(memory.read_text()), int(cpu.read_text()) / 1e9
+
+
+@pytest.mark.timeout(1500)
+async def test_real_kubeadm_init_and_join(
+    make_node_bed: BedFactory, kubeadm_managers: RunningProviders, tmp_path: Path
+) -> None:
+    bed = await make_node_bed(1 + WORKERS)
+    plane = bed.plane
+    assert isinstance(plane, ControlPlane)
+    cp_host, *worker_hosts = bed.fleet.hosts
+    await bed.pooled(cp_host.name, CP_POOL, cp_host)
+    for host in worker_hosts:
+        await bed.pooled(host.name, WORKER_POOL, host)
+
+    def diagnose() -> str:
+        return _diagnose(bed, kubeadm_managers)
+
+    await asyncio.to_thread(plane.apply, realkubeadm.cluster_class(bed.namespace))
+    await asyncio.to_thread(
+        plane.kubectl, "wait", "-n", bed.namespace, "clusterclass/remote",
+        "--timeout=60s", "--for=condition=VariablesReady",
+    )  # fmt: skip
+    cluster = kubeadm.topology_cluster(
+        CLUSTER, bed.namespace, (cp_host.address, 6443),
+        control_plane_pool=CP_POOL, worker_pool=WORKER_POOL, workers=WORKERS,
+    )  # fmt: skip
+    started = time.monotonic()
+    await asyncio.to_thread(plane.apply, [cluster])
+
+    async def kubeconfig() -> bytes | None:
+        secret = await bed.get(SECRETS, f"{CLUSTER}-kubeconfig")
+        return base64.b64decode(secret["data"]["value"]) if secret else None
+
+    print("stage: waiting for the workload kubeconfig", flush=True)
+    workload_kubeconfig = tmp_path / "workload.kubeconfig"
+    workload_kubeconfig.write_bytes(await bed.wait_for("the kubeconfig", kubeconfig, 120))
+
+    def workload(*args: str) -> str:
+        return plane.kubectl(f"--kubeconfig={workload_kubeconfig}", *args)
+
+    async def nodes_ready() -> list[JSONDict]:
+        try:
+            out = await asyncio.to_thread(workload, "get", "nodes", "-o", "json")
+        except Exception:  # the API server is not up yet
+            return []
+        nodes = json.loads(out)["items"]
+        ready = [n for n in nodes if _ready(n)]
+        return ready if len(ready) == 1 + WORKERS else []
+
+    print("stage: waiting for Nodes Ready", flush=True)
+    nodes = await bed.wait_for(f"{1 + WORKERS} Nodes Ready", nodes_ready, 600, diagnose)
+    ready_after = time.monotonic() - started
+    for host in bed.fleet.hosts:
+        memory, cpu = _usage(host)
+        print(f"{host.name}: peak memory {memory / 2**20:.0f} MiB, CPU {cpu:.1f} s")
+    print(f"all {len(nodes)} Nodes Ready {ready_after:.0f} s after the Cluster was applied")
+
+    # Real kubelets registered them: the kubelet's version and the node's own address.
+    machines = {m["metadata"]["name"]: m for m in await _machines(bed)}
+    by_address = {h.address: h for h in bed.fleet.hosts}
+    for node in nodes:
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
+        assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+        address = next(
+            a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
+        )
+        assert address in by_address
+        assert node["metadata"]["name"] in machines
+    cp_node = next(n for n in nodes if n["status"]["addresses"][0]["address"] == cp_host.address)
+    assert "node-role.kubernetes.io/control-plane" in cp_node["metadata"]["labels"]
+    pods = json.loads(
+        await asyncio.to_thread(workload, "get", "pods", "-n", "kube-system", "-o", "json")
+    )
+    static = {p["metadata"]["name"].rsplit("-", 1)[0] for p in pods["items"]}
+    assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
+    assert "kubelet" in _ps(worker_hosts[0])
+
+    async def machines_have_nodes() -> bool:
+        return all(
+            ((m.get("status") or {}).get("nodeRef") or {}).get("name") for m in await _machines(bed)
+        )
+
+    await bed.wait_for("every Machine linked to its Node", machines_have_nodes, 180, diagnose)
+
+    # Delete: kubeadm reset on every host, hosts back in their pools, nothing of the node left.
+    await bed.kube.delete(CLUSTERS, bed.namespace, CLUSTER)
+
+    async def all_gone() -> bool:
+        return not await _machines(bed) and not await bed.get(CLUSTERS, CLUSTER)
+
+    await bed.wait_for("the Cluster and its Machines to be gone", all_gone, 300, diagnose)
+    pooled = await bed.list(POOLED_REMOTE_MACHINES)
+    assert all(not p["spec"].get("claim") for p in pooled), pooled
+    for host in bed.fleet.hosts:
+        processes = _ps(host)
+        assert not [p for p in NODE_PROCESSES if p in processes], processes
+        assert host.exec_inside(["test", "-e", "/etc/kubernetes/admin.conf"]).returncode != 0
+        assert host.exec_inside(["test", "-e", "/etc/kubernetes/kubelet.conf"]).returncode != 0
+        active = host.exec_inside(["systemctl", "is-active", "kubelet"]).stdout.decode().strip()
+        assert active == "inactive"
