@@ -163,7 +163,7 @@ async def test_real_kubeadm_init_and_join(
     pods = json.loads(
         await asyncio.to_thread(workload, "get", "pods", "-n", "kube-system", "-o", "json")
     )
-    static = {p["metadata"]["name"].rsplit("-", 1)[0] for p in pods["items"]}
+    static = {(p["metadata"].get("labels") or {}).get("component") for p in pods["items"]}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
     assert "kubelet" in _ps(worker_hosts[0])
 
