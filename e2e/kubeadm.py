@@ -26,9 +26,11 @@ import yaml
 
 from capi_remote.kube.client import Resource
 from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.pki import CertificateAuthority, KeyPair
 from capi_remote_testbed.toolchain import KUBERNETES_VERSION
 from capi_remote_testbed.workload import WorkloadApiServer
+from e2e.bed import Bed
 
 JSONDict = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +53,18 @@ INSTANCE_TEMPLATE = (
     "instance_id={{ ds.meta_data.instance_id }}\n"
 )
 _VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::=([^}]*))?\}")
+
+
+def describe(bed: Bed, managers: RunningProviders) -> str:
+    """What a failed wait prints: the Cluster API objects of the test's namespace, the managers'
+    log tails."""
+    parts = []
+    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
+        try:
+            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
+        except Exception as error:  # a diagnosis must not hide the real failure
+            parts.append(f"(describe {kind}: {error})")
+    return "\n".join(parts) + "\n" + managers.log_tails()
 
 
 def envsubst(text: str, variables: dict[str, str]) -> str:

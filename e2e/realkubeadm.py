@@ -21,26 +21,12 @@ from typing import Any
 import yaml
 
 from capi_remote_testbed.kubeadmimages import ETCD_IMAGE_TAG, IMAGE_REPOSITORY
+from capi_remote_testbed.node import KUBELET_ON_THIS_VM
 from e2e.kubeadm import TEMPLATES
 
 JSONDict = dict[str, Any]
 PATCHES_DIR = "/etc/kubernetes/patches"
-KUBELET_PATCH: JSONDict = {
-    "failCgroupV1": False,
-    "cgroupDriver": "cgroupfs",
-    "cgroupsPerQOS": False,
-    "enforceNodeAllocatable": [],
-    "failSwapOn": False,
-    "localStorageCapacityIsolation": False,
-    "evictionHard": {
-        "memory.available": "1Mi",
-        "nodefs.available": "1%",
-        "imagefs.available": "1%",
-        "nodefs.inodesFree": "1%",
-    },
-    "imageGCHighThresholdPercent": 100,
-    "imageGCLowThresholdPercent": 99,
-}
+KUBELET_PATCH: JSONDict = dict(KUBELET_ON_THIS_VM)
 SKIP_PHASES = ["addon/coredns", "addon/kube-proxy"]
 
 

@@ -63,16 +63,6 @@ async def _free(bed: Bed, pool: str) -> int:
     return sum(1 for h in hosts if h["spec"]["pool"] == pool and not h["spec"].get("claim"))
 
 
-def _diagnose(bed: Bed, managers: RunningProviders) -> str:
-    parts = []
-    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-        try:
-            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
-        except Exception as error:  # a diagnosis must not hide the real failure
-            parts.append(f"(describe {kind}: {error})")
-    return "\n".join(parts) + "\n" + managers.log_tails()
-
-
 def _inside(bed: Bed, address: str, path: str) -> str:
     host = next(h for h in bed.fleet.hosts if h.address == address)
     result = host.exec_inside(["cat", path])
@@ -100,7 +90,7 @@ async def test_cluster_class_topology_with_kubeadm_control_plane(
     etcd_ca = CertificateAuthority.create("etcd-ca")
 
     def diagnose() -> str:
-        return _diagnose(bed, kubeadm_managers)
+        return kubeadm.describe(bed, kubeadm_managers)
 
     with kubeadm.workload_api_server(plane, ca, bed.fleet.gateway) as workload:
         workload_kube = await KubeClient.from_kubeconfig(str(workload.kubeconfig))

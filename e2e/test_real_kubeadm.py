@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from capi_remote.kube.client import KubeClient
 from capi_remote.resources import CLUSTERS, MACHINES, POOLED_REMOTE_MACHINES, SECRETS
+from capi_remote_testbed import kubeadmimages
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.hosts.cgroups import PARENT as CGROUP_PARENT
+from capi_remote_testbed.hosts.nodelayer import pod_subnet
 from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.toolchain import KUBERNETES_VERSION
 from e2e import kubeadm, realkubeadm
-from e2e.bed import Bed, BedFactory, Cluster, bed_factory
-from tests.fixtures_hosts import HostsFactory
+from e2e.bed import Bed, BedFactory
 
 pytestmark = pytest.mark.integration
 
@@ -43,32 +45,12 @@ NODE_PROCESSES = ("kubelet", "containerd-shim", "kube-apiserver", "etcd", "kube-
                   "kube-controller-manager", "pause")  # fmt: skip
 
 
-@pytest.fixture
-async def make_node_bed(
-    request: pytest.FixtureRequest,
-    kube: KubeClient,
-    control_plane: Cluster,
-    namespace: str,
-    hosts: HostsFactory,
-) -> AsyncIterator[BedFactory]:
-    """Like ``make_bed``, with hosts prepared as nodes."""
-    request.getfixturevalue("controller")
-    fleets = lambda n: hosts(n, nodes=True, ready_timeout=120)[0].fleet  # noqa: E731
-    async with bed_factory(kube, control_plane, namespace, fleets) as make:
-        yield make
-
-
 def _diagnose(bed: Bed, managers: RunningProviders) -> str:
-    parts = []
-    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-        try:
-            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
-        except Exception as error:  # a diagnosis must not hide the real failure
-            parts.append(f"(describe {kind}: {error})")
+    parts = [kubeadm.describe(bed, managers)]
     for host in bed.fleet.hosts:
         log = host.exec_inside(["tail", "-n", "15", "/var/log/capi-node/kubelet.log"])
         parts.append(f"{host.name} kubelet:\n{log.stdout.decode(errors='replace')}")
-    return "\n".join(parts) + "\n" + managers.log_tails()
+    return "\n".join(parts)
 
 
 async def _machines(bed: Bed) -> list[JSONDict]:
@@ -82,6 +64,54 @@ def _ready(node: JSONDict) -> bool:
 
 def _ps(host: Host) -> str:
     return host.exec_inside(["ps", "-eo", "args"]).stdout.decode(errors="replace")
+
+
+async def _workload_pod_on_worker(
+    bed: Bed, workload: Callable[..., str], worker: Host, diagnose: Callable[[], str]
+) -> None:
+    """A Pod from an image made here runs on the worker, in its Pod subnet; the control plane's
+    API server reaches that kubelet for ``kubectl logs`` and ``exec``."""
+    worker_node = next(
+        n for n in json.loads(await asyncio.to_thread(workload, "get", "nodes", "-o", "json"))[
+            "items"
+        ] if any(a["address"] == worker.address for a in n["status"]["addresses"])
+    )  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "etcd-on-worker", "namespace": "default"},
+        "spec": {
+            "nodeName": worker_node["metadata"]["name"],
+            "containers": [
+                {
+                    "name": "etcd",
+                    "image": kubeadmimages.image_refs()["etcd"],
+                    "imagePullPolicy": "Never",
+                    "command": ["/usr/local/bin/etcd", "--data-dir=/var/etcd"],
+                }
+            ],
+        },
+    }
+    manifest = json.dumps(pod)
+    await asyncio.to_thread(functools.partial(workload, "apply", "-f", "-", input_text=manifest))
+
+    async def running() -> JSONDict | None:
+        out = await asyncio.to_thread(workload, "get", "pod", "-n", "default", "etcd-on-worker",
+                                      "-o", "json")  # fmt: skip
+        obj: JSONDict = json.loads(out)
+        return obj if (obj.get("status") or {}).get("phase") == "Running" else None
+
+    obj = await bed.wait_for("the Pod on the worker Running", running, 180, diagnose)
+    assert ipaddress.ip_address(obj["status"]["podIP"]) in ipaddress.ip_network(
+        pod_subnet(worker.index)
+    )
+    logs = await asyncio.to_thread(workload, "logs", "-n", "default", "etcd-on-worker")
+    assert "etcd" in logs, logs
+    version = await asyncio.to_thread(
+        workload, "exec", "-n", "default", "etcd-on-worker", "--", "/usr/local/bin/etcd",
+        "--version",
+    )  # fmt: skip
+    assert "etcd Version: 3.6.10" in version, version
 
 
 def _usage(host: Host) -> tuple[int, float]:
@@ -127,8 +157,8 @@ async def test_real_kubeadm_init_and_join(
     workload_kubeconfig = tmp_path / "workload.kubeconfig"
     workload_kubeconfig.write_bytes(await bed.wait_for("the kubeconfig", kubeconfig, 120))
 
-    def workload(*args: str) -> str:
-        return plane.kubectl(f"--kubeconfig={workload_kubeconfig}", *args)
+    def workload(*args: str, input_text: str | None = None) -> str:
+        return plane.kubectl(f"--kubeconfig={workload_kubeconfig}", *args, input_text=input_text)
 
     async def nodes_ready() -> list[JSONDict]:
         try:
@@ -166,6 +196,8 @@ async def test_real_kubeadm_init_and_join(
     static = {(p["metadata"].get("labels") or {}).get("component") for p in pods["items"]}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
     assert "kubelet" in _ps(worker_hosts[0])
+
+    await _workload_pod_on_worker(bed, workload, worker_hosts[0], diagnose)
 
     async def machines_have_nodes() -> bool:
         return all(

@@ -15,7 +15,6 @@ recipe and of the binaries' cache directories (their pins) and it appears atomic
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from capi_remote_testbed import toolchain
-from capi_remote_testbed.locks import build_lock
+from capi_remote_testbed.locks import build_once, recipe_hash
 from capi_remote_testbed.nodeimages import oci_image, write_oci_archive
 from capi_remote_testbed.toolchain import ETCD_VERSION, KUBERNETES_VERSION, cache_root
 
@@ -88,20 +87,12 @@ def build_archive(path: Path, binaries: dict[str, Path]) -> None:
 def ensure_archive(log: Callable[[str], None] = print) -> Path:
     """The cached OCI archive of kubeadm's images (built on a miss)."""
     binaries = _binaries(log)
-    recipe = hashlib.sha256(
-        "\n".join(
-            [
-                str(RECIPE_VERSION),
-                *(f"{n}={p}" for n, p in sorted(binaries.items())),
-                *sorted(image_refs().values()),
-            ]
-        ).encode()
-    ).hexdigest()[:12]
+    recipe = recipe_hash(
+        str(RECIPE_VERSION),
+        *(f"{n}={p}" for n, p in sorted(binaries.items())),
+        *sorted(image_refs().values()),
+    )
     images = cache_root() / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    archive = images / f"kubeadm-images-{recipe}.oci.tar"
-    with build_lock(images / ".kubeadm-images.lock"):
-        if not archive.is_file():
-            log(f"building kubeadm's images into {archive}")
-            build_archive(archive, binaries)
-    return archive
+    return build_once(
+        images / f"kubeadm-images-{recipe}.oci.tar", lambda path: build_archive(path, binaries), log
+    )

@@ -14,7 +14,6 @@ the packages' versions, the recipe), and it appears atomically under a lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from capi_remote_testbed import kubeadmimages, toolchain
+from capi_remote_testbed.containerdconfig import cri_plugin
 from capi_remote_testbed.hosts.layers import make_dir, write_file
-from capi_remote_testbed.locks import build_lock
+from capi_remote_testbed.locks import build_once, recipe_hash
 
 #: Bump when the recipe below changes.
 RECIPE_VERSION = 1
@@ -41,26 +41,13 @@ PACKAGE_BINARIES = {
     "usr/sbin/runc": "runc",
 }
 
-_CONTAINERD_CONFIG = f"""\
+_CONTAINERD_CONFIG = """\
 # containerd of a capi-remote test node (written by capi_remote_testbed/hosts/nodelayer.py).
 # Defaults otherwise: root /var/lib/containerd (a tmpfs of the host's own, so the overlayfs
 # snapshotter works inside the host's overlay root), socket /run/containerd/containerd.sock.
 version = 2
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{kubeadmimages.PAUSE_IMAGE}"
-  enable_selinux = false
-  # No CAP_SYS_RESOURCE on this VM: runc cannot lower a sandbox's oom_score_adj below ours.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-"""
+""" + cri_plugin(kubeadmimages.PAUSE_IMAGE, "/opt/cni/bin", "/etc/cni/net.d")
 
 
 def _package_binaries() -> dict[str, Path]:
@@ -128,20 +115,14 @@ def _build(layer: Path, contents: dict[str, Path]) -> None:
 def ensure_node_layer(log: Callable[[str], None] = print) -> Path:
     """The cached node layer (built on a miss, with every binary it needs)."""
     contents = _contents(log)
-    digest = hashlib.sha256(
-        "\n".join(
-            [str(RECIPE_VERSION), _CONTAINERD_CONFIG, _package_versions()]
-            + [f"{inside}={source}" for inside, source in sorted(contents.items())]
-        ).encode()
-    ).hexdigest()[:12]
+    digest = recipe_hash(
+        str(RECIPE_VERSION),
+        _CONTAINERD_CONFIG,
+        _package_versions(),
+        *(f"{inside}={source}" for inside, source in sorted(contents.items())),
+    )
     root = toolchain.cache_root() / "node-layer"
-    root.mkdir(parents=True, exist_ok=True)
-    layer = root / f"node-{digest}"
-    with build_lock(root / ".build.lock"):
-        if not layer.is_dir():
-            log(f"building the node layer into {layer}")
-            _build(layer, contents)
-    return layer
+    return build_once(root / f"node-{digest}", lambda layer: _build(layer, contents), log)
 
 
 def pod_subnet(index: int) -> str:
