@@ -19,7 +19,6 @@ from capi_remote.resources import (
     CLUSTERS,
     CONFIGMAPS,
     MACHINES,
-    POOLED_REMOTE_MACHINES,
     REMOTE_CLUSTERS,
     REMOTE_MACHINES,
     SECRETS,
@@ -56,11 +55,6 @@ async def _machines(bed: Bed, *, control_plane: bool) -> list[JSONDict]:
 
 def _running(machines: list[JSONDict]) -> list[JSONDict]:
     return [m for m in machines if (m.get("status") or {}).get("phase") == "Running"]
-
-
-async def _free(bed: Bed, pool: str) -> int:
-    hosts = await bed.list(POOLED_REMOTE_MACHINES)
-    return sum(1 for h in hosts if h["spec"]["pool"] == pool and not h["spec"].get("claim"))
 
 
 def _inside(bed: Bed, address: str, path: str) -> str:
@@ -240,8 +234,8 @@ async def _delete_and_check(bed: Bed, diagnose: Any) -> None:
         )
 
     await bed.wait_for("the Cluster and everything it owns to be gone", all_gone, 300, diagnose)
-    assert await _free(bed, CP_POOL) == 1
-    assert await _free(bed, WORKER_POOL) == WORKERS
+    assert await bed.free(CP_POOL) == 1
+    assert await bed.free(WORKER_POOL) == WORKERS
     for host in bed.fleet.hosts:
         # kubeadm reset ran (the default cleanup for KubeadmConfig machines) and our state went.
         assert host.exec_inside(["test", "-e", f"{kubeadm.PKI}/ca.crt"]).returncode != 0

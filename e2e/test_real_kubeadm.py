@@ -112,6 +112,15 @@ async def _workload_pod_on_worker(
         "--version",
     )  # fmt: skip
     assert "etcd Version: 3.6.10" in version, version
+    await asyncio.to_thread(workload, "delete", "pod", "-n", "default", "etcd-on-worker",
+                            "--timeout=60s")  # fmt: skip
+
+
+def _scale_workers(bed: Bed, replicas: int) -> None:
+    patch = [{"op": "replace", "path": "/spec/topology/workers/machineDeployments/0/replicas",
+              "value": replicas}]  # fmt: skip
+    bed.plane.kubectl("patch", "cluster", CLUSTER, "-n", bed.namespace, "--type=json",
+                      "-p", json.dumps(patch))  # fmt: skip
 
 
 def _usage(host: Host) -> tuple[int, float]:
@@ -205,6 +214,19 @@ async def test_real_kubeadm_init_and_join(
         )
 
     await bed.wait_for("every Machine linked to its Node", machines_have_nodes, 180, diagnose)
+
+    # Scale the workers to 0 and back: the worker's Node is deleted, its host runs kubeadm reset
+    # and returns to its pool, clean enough to join again.
+    await asyncio.to_thread(_scale_workers, bed, 0)
+
+    async def worker_released() -> bool:
+        out = await asyncio.to_thread(workload, "get", "nodes", "-o", "name")
+        return len(out.split()) == 1 and await bed.free(WORKER_POOL) == WORKERS
+
+    await bed.wait_for("the worker's Node gone, its host free", worker_released, 300, diagnose)
+    assert "kubelet" not in _ps(worker_hosts[0])
+    await asyncio.to_thread(_scale_workers, bed, WORKERS)
+    await bed.wait_for("the worker joined again, Ready", nodes_ready, 300, diagnose)
 
     # Delete: kubeadm reset on every host, hosts back in their pools, nothing of the node left.
     await bed.kube.delete(CLUSTERS, bed.namespace, CLUSTER)
