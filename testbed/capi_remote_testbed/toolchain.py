@@ -332,6 +332,7 @@ def ensure_node_supervisor(log: Callable[[str], None] = print) -> Path:
 @attrs.frozen
 class KubeadmBinary:
     kubeadm: Path
+    node_supervisor: Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         built: Toolchain | NodeBinaries | KubeadmBinary
         if args == ["kubeadm"]:
-            built = KubeadmBinary(ensure_kubeadm(log))
+            built = KubeadmBinary(ensure_kubeadm(log), ensure_node_supervisor(log))
         else:
             built = ensure_node(log) if args else ensure(log)
     except ToolchainError as error:
