@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 JSONDict = dict[str, Any]
 CLUSTER = "real"
 CP_POOL, WORKER_POOL = "real-control-plane", "real-workers"
-WORKERS = 1
+WORKERS = 2
 #: Processes that must be gone from a host after ``kubeadm reset`` (containerd, prepared by the
 #: operator like the supervisor, keeps running, as on a real machine).
 NODE_PROCESSES = ("kubelet", "containerd-shim", "kube-apiserver", "etcd", "kube-scheduler",
@@ -66,8 +66,17 @@ def _ps(host: Host) -> str:
     return host.exec_inside(["ps", "-eo", "args"]).stdout.decode(errors="replace")
 
 
+def _curl(host: Host, url: str) -> tuple[int, str]:
+    result = host.exec_inside(["curl", "-sS", "--max-time", "10", url], timeout=30)
+    return result.returncode, result.stdout.decode() + result.stderr.decode()
+
+
 async def _workload_pod_on_worker(
-    bed: Bed, workload: Callable[..., str], worker: Host, diagnose: Callable[[], str]
+    bed: Bed,
+    workload: Callable[..., str],
+    worker: Host,
+    control_plane_host: Host,
+    diagnose: Callable[[], str],
 ) -> None:
     """A Pod from an image made here runs on the worker, in its Pod subnet; the control plane's
     API server reaches that kubelet for ``kubectl logs`` and ``exec``."""
@@ -87,7 +96,15 @@ async def _workload_pod_on_worker(
                     "name": "etcd",
                     "image": kubeadmimages.image_refs()["etcd"],
                     "imagePullPolicy": "Never",
-                    "command": ["/usr/local/bin/etcd", "--data-dir=/var/etcd"],
+                    "command": [
+                        "/usr/local/bin/etcd",
+                        "--data-dir=/var/etcd",
+                        "--listen-client-urls=http://0.0.0.0:2379",
+                        "--advertise-client-urls=http://$(POD_IP):2379",
+                    ],
+                    "env": [
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                    ],
                 }
             ],
         },
@@ -112,6 +129,12 @@ async def _workload_pod_on_worker(
         "--version",
     )  # fmt: skip
     assert "etcd Version: 3.6.10" in version, version
+    # Pod traffic between nodes: the control-plane host reaches the Pod through the route to the
+    # worker's Pod subnet.
+    code, out = await asyncio.to_thread(
+        _curl, control_plane_host, f"http://{obj['status']['podIP']}:2379/version"
+    )
+    assert code == 0 and '"etcdserver":"3.6.10"' in out, out
     await asyncio.to_thread(workload, "delete", "pod", "-n", "default", "etcd-on-worker",
                             "--timeout=60s")  # fmt: skip
 
@@ -206,7 +229,7 @@ async def test_real_kubeadm_init_and_join(
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
     assert "kubelet" in _ps(worker_hosts[0])
 
-    await _workload_pod_on_worker(bed, workload, worker_hosts[0], diagnose)
+    await _workload_pod_on_worker(bed, workload, worker_hosts[0], cp_host, diagnose)
 
     async def machines_have_nodes() -> bool:
         return all(
