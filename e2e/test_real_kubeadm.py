@@ -57,6 +57,11 @@ async def _machines(bed: Bed) -> list[JSONDict]:
     return await bed.list(MACHINES, label_selector=f"cluster.x-k8s.io/cluster-name={CLUSTER}")
 
 
+def _condition(obj: JSONDict, type_: str) -> str:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return str(next((c["status"] for c in conditions if c["type"] == type_), ""))
+
+
 def _ready(node: JSONDict) -> bool:
     conditions = node["status"].get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -237,6 +242,20 @@ async def test_real_kubeadm_init_and_join(
         )
 
     await bed.wait_for("every Machine linked to its Node", machines_have_nodes, 180, diagnose)
+
+    async def kcp_available() -> bool:
+        kcps = (await bed.kube.list(kubeadm.KUBEADM_CONTROL_PLANES, bed.namespace))["items"]
+        return bool(kcps) and _condition(kcps[0], "Available") == "True"
+
+    async def machines_ready() -> bool:
+        machines = await _machines(bed)
+        return len(machines) == 1 + WORKERS and all(
+            _condition(m, "Ready") == "True" and _condition(m, "Available") == "True"
+            for m in machines
+        )
+
+    await bed.wait_for("KubeadmControlPlane Available", kcp_available, 300, diagnose)
+    await bed.wait_for("every Machine Ready and Available", machines_ready, 300, diagnose)
 
     # Scale the workers to 0 and back: the worker's Node is deleted, its host runs kubeadm reset
     # and returns to its pool, clean enough to join again.
