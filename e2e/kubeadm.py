@@ -3,7 +3,8 @@ topology Cluster template, with what the test bed needs added, and the workload 
 create: a kube-apiserver (``capi_remote_testbed.workload``) whose CA is the ``<cluster>-ca`` the
 kubeadm control-plane provider signs everything with.
 
-The hosts have no kubeadm: ``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
+These hosts have no kubeadm (``e2e/realkubeadm.py`` is the flavour with real nodes):
+``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
 ``files`` entry of the kubeadm configs, i.e. through the very cloud-config the kubeadm bootstrap
 provider renders. etcd is configured as external (the test bed's etcd, which the workload API
 server uses): with stacked etcd KCP would inspect etcd members through port-forwards to etcd Pods,

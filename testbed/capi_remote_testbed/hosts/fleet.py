@@ -59,7 +59,9 @@ class HostFleet:
     """N namespaced sshd hosts on a private bridge; a context manager that cleans up after itself.
 
     Users on every host: ``root`` and ``deploy`` (passwordless sudo) and ``operator`` (sudo needs
-    :attr:`operator_password`), all authorised for :attr:`client_key`.
+    :attr:`operator_password`), all authorised for :attr:`client_key`. With ``nodes=True`` each
+    host is prepared as a Kubernetes node (docs/test-bed-hosts.md): containerd running with
+    kubeadm's images, kubeadm/kubelet/kubectl, CNI, the node supervisor, its own cgroup subtree.
     """
 
     def __init__(
