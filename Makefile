@@ -69,6 +69,7 @@ toolchain: venv
 	$(BIN)/python -m capi_remote_testbed.toolchain
 	$(BIN)/python -m capi_remote_testbed.toolchain node
 	$(BIN)/python -m capi_remote_testbed.toolchain cert-manager
+	$(BIN)/python -m capi_remote_testbed.toolchain kubeadm
 	$(BIN)/python -m capi_remote_testbed.kubeadm_providers
 
 clean-devenv: venv

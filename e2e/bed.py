@@ -168,6 +168,11 @@ class Bed:
 
     # -- observations ------------------------------------------------------------------------
 
+    async def free(self, pool: str) -> int:
+        """How many pooled hosts of ``pool`` no Machine claims."""
+        hosts = await self.list(POOLED_REMOTE_MACHINES)
+        return sum(1 for h in hosts if h["spec"]["pool"] == pool and not h["spec"].get("claim"))
+
     async def machine_phase(self, name: str) -> str:
         machine = await self.get(MACHINES, name)
         return str(((machine or {}).get("status") or {}).get("phase") or "")

@@ -3,7 +3,8 @@ topology Cluster template, with what the test bed needs added, and the workload 
 create: a kube-apiserver (``capi_remote_testbed.workload``) whose CA is the ``<cluster>-ca`` the
 kubeadm control-plane provider signs everything with.
 
-The hosts have no kubeadm: ``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
+These hosts have no kubeadm (``e2e/realkubeadm.py`` is the flavour with real nodes):
+``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
 ``files`` entry of the kubeadm configs, i.e. through the very cloud-config the kubeadm bootstrap
 provider renders. etcd is configured as external (the test bed's etcd, which the workload API
 server uses): with stacked etcd KCP would inspect etcd members through port-forwards to etcd Pods,
@@ -26,9 +27,11 @@ import yaml
 
 from capi_remote.kube.client import Resource
 from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.pki import CertificateAuthority, KeyPair
 from capi_remote_testbed.toolchain import KUBERNETES_VERSION
 from capi_remote_testbed.workload import WorkloadApiServer
+from e2e.bed import Bed
 
 JSONDict = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +54,18 @@ INSTANCE_TEMPLATE = (
     "instance_id={{ ds.meta_data.instance_id }}\n"
 )
 _VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::=([^}]*))?\}")
+
+
+def describe(bed: Bed, managers: RunningProviders) -> str:
+    """What a failed wait prints: the Cluster API objects of the test's namespace, the managers'
+    log tails."""
+    parts = []
+    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
+        try:
+            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
+        except Exception as error:  # a diagnosis must not hide the real failure
+            parts.append(f"(describe {kind}: {error})")
+    return "\n".join(parts) + "\n" + managers.log_tails()
 
 
 def envsubst(text: str, variables: dict[str, str]) -> str:

@@ -19,7 +19,6 @@ from capi_remote.resources import (
     CLUSTERS,
     CONFIGMAPS,
     MACHINES,
-    POOLED_REMOTE_MACHINES,
     REMOTE_CLUSTERS,
     REMOTE_MACHINES,
     SECRETS,
@@ -58,21 +57,6 @@ def _running(machines: list[JSONDict]) -> list[JSONDict]:
     return [m for m in machines if (m.get("status") or {}).get("phase") == "Running"]
 
 
-async def _free(bed: Bed, pool: str) -> int:
-    hosts = await bed.list(POOLED_REMOTE_MACHINES)
-    return sum(1 for h in hosts if h["spec"]["pool"] == pool and not h["spec"].get("claim"))
-
-
-def _diagnose(bed: Bed, managers: RunningProviders) -> str:
-    parts = []
-    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-        try:
-            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
-        except Exception as error:  # a diagnosis must not hide the real failure
-            parts.append(f"(describe {kind}: {error})")
-    return "\n".join(parts) + "\n" + managers.log_tails()
-
-
 def _inside(bed: Bed, address: str, path: str) -> str:
     host = next(h for h in bed.fleet.hosts if h.address == address)
     result = host.exec_inside(["cat", path])
@@ -100,7 +84,7 @@ async def test_cluster_class_topology_with_kubeadm_control_plane(
     etcd_ca = CertificateAuthority.create("etcd-ca")
 
     def diagnose() -> str:
-        return _diagnose(bed, kubeadm_managers)
+        return kubeadm.describe(bed, kubeadm_managers)
 
     with kubeadm.workload_api_server(plane, ca, bed.fleet.gateway) as workload:
         workload_kube = await KubeClient.from_kubeconfig(str(workload.kubeconfig))
@@ -250,8 +234,8 @@ async def _delete_and_check(bed: Bed, diagnose: Any) -> None:
         )
 
     await bed.wait_for("the Cluster and everything it owns to be gone", all_gone, 300, diagnose)
-    assert await _free(bed, CP_POOL) == 1
-    assert await _free(bed, WORKER_POOL) == WORKERS
+    assert await bed.free(CP_POOL) == 1
+    assert await bed.free(WORKER_POOL) == WORKERS
     for host in bed.fleet.hosts:
         # kubeadm reset ran (the default cleanup for KubeadmConfig machines) and our state went.
         assert host.exec_inside(["test", "-e", f"{kubeadm.PKI}/ca.crt"]).returncode != 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -22,3 +23,19 @@ def build_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recipe_hash(*parts: str) -> str:
+    """The short hash a cache entry's name carries: it changes whenever any part of its recipe
+    does, so a cached entry is never stale."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def build_once(target: Path, build: Callable[[Path], None], log: Callable[[str], None]) -> Path:
+    """``target`` from the cache, or built by ``build(target)`` under a lock beside it (the build
+    must make ``target`` appear atomically)."""
+    with build_lock(target.parent / f".{target.name.rsplit('-', 1)[0]}.lock"):
+        if not target.exists():
+            log(f"building {target}")
+            build(target)
+    return target

@@ -42,6 +42,7 @@ import attrs
 import yaml
 
 from capi_remote_testbed import toolchain
+from capi_remote_testbed.containerdconfig import cri_plugin
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.net import free_port, http_ok
 from capi_remote_testbed.nodeimages import PAUSE_IMAGE, ensure_image_archive, image_identity
@@ -55,6 +56,26 @@ APT_PACKAGES = ("containerd", "runc")
 # Where containerd 1.6 mounts the Pods' network namespaces (machine-wide; ours are found through
 # our containers' specs).
 _SANDBOX_NETNS_DIRS = ("/var/run/netns/", "/run/netns/")
+
+
+#: What the kubelet needs on this VM (cgroup v1, cgroupfs, no QoS cgroups, evictions and image GC
+#: effectively off): the kubelets of the hosts prepared as nodes get the same through kubeadm.
+KUBELET_ON_THIS_VM: dict[str, object] = {
+    "failCgroupV1": False,
+    "cgroupDriver": "cgroupfs",
+    "cgroupsPerQOS": False,
+    "enforceNodeAllocatable": [],
+    "failSwapOn": False,
+    "localStorageCapacityIsolation": False,
+    "evictionHard": {
+        "memory.available": "1Mi",
+        "nodefs.available": "1%",
+        "imagefs.available": "1%",
+        "nodefs.inodesFree": "1%",
+    },
+    "imageGCHighThresholdPercent": 100,
+    "imageGCLowThresholdPercent": 99,
+}
 
 
 class NodeError(RuntimeError):
@@ -163,19 +184,7 @@ state = "{base / "state"}"
 [grpc]
   address = "{self.containerd_socket}"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  enable_selinux = false
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni / "bin"}"
-    conf_dir = "{cni / "net.d"}"
-"""
+""" + cri_plugin(PAUSE_IMAGE, str(cni / "bin"), str(cni / "net.d"))
 
     def _start_containerd(self, network: NodeNetwork) -> None:
         config = self.workdir / "containerd.toml"
@@ -289,11 +298,7 @@ state = "{base / "state"}"
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "failCgroupV1": False,
-            "cgroupDriver": "cgroupfs",
-            "cgroupsPerQOS": False,
-            "enforceNodeAllocatable": [],
-            "failSwapOn": False,
+            **KUBELET_ON_THIS_VM,
             "address": network.host_address,
             "port": free_port(),
             "readOnlyPort": 0,
@@ -309,16 +314,7 @@ state = "{base / "state"}"
             "podLogsDir": str(self.workdir / "pod-logs"),
             "staticPodPath": "",
             "registerNode": True,
-            "evictionHard": {
-                "memory.available": "1Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-            },
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
             "imageMinimumGCAge": "876000h",
-            "localStorageCapacityIsolation": False,
             "serializeImagePulls": False,
             "makeIPTablesUtilChains": False,
             "resolvConf": "/etc/resolv.conf",

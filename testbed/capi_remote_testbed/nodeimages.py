@@ -22,7 +22,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def _blob(directory: Path, data: bytes) -> dict[str, Any]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def _layer(work: Path, source: Path) -> tuple[dict[str, Any], str]:
+def oci_layer(work: Path, source: Path) -> tuple[dict[str, Any], str]:
     """Write ``source`` as a gzip layer blob; returns its descriptor and its diff id."""
     raw = work / "layer.tar"
     with raw.open("wb") as out:
@@ -157,52 +157,61 @@ def build_image_archive(path: Path, source: Path, pause: Path) -> None:
     try:
         (work / "blobs" / "sha256").mkdir(parents=True)
         identity = SshKey.generate()
-        rootfs_layer = _layer(work, source)
-        tsh_layer = _layer(work, _tsh_layer(work / "tsh-layer", identity.private_openssh))
+        rootfs_layer = oci_layer(work, source)
+        tsh_layer = oci_layer(work, _tsh_layer(work / "tsh-layer", identity.private_openssh))
         images = (
             (SSH_CLIENT_IMAGE, [rootfs_layer], {"Cmd": ["/bin/sh"]}),
             (TSH_IMAGE, [rootfs_layer, tsh_layer], {"Cmd": ["/bin/sh"]}),
-            (PAUSE_IMAGE, [_layer(work, pause)], {"Entrypoint": [f"/{pause.name}"]}),
+            (PAUSE_IMAGE, [oci_layer(work, pause)], {"Entrypoint": [f"/{pause.name}"]}),
         )
-        manifests = []
-        for ref, layers, command in images:
-            config = {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {
-                    **command,
-                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                },
-                "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
-            }
-            config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-                "layers": [layer for layer, _ in layers],
-            }
-            manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
-            manifests.append(
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    **manifest_blob,
-                    "annotations": {"io.containerd.image.name": ref},
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                }
-            )
-        (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        (work / "index.json").write_text(
-            json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
-        )
+        manifests = [oci_image(work, ref, layers, command) for ref, layers, command in images]
         _identity_path(path).write_text(identity.public + "\n")
-        staging = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(staging, "w") as archive:
-            for entry in ("oci-layout", "index.json", "blobs"):
-                archive.add(work / entry, entry)
-        staging.rename(path)
+        write_oci_archive(path, work, manifests)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def oci_image(
+    work: Path, ref: str, layers: Sequence[tuple[dict[str, Any], str]], command: dict[str, Any]
+) -> dict[str, Any]:
+    """One image's config and manifest blobs in ``work`` over ``layers`` (from
+    :func:`oci_layer`, bottom first); returns its index entry."""
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            **command,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+    }
+    config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
+        "layers": [layer for layer, _ in layers],
+    }
+    manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
+    return {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **manifest_blob,
+        "annotations": {"io.containerd.image.name": ref},
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
+
+
+def write_oci_archive(path: Path, work: Path, manifests: list[dict[str, Any]]) -> None:
+    """Tar ``work``'s OCI layout with ``manifests`` as its index; appears atomically at ``path``."""
+    (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (work / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
+    )
+    staging = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(staging, "w") as archive:
+        for entry in ("oci-layout", "index.json", "blobs"):
+            archive.add(work / entry, entry)
+    staging.rename(path)
 
 
 def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Path:

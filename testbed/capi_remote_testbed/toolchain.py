@@ -120,6 +120,16 @@ NODE = Component(
     ),
     ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
 )
+# What an operator installs on a machine that becomes a real node (``kubeadm init``/``join`` from
+# CABPK's bootstrap data): its own wrapper module with the same pins, so adding it invalidates no
+# other cache entry.
+KUBEADM = Component(
+    name="kubeadm",
+    version=KUBERNETES_VERSION,
+    module_dir="kubeadm",
+    packages=("k8s.io/kubernetes/cmd/kubeadm",),
+    ldflags=_kubernetes_ldflags(KUBERNETES_VERSION),
+)
 # The node's Pod network: the CNI plugins containerd runs (the node's CNI configuration names them).
 CNI_PLUGINS = Component(
     name="cni-plugins",
@@ -146,6 +156,15 @@ CERT_MANAGER = Component(
     version=CERT_MANAGER_VERSION,
     module_dir="certmanager",
     packages=("capi-remote.dev/toolchain/cert-manager",),
+)
+
+# Supervises containerd and the kubelet on a test-bed host that becomes a real node (the hosts have
+# no systemd) and, installed as systemctl, is how kubeadm (re)starts the kubelet: our own code.
+NODE_SUPERVISOR = Component(
+    name="nodesupervisor",
+    version="v1",
+    module_dir="nodesupervisor",
+    packages=("capi-remote.dev/toolchain/nodesupervisor",),
 )
 
 # The CAPI module's root package builds a binary named after the module; give it a clear name.
@@ -324,22 +343,46 @@ def ensure_cert_manager(log: Callable[[str], None] = print) -> CertManager:
     )
 
 
+def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
+    """Find (``TEST_ASSET_KUBEADM``, ``$KUBEBUILDER_ASSETS``) or build kubeadm."""
+    found = _from_environment("kubeadm")
+    if found is None:
+        _build(KUBEADM, log)
+        found = KUBEADM.cache_dir / "kubeadm"
+    return found
+
+
+def ensure_node_supervisor(log: Callable[[str], None] = print) -> Path:
+    """Build (or find in the cache) the hosts' node supervisor."""
+    _build(NODE_SUPERVISOR, log)
+    return NODE_SUPERVISOR.cache_dir / "nodesupervisor"
+
+
+@attrs.frozen
+class KubeadmBinary:
+    kubeadm: Path
+    node_supervisor: Path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the control plane's binaries, or with ``node`` the node's, or with
-    ``cert-manager`` cert-manager's (building the missing)."""
+    """Print the control plane's binaries, or with ``node``/``kubeadm``/``cert-manager`` the
+    node's, kubeadm's or cert-manager's (building the missing)."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["node"], ["cert-manager"]):
-        print("usage: python -m capi_remote_testbed.toolchain [node|cert-manager]", file=sys.stderr)
+    if args not in ([], ["node"], ["kubeadm"], ["cert-manager"]):
+        print(
+            "usage: python -m capi_remote_testbed.toolchain [node|kubeadm|cert-manager]",
+            file=sys.stderr,
+        )
         return 2
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        built: Toolchain | NodeBinaries | CertManager = (
-            ensure(log)
-            if not args
-            else ensure_node(log)
-            if args == ["node"]
-            else ensure_cert_manager(log)
-        )
+        built: Toolchain | NodeBinaries | KubeadmBinary | CertManager
+        if args == ["kubeadm"]:
+            built = KubeadmBinary(ensure_kubeadm(log), ensure_node_supervisor(log))
+        elif args == ["cert-manager"]:
+            built = ensure_cert_manager(log)
+        else:
+            built = ensure_node(log) if args else ensure(log)
     except ToolchainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

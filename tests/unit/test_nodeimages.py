@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from capi_remote_testbed import kubeadmimages
 from capi_remote_testbed.nodeimages import (
     PAUSE_IMAGE,
     SSH_CLIENT_IMAGE,
@@ -92,3 +93,35 @@ def test_the_archive_holds_a_rootfs_image_a_tsh_image_and_a_pause_image_of_one_b
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     assert public.split()[:2] == derived.decode().split()[:2]
+
+
+def test_kubeadm_images_hold_one_binary_each_under_the_image_repository(tmp_path: Path) -> None:
+    binaries = {}
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
+                 "etcd", "pause"):  # fmt: skip
+        binaries[name] = tmp_path / "bin" / name
+        binaries[name].parent.mkdir(exist_ok=True)
+        binaries[name].write_bytes(b"\x7fELF " + name.encode())
+    archive_path = tmp_path / "kubeadm.oci.tar"
+
+    kubeadmimages.build_archive(archive_path, binaries)
+
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    with tarfile.open(archive_path) as archive:
+        for entry in json.loads(_read(archive, "index.json"))["manifests"]:
+            manifest = json.loads(_blob(archive, entry))
+            config = json.loads(_blob(archive, manifest["config"]))
+            (layer,) = manifest["layers"]
+            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(_blob(archive, layer)))) as tar:
+                files = [m.name for m in tar.getmembers() if m.isfile()]
+            found[entry["annotations"]["io.containerd.image.name"]] = (
+                config["config"]["Entrypoint"],
+                files,
+            )
+    refs = kubeadmimages.image_refs()
+    assert set(found) == set(refs.values())
+    assert refs["kube-apiserver"] == f"{kubeadmimages.IMAGE_REPOSITORY}/kube-apiserver:v1.35.4"
+    assert refs["etcd"].endswith(f"/etcd:{kubeadmimages.ETCD_IMAGE_TAG}")  # never upstream's tag
+    assert refs["pause"] == kubeadmimages.PAUSE_IMAGE
+    for name, ref in refs.items():
+        assert found[ref] == ([f"/usr/local/bin/{name}"], [f"usr/local/bin/{name}"])

@@ -17,7 +17,10 @@ Invariants:
 One concept per module: ``names`` (what a fleet owns and where its state lives), ``system``
 (commands and processes), ``keys``, ``layers`` (the files a host boots from), ``host`` (one host
 and its fault knobs), ``fleet``, ``slots`` (locks, leftovers, destruction), ``leftovers``
-(sweeping crashed runs), ``__main__`` (``python -m capi_remote_testbed.hosts cleanup``).
+(sweeping crashed runs), ``__main__`` (``python -m capi_remote_testbed.hosts cleanup``); for hosts
+that can be Kubernetes nodes (``HostFleet(nodes=True)``): ``nodelayer`` (the prepared machine's
+files), ``cgroups`` (each host's own cgroup subtree and namespace), ``nodes`` (importing the
+images once a host runs).
 """
 
 from capi_remote_testbed.hosts.fleet import HostFleet

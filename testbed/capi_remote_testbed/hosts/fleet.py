@@ -22,6 +22,7 @@ from types import TracebackType
 import paramiko
 
 from capi_remote_testbed import rootfs as rootfs_module
+from capi_remote_testbed.hosts import cgroups, nodelayer
 from capi_remote_testbed.hosts.host import READY_LINE, Host
 from capi_remote_testbed.hosts.keys import SshKey
 from capi_remote_testbed.hosts.layers import (
@@ -40,6 +41,7 @@ from capi_remote_testbed.hosts.names import (
     SUBNET_PREFIX,
     default_state_dir,
 )
+from capi_remote_testbed.hosts.nodes import import_images
 from capi_remote_testbed.hosts.slots import (
     destroy_slot,
     release_slot,
@@ -57,7 +59,9 @@ class HostFleet:
     """N namespaced sshd hosts on a private bridge; a context manager that cleans up after itself.
 
     Users on every host: ``root`` and ``deploy`` (passwordless sudo) and ``operator`` (sudo needs
-    :attr:`operator_password`), all authorised for :attr:`client_key`.
+    :attr:`operator_password`), all authorised for :attr:`client_key`. With ``nodes=True`` each
+    host is prepared as a Kubernetes node (docs/test-bed-hosts.md): containerd running with
+    kubeadm's images, kubeadm/kubelet/kubectl, CNI, the node supervisor, its own cgroup subtree.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class HostFleet:
         state_dir: Path | None = None,
         ready_timeout: float = 30.0,
         sshd_config_extra: Mapping[str, str] | None = None,
+        nodes: bool = False,
     ) -> None:
         if not 1 <= count <= MAX_HOSTS:
             raise ValueError(f"a fleet has 1..{MAX_HOSTS} hosts, not {count}")
@@ -78,6 +83,9 @@ class HostFleet:
         self.state_dir = state_dir or default_state_dir()
         self.ready_timeout = ready_timeout
         self.sshd_config_extra = dict(sshd_config_extra or {})
+        #: Hosts that can become Kubernetes nodes (hosts/nodelayer.py, hosts/cgroups.py).
+        self.nodes = nodes
+        self._node_layer: Path | None = None
         self.client_key = SshKey.generate()
         self.hosts: list[Host] = []
         self.slot = -1
@@ -163,6 +171,8 @@ class HostFleet:
         if os.geteuid() != 0:
             raise PermissionError("namespaced test hosts need root (netns, mounts, pivot_root)")
         lower = self.rootfs or rootfs_module.ensure_rootfs()
+        if self.nodes:
+            self._node_layer = nodelayer.ensure_node_layer(log=lambda _: None)
         LIVE_FLEETS.add(self)
         try:
             self._allocate_slot()
@@ -172,6 +182,9 @@ class HostFleet:
             for host in self.hosts:
                 self._spawn(host, lower)
             self._wait_ready()
+            if self.nodes:
+                for host in self.hosts:
+                    import_images(host)
         except BaseException:
             self.close()
             raise
@@ -241,9 +254,22 @@ class HostFleet:
             (host.dir / "net.batch").write_text(
                 "link set lo up\n"
                 f"addr add {host.address}/{self.subnet.prefixlen} dev eth0\n"
-                "link set eth0 up\n"
+                "link set eth0 up\n" + (self._pod_routes(host) if self.nodes else "")
             )
+            if self.nodes:
+                nodelayer.write_host_files(upper, host.index)
+                (host.dir / "cgroups").write_text(cgroups.mounts_file())
         self.write_known_hosts()
+
+    def _pod_routes(self, host: Host) -> str:
+        """Routes to the other node hosts' Pod subnets, via those hosts (Pods talk directly), and
+        a default route on the host's link, as a machine has (kubeadm picks its advertise address
+        from it), without a gateway: nothing leaves the bridge."""
+        return "route add default dev eth0\n" + "".join(
+            f"route add {nodelayer.pod_subnet(other.index)} via {other.address}\n"
+            for other in self.hosts
+            if other is not host
+        )
 
     def _create_network(self) -> None:
         """Bridge + one netns and veth per host, in a single `ip -batch` (one fork, not 4N)."""
@@ -262,9 +288,20 @@ class HostFleet:
 
     def _spawn(self, host: Host, lower: Path) -> None:
         lowerdir = f"{self.dir / 'layer'}:{lower}"
+        prefix: list[str] = []
+        env = BASE_ENV
+        if self._node_layer is not None:
+            lowerdir = f"{self.dir / 'layer'}:{self._node_layer}:{lower}"
+            # Enter the host's cgroup subtree, then unshare a cgroup namespace rooted there.
+            procs = cgroups.create(host.netns)
+            env = {**BASE_ENV, "CGROUP_PROCS": " ".join(map(str, procs))}
+            prefix = ["sh", "-c", 'for p in $CGROUP_PROCS; do echo $$ > "$p"; done; exec "$@"',
+                      "cgroup-enter"]  # fmt: skip
         argv = [
+            *prefix,
             "ip", "netns", "exec", host.netns,
             "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+            *(["--cgroup"] if prefix else []),
             "--propagation", "private",
             "/bin/sh", str(self.dir / "init.sh"), str(host.dir), host.name, lowerdir,
         ]  # fmt: skip
@@ -274,7 +311,7 @@ class HostFleet:
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=BASE_ENV,
+                env=env,
                 start_new_session=True,  # Ctrl-C reaches the harness, which then tears down
             )
         host._sshd_running = True

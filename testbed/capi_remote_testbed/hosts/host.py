@@ -147,6 +147,7 @@ class Host:
                 "--uts",
                 "--net",
                 "--pid",
+                "--cgroup",  # a node host's own cgroup namespace (the machine's for the others)
                 "--root",
                 "--wd",
                 "--",

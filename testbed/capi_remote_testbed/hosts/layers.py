@@ -32,12 +32,25 @@ mount --rbind /dev "$m/dev"
 mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs "$m/run"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$m/tmp"
 mkdir -m 755 "$m/run/sshd" "$m/run/lock"
+if [ -x "$m/usr/local/sbin/capi-node-supervisor" ]; then
+  # A node host (hosts/nodelayer.py): the hierarchies of its cgroup namespace (its own subtree,
+  # hosts/cgroups.py) and a tmpfs for containerd, whose overlayfs snapshotter needs a real fs.
+  mount -t tmpfs -o nosuid,nodev,noexec,mode=755 cgroup "$m/sys/fs/cgroup"
+  while read -r dir type opts; do
+    mkdir "$m$dir"
+    mount -t "$type" -o "$opts" "$type" "$m$dir"
+  done < "$hostdir/cgroups"
+  mount -t tmpfs -o mode=711 containerd "$m/var/lib/containerd"
+fi
 printf '%s' "$name" > /proc/sys/kernel/hostname
 cd "$m"
 pivot_root . .oldroot
 cd /
 umount -l /.oldroot
 set +e
+if [ -x /usr/local/sbin/capi-node-supervisor ]; then
+  /usr/local/sbin/capi-node-supervisor </dev/null >>/var/log/capi-node-supervisor.log 2>&1 &
+fi
 sshd=
 running() {
   [ -n "$sshd" ] && [ -r "/proc/$sshd/stat" ] || return 1

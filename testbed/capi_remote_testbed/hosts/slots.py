@@ -16,6 +16,7 @@ import signal
 import time
 from pathlib import Path
 
+from capi_remote_testbed.hosts import cgroups
 from capi_remote_testbed.hosts.names import LINK_RE, LOCK_DIR, MARKER, slot_of
 from capi_remote_testbed.hosts.system import pid_alive, run
 
@@ -129,11 +130,13 @@ def slot_leftovers(slot: int, state_dir: Path) -> list[str]:
         found.append(str(fleet_dir))
     found += [f"pid {pid}" for pid in slot_processes(slot, state_dir)]
     found += [f"mount {point}" for point in slot_mounts(slot, state_dir)]
+    found += [f"cgroup {path}" for path in cgroups.slot_cgroups(slot)]
     return found
 
 
 def destroy_slot(slot: int, state_dir: Path, *, netns_count: int | None = None) -> None:
-    """Remove every trace of ``slot``: processes, netns (and with them veths), bridge, dirs.
+    """Remove every trace of ``slot``: processes, netns (and with them veths), bridge, cgroups,
+    dirs.
 
     The caller holds the slot's lock. ``netns_count`` (a fleet's own close) skips discovery.
     """
@@ -173,4 +176,5 @@ def destroy_slot(slot: int, state_dir: Path, *, netns_count: int | None = None) 
             run(["ip", "-force", "-batch", "-"], input="\n".join(batch) + "\n", check=False)
             break
         time.sleep(0.02)
+    cgroups.remove(cgroups.slot_cgroups(slot))  # node hosts' subtrees, empty now
     shutil.rmtree(state_dir / prefix, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""The images ``kubeadm init``/``join`` runs, made here from the pinned binaries because no
+registry is reachable: kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, etcd
+and the sandbox (pause), each one layer holding its static binary at ``/usr/local/bin``, tagged
+under :data:`IMAGE_REPOSITORY` (the ``imageRepository`` a KubeadmControlPlane names).
+
+Tags: the Kubernetes images carry :data:`KUBERNETES_VERSION` (what kubeadm asks for); etcd and
+pause carry our own versions (:data:`ETCD_IMAGE_TAG`, :data:`PAUSE_IMAGE`), never the upstream
+tags kubeadm defaults to, because they are not those images: the ClusterConfiguration names the
+etcd tag and containerd's ``sandbox_image`` names the pause image. CoreDNS is not built: the
+configs skip kubeadm's ``addon/coredns`` phase.
+
+Invariant: like :mod:`capi_remote_testbed.nodeimages`, the archive's name carries a hash of its
+recipe and of the binaries' cache directories (their pins) and it appears atomically under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from capi_remote_testbed import toolchain
+from capi_remote_testbed.locks import build_once, recipe_hash
+from capi_remote_testbed.nodeimages import oci_image, oci_layer, write_oci_archive
+from capi_remote_testbed.toolchain import ETCD_VERSION, KUBERNETES_VERSION, cache_root
+
+IMAGE_REPOSITORY = "registry.capi-remote.test/k8s"
+ETCD_IMAGE_TAG = ETCD_VERSION
+PAUSE_IMAGE = f"{IMAGE_REPOSITORY}/pause:capi-remote-v1"
+#: Bump when the recipe below changes.
+RECIPE_VERSION = 1
+
+
+def _binaries(log: Callable[[str], None]) -> dict[str, Path]:
+    """Image name (without repository) -> the binary it runs."""
+    control_plane = toolchain.ensure(log=log)
+    node = toolchain.ensure_node(log=log)
+    return {
+        "kube-apiserver": control_plane.kube_apiserver,
+        "kube-controller-manager": control_plane.kube_controller_manager,
+        "kube-scheduler": node.kube_scheduler,
+        "kube-proxy": node.kube_proxy,
+        "etcd": control_plane.etcd,
+        "pause": node.pause,
+    }
+
+
+def image_refs() -> dict[str, str]:
+    """Image name -> full reference, as kubeadm (and containerd, for pause) asks for them."""
+    refs = {
+        name: f"{IMAGE_REPOSITORY}/{name}:{KUBERNETES_VERSION}"
+        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+    }
+    refs["etcd"] = f"{IMAGE_REPOSITORY}/etcd:{ETCD_IMAGE_TAG}"
+    refs["pause"] = PAUSE_IMAGE
+    return refs
+
+
+def build_archive(path: Path, binaries: dict[str, Path]) -> None:
+    """An OCI archive with one image per binary (``/usr/local/bin/<binary>``, its entrypoint)."""
+    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
+    try:
+        (work / "blobs" / "sha256").mkdir(parents=True)
+        refs = image_refs()
+        manifests = []
+        for name, binary in sorted(binaries.items()):
+            tree = work / "tree"
+            bin_dir = tree / "usr" / "local" / "bin"
+            bin_dir.mkdir(parents=True, mode=0o755)
+            for directory in (tree, tree / "usr", tree / "usr" / "local", bin_dir):
+                directory.chmod(0o755)
+            target = bin_dir / binary.name
+            try:
+                os.link(binary, target)  # same file system as the cache: no copy
+            except OSError:
+                shutil.copy2(binary, target)
+            command = {"Entrypoint": [f"/usr/local/bin/{binary.name}"]}
+            manifests.append(oci_image(work, refs[name], [oci_layer(work, tree)], command))
+            shutil.rmtree(tree)
+        write_oci_archive(path, work, manifests)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ensure_archive(log: Callable[[str], None] = print) -> Path:
+    """The cached OCI archive of kubeadm's images (built on a miss)."""
+    binaries = _binaries(log)
+    recipe = recipe_hash(
+        str(RECIPE_VERSION),
+        *(f"{n}={p}" for n, p in sorted(binaries.items())),
+        *sorted(image_refs().values()),
+    )
+    images = cache_root() / "images"
+    return build_once(
+        images / f"kubeadm-images-{recipe}.oci.tar", lambda path: build_archive(path, binaries), log
+    )
