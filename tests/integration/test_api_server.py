@@ -11,6 +11,7 @@ import pytest
 
 from capi_remote.api import GROUP
 from capi_remote.kube.client import ApiError, KubeClient, Resource
+from reconcilers.pool import RECHECK_ANNOTATION
 from tests.fixtures_provider import RunningController
 from tests.unit.test_api_models import FIXTURE_IDS, FIXTURES, Fixture
 
@@ -42,6 +43,16 @@ def _for_create(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
     return obj
 
 
+def _without_stale_claim_release(served: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The running controller releases a pool fixture's claim: it names a RemoteMachine of
+    another namespace, which never counts (issue 13). The claim's conversion is covered by
+    tests/unit/test_api_conversion.py; here what the controller did is taken out of both."""
+    annotations = served["metadata"].get("annotations") or {}
+    if served["kind"] == "PooledRemoteMachine" and "claim" not in served["spec"]:
+        expected["spec"].pop("claim", None)
+        annotations.pop(RECHECK_ANNOTATION, None)
+
+
 def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     return {
@@ -69,6 +80,7 @@ async def test_fixture_round_trips_through_the_server(
     for version in ("v1beta1", "v1beta2"):
         served = await kube.get(_resource(kind, version), namespace, name)
         expected = _for_create(fixture.load(version), namespace)
+        _without_stale_claim_release(served, expected)
         assert _comparable(served) == _comparable(expected), (
             f"{kind} written as {written}, read as {version}\n{controller.log_tail()}"
         )
