@@ -1,5 +1,5 @@
-"""k0smotron's documented flows that needed more than the host-key step (issue 16, points 1 and
-3), from its manifests (v1beta1, as its docs write them):
+"""k0smotron's documented flows that needed more than the host-key step (issue 16, points 1, 3
+and 4), from its manifests (v1beta1, as its docs write them):
 
 - docs/capi-remotemachine-teleport.md: a RemoteMachine without ``sshKeyRef`` whose provisionJob
   commands log in themselves (``tsh -i /identity-output/identity --proxy ... ssh``). The image
@@ -8,6 +8,9 @@
 - docs/capi-remote.md: a RemoteMachineTemplate and a PooledRemoteMachine with no host-key
   policy. The probe tells the truth (``Untrusted``, not ``Unreachable``), and giving the host a
   policy, then its line in the known_hosts ConfigMap, makes it usable within seconds.
+- its standalone RemoteMachine flow (a RemoteMachine and the Machine that names it): the labels
+  and annotations the user puts on the RemoteMachine reach the Machine, as k0smotron copies them
+  (users select Machines on them), without overriding the Machine's own.
 """
 
 from __future__ import annotations
@@ -231,3 +234,36 @@ async def test_a_pool_host_without_a_policy_is_untrusted_until_its_key_is_known(
 
     await bed.wait_for("the MachineDeployment's Machine Running", running, 120)
     assert host.exec_inside(["test", "-e", "/etc/e2e/node.json"]).returncode == 0
+
+
+async def test_a_standalone_machines_labels_and_annotations_reach_its_machine(
+    make_bed: BedFactory,
+) -> None:
+    bed = await make_bed(1)
+    await bed.cluster("k0s")
+    data = await bed.bootstrap_secret("k0s-bootstrap")
+    spec = bed.host_spec(bed.fleet.hosts[0])
+    obj = {
+        "apiVersion": K0SMOTRON_API,
+        "kind": "RemoteMachine",
+        "metadata": {
+            "name": "k0s-0",
+            "namespace": bed.namespace,
+            "labels": {"rack": "r1", "role": "from-remote-machine"},
+            "annotations": {"example.com/owner": "team-a", "cluster.x-k8s.io/paused-not": "x"},
+        },
+        "spec": spec,
+    }
+    await bed.kube.create(_KINDS["RemoteMachine"], obj)
+    machine = samples.machine("k0s-0", bed.namespace, "k0s", data)
+    machine["metadata"]["labels"]["role"] = "the-machines-own"
+    await bed.create(machine)
+    await _running(bed, "k0s-0")
+
+    got = await bed.get(MACHINES, "k0s-0")
+    assert got is not None
+    labels, annotations = got["metadata"]["labels"], got["metadata"].get("annotations") or {}
+    assert labels["rack"] == "r1"
+    assert labels["role"] == "the-machines-own", "a Machine's own value is never changed"
+    assert annotations["example.com/owner"] == "team-a"
+    assert "cluster.x-k8s.io/paused-not" not in annotations, "Cluster API's keys stay its own"
