@@ -32,6 +32,8 @@ class Remembered:
     #: (attempt, generation) of the last outcome recorded (a Job's outcome is seen again)
     recorded: tuple[int, int | None] | None = None
     cleanup_attempts: int = 0
+    #: the lock holder a HostLocked Event named: one Event per holder, not one per look
+    announced_lock: str | None = None
 
 
 class MachineMemory:

@@ -240,11 +240,13 @@ class ProvisionFlow:
             f"{m.address} is locked by {holder}; waiting until it is released or"
             f" its heartbeat is {stale_after} s old"
         )
-        was_waiting = ready_reason(status) == c.HOST_LOCKED
         mark(m.rm, status, c.READY, False, c.HOST_LOCKED, message)
         status["phase"] = "Provisioning"
         await self.writer.status(m.rm, status)
-        if not was_waiting:
+        # Each look starts a job that finds the lock again: announce a holder once.
+        remembered = self.memory[m.uid]
+        if remembered.announced_lock != holder:
+            remembered.announced_lock = holder
             self.writer.event(m.rm, "Warning", c.HOST_LOCKED, message)
         self.memory.retry_in(m.uid, delay)
         return Result(requeue_after=delay)

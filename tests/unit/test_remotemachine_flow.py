@@ -347,6 +347,10 @@ async def test_host_locked_waits_without_spending_an_attempt() -> None:
     assert await b.step() == Result(requeue_after=6.0)
     assert b.ready()["reason"] == c.HOST_LOCKED
     assert b.backend.starts == [1, 1]
+    # One Warning for the holder, not one per look (each look starts a job that meets it).
+    assert [e for e in b.writer.events if e[1] == c.HOST_LOCKED] == [
+        ("Warning", c.HOST_LOCKED, b.ready()["message"])
+    ]
 
 
 async def test_resumes_the_running_attempt_after_a_restart() -> None:
