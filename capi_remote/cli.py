@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from capi_remote import __version__
-from capi_remote.app import ProviderOptions, run_provider
 from capi_remote.cliplugins import (
     COMMANDS,
     KUBECTL,
@@ -176,6 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.metrics_cert_dir and not (args.metrics_cert_dir / "tls.crt").is_file():
         raise UserError(f"no tls.crt in --metrics-cert-dir {args.metrics_cert_dir}")
+    # Here, not at the top: the other commands (and the parse sandbox's forkserver, which
+    # preloads this module) do without the Kubernetes stack.
+    from capi_remote.app import ProviderOptions, run_provider
+
     identity = f"{socket.gethostname()}_{os.getpid()}"
     options = ProviderOptions(
         kubeconfig=args.kubeconfig,

@@ -21,7 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_STACK = ("kubernetes_asyncio", "aiohttp", "capi_remote.kube")
 
 
-@pytest.mark.parametrize("statement", ["import capi_remote.ssh", "from capi_remote import ssh"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import capi_remote.ssh",
+        "from capi_remote import ssh",
+        # The CLI's SSH-only commands (preflight, version), and the parse sandbox's forkserver,
+        # which preloads the CLI module when the controller runs as ``python -m capi_remote.cli``.
+        "import capi_remote.cli",
+    ],
+)
 def test_the_ssh_runner_does_not_load_the_kubernetes_stack(statement: str) -> None:
     check = (
         f"{statement}; import sys; "
