@@ -33,9 +33,7 @@ import asyncio
 import base64
 import contextlib
 import json
-import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 
 from capi_remote.resources import MACHINES, REMOTE_MACHINES, SECRETS
 from capi_remote_testbed import samples
@@ -58,6 +55,7 @@ from tests.benchmarks.bench_provision import (
     prepare_group,
     wait_for,
 )
+from tests.benchmarks.quiet import warnings_to_stderr
 from tests.unit.test_bootstrap_bombs import SLOW, alias_gzip_bomb, template
 
 JSONDict = dict[str, Any]
@@ -299,10 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    warnings_to_stderr()
     sizes = Sizes(args.bombs, args.honest, args.secrets, args.secret_kib)
     print(json.dumps(asyncio.run(run(sizes)), indent=2), flush=True)
     return 0

@@ -36,7 +36,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -54,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 import yaml
 
 from capi_remote.kube.client import KubeClient
@@ -74,6 +72,7 @@ from capi_remote_testbed.pki import KeyPair
 from capi_remote_testbed.processes import ManagedProcess, log_tail
 from capi_remote_testbed.provider import install_crds, issue_webhook_certificate
 from capi_remote_testbed.tcpproxy import TcpProxy
+from tests.benchmarks.quiet import warnings_to_stderr
 
 JSONDict = dict[str, Any]
 CONTROLLER_USER = "capi-remote-bench-controller"
@@ -946,10 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if v is not None
         },
     )
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    warnings_to_stderr()
     print(json.dumps(asyncio.run(run(sizes)), indent=2), flush=True)
     return 0
 

@@ -19,23 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 
 from capi_remote.bootstrap import BootstrapPlan, RunCommand
 from capi_remote.ssh import Credentials, HostKeyPolicy, Job, Runner, SSHSettings, Target
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
 from capi_remote_testbed.hosts import Host, HostFleet
+from tests.benchmarks.quiet import warnings_to_stderr
 
 SENTINEL = "/run/cluster-api/bootstrap-success.complete"
 TRIVIAL = BootstrapPlan(steps=(RunCommand(shell=f"mkdir -p /run/cluster-api && touch {SENTINEL}"),))
@@ -286,10 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    warnings_to_stderr()
     settings = SSHSettings(max_workers=args.workers)
     for size in args.sizes:
         if args.bootstrap_seconds > 0:

@@ -33,17 +33,13 @@ import argparse
 import asyncio
 import itertools
 import json
-import logging
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from capi_remote.api import GROUP
 from capi_remote.resources import CAPI_GROUP, SECRETS
@@ -61,6 +57,7 @@ from tests.benchmarks.bench_provision import (
     read_audit,
     wait_running,
 )
+from tests.benchmarks.quiet import warnings_to_stderr
 
 JSONDict = dict[str, Any]
 STAGES = (
@@ -253,10 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    warnings_to_stderr()
     print(json.dumps(asyncio.run(run(args.machines)), indent=2), flush=True)
     return 0
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 
 from capi_remote.kube.client import KubeClient
 from capi_remote.ssh import SSHSettings
@@ -40,6 +37,7 @@ from tests.benchmarks import (
     bench_ssh,
     bench_timeline,
 )
+from tests.benchmarks.quiet import warnings_to_stderr
 
 OUT = Path("build/bench")
 BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs"]
@@ -455,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     long_hosts = args.long_hosts or (10 if args.quick else 200)
     long_seconds = args.long_seconds or (6.0 if args.quick else 30.0)
     keys = 10_000 if args.quick else 100_000
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    warnings_to_stderr()
     started = time.monotonic()
     machine = machine_info()  # before the runs: the load is other work on the box
     results: list[dict[str, Any]] = []
