@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ from capi_remote.kube.client import KubeClient
 from capi_remote.resources import REMOTE_MACHINES
 from capi_remote_testbed import image as image_module
 from capi_remote_testbed import toolchain as toolchain_module
-from capi_remote_testbed.controlplane import ControlPlane, Settings
-from capi_remote_testbed.incluster import CertManagerProcesses, publish_apiserver
-from capi_remote_testbed.node import Node, start_node
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.incluster import management_cluster
+from capi_remote_testbed.node import Node
 from e2e.bed import Bed, bed_factory
 from tests.fixtures_hosts import HostsFactory
 from tests.support.waits import eventually
@@ -108,38 +107,18 @@ def deployment(
         pytest.skip("podman cannot run here (`make system-deps` installs podman and runc)")
     work = tmp_path_factory.mktemp("deploy")
     # `make image`, then what docs/deployment.md says: save it, import it into the node.
-    tag = image_module.build_image(
-        f"{IMAGE_NAME}:{IMAGE_TAG}", ca_bundle=image_module.default_ca_bundle()
-    )
-    archive = work / "capi-remote.tar"
-    image_module.podman("save", "-o", str(archive), tag)
-    plane = ControlPlane(toolchain, Settings(in_cluster_pods=True))
-    plane.start()
-    try:
-        node = start_node(plane)
-        cert_manager = CertManagerProcesses(plane, plane.workdir)
-        try:
-            publish_apiserver(plane, node)
-            cert_manager.start()
-            ctr = ["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io"]
-            subprocess.run(
-                [*ctr, "images", "import", str(archive)], check=True, capture_output=True
-            )
-            deployed = Deployment(plane, node)
-            overlay = user_overlay(work / "overlay")
-            deployed.kubectl("apply", "--server-side", "-k", str(overlay))
-            eventually(
-                "the controller Deployment Available with 2 ready replicas",
-                deployed.available,
-                240,
-                deployed.diagnose,
-            )
-            yield deployed
-        finally:
-            cert_manager.stop()
-            node.stop()
-    finally:
-        plane.stop(keep_workdir=bool(os.environ.get("CAPI_REMOTE_KEEP_ENV")))
+    archive = image_module.saved_image(f"{IMAGE_NAME}:{IMAGE_TAG}", work / "capi-remote.tar")
+    with management_cluster(toolchain, [archive]) as cluster:
+        deployed = Deployment(cluster.plane, cluster.node)
+        overlay = user_overlay(work / "overlay")
+        deployed.kubectl("apply", "--server-side", "-k", str(overlay))
+        eventually(
+            "the controller Deployment Available with 2 ready replicas",
+            deployed.available,
+            240,
+            deployed.diagnose,
+        )
+        yield deployed
 
 
 @pytest.fixture

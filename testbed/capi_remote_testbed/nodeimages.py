@@ -97,45 +97,51 @@ def build_image_archive(path: Path, source: Path, pause: Path) -> None:
             (SSH_CLIENT_IMAGE, source, {"Cmd": ["/bin/sh"]}),
             (PAUSE_IMAGE, pause, {"Entrypoint": [f"/{pause.name}"]}),
         )
-        manifests = []
-        for ref, layer_source, command in images:
-            layer, diff_id = _layer(work, layer_source)
-            config = {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {
-                    **command,
-                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                },
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            }
-            config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-                "layers": [layer],
-            }
-            manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
-            manifests.append(
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    **manifest_blob,
-                    "annotations": {"io.containerd.image.name": ref},
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                }
-            )
-        (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        (work / "index.json").write_text(
-            json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
-        )
-        staging = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(staging, "w") as archive:
-            for entry in ("oci-layout", "index.json", "blobs"):
-                archive.add(work / entry, entry)
-        staging.rename(path)
+        manifests = [oci_image(work, ref, source, command) for ref, source, command in images]
+        write_oci_archive(path, work, manifests)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def oci_image(work: Path, ref: str, layer_source: Path, command: dict[str, Any]) -> dict[str, Any]:
+    """One single-layer image's blobs in ``work``; returns its index entry."""
+    layer, diff_id = _layer(work, layer_source)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            **command,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    config_blob = _blob(work, json.dumps(config, sort_keys=True).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
+        "layers": [layer],
+    }
+    manifest_blob = _blob(work, json.dumps(manifest, sort_keys=True).encode())
+    return {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **manifest_blob,
+        "annotations": {"io.containerd.image.name": ref},
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
+
+
+def write_oci_archive(path: Path, work: Path, manifests: list[dict[str, Any]]) -> None:
+    """Tar ``work``'s OCI layout with ``manifests`` as its index; appears atomically at ``path``."""
+    (work / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (work / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "manifests": manifests}, sort_keys=True)
+    )
+    staging = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(staging, "w") as archive:
+        for entry in ("oci-layout", "index.json", "blobs"):
+            archive.add(work / entry, entry)
+    staging.rename(path)
 
 
 def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Path:

@@ -33,6 +33,7 @@ from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
+from tests.support.clusterctl import K0SMOTRON_KINDS, TEMPLATE_ENV, stand_in_crd
 from tests.support.leases import wait_until_leading
 
 pytestmark = pytest.mark.integration
@@ -43,17 +44,6 @@ SYSTEM_NAMESPACE = "capi-remote-system"
 MANAGER_SA = f"system:serviceaccount:{SYSTEM_NAMESPACE}:capi-remote-manager"
 CERT_MANAGER_MODULE = "github.com/cert-manager/cert-manager@v1.21.2"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-# Kinds of other providers the templates reference, as (group, kind).
-K0SMOTRON_KINDS = (
-    ("bootstrap.cluster.x-k8s.io", "K0sWorkerConfig"),
-    ("bootstrap.cluster.x-k8s.io", "K0sWorkerConfigTemplate"),
-    ("controlplane.cluster.x-k8s.io", "K0smotronControlPlane"),
-)
-# Variables every template needs beyond what clusterctl's flags set.
-TEMPLATE_ENV = {
-    "REMOTE_MACHINE_ADDRESS": "192.0.2.10",
-    "REMOTE_CONTROL_PLANE_ENDPOINT_HOST": "192.0.2.1",
-}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -112,38 +102,6 @@ def _go_module_dir(module: str) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"go mod download {module} failed: {proc.stdout}{proc.stderr}")
     return Path(json.loads(proc.stdout)["Dir"])
-
-
-def _stand_in_crd(group: str, kind: str) -> dict[str, Any]:
-    plural = kind.lower() + "s"
-    free_form = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{group}",
-            "labels": {"cluster.x-k8s.io/v1beta1": "v1beta1"},
-        },
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
-            "versions": [
-                {
-                    "name": "v1beta1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": free_form, "status": free_form},
-                        }
-                    },
-                    "subresources": {"status": {}},
-                }
-            ],
-        },
-    }
 
 
 def _clusterctl(
@@ -234,7 +192,7 @@ def prerequisites(control_plane: ControlPlane) -> None:
                 {"cluster.x-k8s.io/v1beta1": "v1beta1", "cluster.x-k8s.io/v1beta2": "v1beta2"}
             )
             crds.append(crd)
-    crds += [_stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
+    crds += [stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
     control_plane.apply(crds)
     names = [f"crd/{crd['metadata']['name']}" for crd in crds]
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
