@@ -16,9 +16,8 @@ k0smotron is not built here. Slow: the image build and ~2 min of start-up.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,21 @@ import attrs
 import pytest
 import yaml
 
-from capi_remote_testbed import clusterctlrepo
-from capi_remote_testbed import image as image_module
+from capi_remote.kube.client import KubeClient
+from capi_remote_testbed import clusterctlrepo, samples
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.incluster import management_cluster
-from tests.support.clusterctl import K0SMOTRON_KINDS, TEMPLATE_ENV, stand_in_crd
+from e2e.bed import bed_factory
+from e2e.conftest import CONTROLLER_IMAGE_NAME as IMAGE_NAME
+from e2e.conftest import CONTROLLER_IMAGE_TAG as IMAGE_TAG
+from tests.fixtures_hosts import HostsFactory
+from tests.support.clusterctl import K0SMOTRON_KINDS, run_clusterctl, stand_in_crd
 from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_NAME, IMAGE_TAG = "localhost/capi-remote", "e2e-clusterctl"
 # Each provider's namespace and Deployment, as its components YAML names them.
 DEPLOYMENTS = {
     "capi-system": "capi-controller-manager",
@@ -45,7 +47,6 @@ DEPLOYMENTS = {
     "capi-kubeadm-control-plane-system": "capi-kubeadm-control-plane-controller-manager",
     "capi-remote-system": "capi-remote-controller-manager",
 }
-FLAVORS = ("", "pool", "kubeadm", "topology")
 
 
 @attrs.frozen
@@ -60,28 +61,18 @@ class Management:
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", "-o", "json", *args))
 
-    def clusterctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        config = self.repository.config
-        env = {
-            **os.environ,
-            **TEMPLATE_ENV,
-            "KUBECONFIG": str(self.plane.kubeconfig),
-            # No call home to GitHub, no writes to the real user's config directory.
-            "CLUSTERCTL_DISABLE_VERSIONCHECK": "true",
-            "XDG_CONFIG_HOME": str(config.parent),
+    def clusterctl(
+        self, *args: str, check: bool = True, variables: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_clusterctl(
+            self.clusterctl_binary,
+            self.plane.kubeconfig,
+            self.repository.config,
+            *args,
+            check=check,
             # ClusterClass (the topology flavor), as docs/deployment.md has users init.
-            "CLUSTER_TOPOLOGY": "true",
-        }
-        proc = subprocess.run(
-            [str(self.clusterctl_binary), *args, "--config", str(config)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
+            variables={"CLUSTER_TOPOLOGY": "true", **(variables or {})},
         )
-        if check:
-            assert proc.returncode == 0, f"clusterctl {' '.join(args)}: {proc.stderr[-4000:]}"
-        return proc
 
     def available(self) -> bool:
         for namespace, name in DEPLOYMENTS.items():
@@ -100,19 +91,18 @@ class Management:
 
 @pytest.fixture(scope="module")
 def management(
-    toolchain: toolchain_module.Toolchain, tmp_path_factory: pytest.TempPathFactory
+    toolchain: toolchain_module.Toolchain,
+    tmp_path_factory: pytest.TempPathFactory,
+    controller_image: Path,
 ) -> Iterator[Management]:
-    if image_module.podman("info", check=False).returncode != 0:
-        pytest.skip("podman cannot run here (`make system-deps` installs podman and runc)")
     work = tmp_path_factory.mktemp("clusterctl")
-    ours = image_module.saved_image(f"{IMAGE_NAME}:{IMAGE_TAG}", work / "capi-remote.tar")
     repository = clusterctlrepo.write_repository(
         work / "repository",
         REPO,
         toolchain.kubectl,
         {"repository": IMAGE_NAME.rsplit("/", 1)[0], "tag": IMAGE_TAG},
     )
-    images = [ours, repository.images]
+    images = [controller_image, repository.images]
     with management_cluster(toolchain, images, cluster_api=False) as cluster:
         managed = Management(cluster.plane, toolchain.clusterctl, repository)
         managed.clusterctl(
@@ -164,16 +154,11 @@ def test_init_installs_every_provider_and_upgrade_plan_reads_our_metadata(
     assert "Already up to date" in " ".join(ours), plan
 
 
-@pytest.mark.parametrize("flavor", FLAVORS)
-def test_every_flavor_is_created_and_described(management: Management, flavor: str) -> None:
-    """Created for real: each object passes the running providers' webhooks (through their
-    Services) and clusterctl describe sees the Cluster with its machines."""
-    stand_ins = [stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
-    management.plane.apply(stand_ins)
-    names = [f"crd/{crd['metadata']['name']}" for crd in stand_ins]
-    management.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    namespace = f"t-cc-{flavor or 'default'}"
-    management.kubectl("create", "namespace", namespace)
+def _generate(
+    management: Management, flavor: str, namespace: str, workers: int, **variables: str
+) -> list[dict[str, Any]]:
+    """``clusterctl generate cluster demo`` of ``flavor``, created (not dry-run) in ``namespace``:
+    every object passes the running providers' webhooks, reached through their Services."""
     rendered = management.clusterctl(
         "generate",
         "cluster",
@@ -187,26 +172,121 @@ def test_every_flavor_is_created_and_described(management: Management, flavor: s
         "--kubernetes-version",
         toolchain_module.KUBERNETES_VERSION,
         "--worker-machine-count",
-        "2",
+        str(workers),
+        variables=variables,
     ).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert "${" not in rendered
     management.kubectl("create", "-f", "-", input_text=rendered)
-    for doc in docs:  # each one stored as written
-        kind, name = doc["kind"].lower(), doc["metadata"]["name"]
-        stored = management.get(f"{kind}.{doc['apiVersion'].split('/')[0]}", "-n", namespace, name)
-        assert stored["metadata"]["name"] == name
+    return [d for d in yaml.safe_load_all(rendered) if d]
 
-    def described() -> str:
-        out = management.clusterctl(
-            "describe", "cluster", "demo", "-n", namespace, "--grouping=false", check=False
-        )
-        return out.stdout if out.returncode == 0 else ""
 
-    kinds = {d["kind"] for d in docs}
-    expect = "Machine" if kinds & {"Machine", "MachineDeployment"} else "Cluster/demo"
+def _described(management: Management, namespace: str) -> str:
+    out = management.clusterctl(
+        "describe", "cluster", "demo", "-n", namespace, "--grouping=false", check=False
+    )
+    return out.stdout if out.returncode == 0 else ""
+
+
+@pytest.mark.parametrize("flavor", ["kubeadm", "topology"])
+def test_kubeadm_flavors_are_created_and_their_control_plane_machine_described(
+    management: Management, flavor: str
+) -> None:
+    """The kubeadm control plane (a Pod, on clusterctl's RBAC) creates its first Machine on our
+    pooled RemoteMachineTemplate; the hosts are not registered, so it waits for one."""
+    namespace = f"t-cc-{flavor}"
+    management.kubectl("create", "namespace", namespace)
+    _generate(management, flavor, namespace, 2)
     eventually(
-        f"clusterctl describe to show the {flavor or 'default'} Cluster's machines",
-        lambda: "Cluster/demo" in described() and expect in described(),
+        f"clusterctl describe to show the {flavor} Cluster's control plane Machine",
+        lambda: "Machine/demo-" in _described(management, namespace),
         120,
         management.diagnose,
     )
+
+
+@pytest.fixture
+def k0smotron_stand_ins(management: Management) -> None:
+    stand_ins = [stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
+    management.plane.apply(stand_ins)
+    names = [f"crd/{crd['metadata']['name']}" for crd in stand_ins]
+    management.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+@pytest.fixture
+async def kube(management: Management) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.from_kubeconfig(str(management.plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("flavor", ["", "pool"])
+async def test_k0smotron_flavors_provision_their_host(
+    management: Management,
+    k0smotron_stand_ins: None,
+    kube: KubeClient,
+    hosts: HostsFactory,
+    flavor: str,
+) -> None:
+    """The default and pool flavors on a namespaced host, the test playing k0smotron: its control
+    plane reports itself up and each K0sWorkerConfig is given a bootstrap data Secret."""
+    namespace = f"t-cc-{flavor or 'default'}"
+    management.kubectl("create", "namespace", namespace)
+    fleets = lambda n: hosts(n)[0].fleet  # noqa: E731
+    async with bed_factory(kube, management.plane, namespace, fleets) as make:
+        bed = await make(1)
+        (host,) = bed.fleet.hosts
+        data = await bed.bootstrap_secret("demo-bootstrap")
+        _generate(
+            management,
+            flavor,
+            namespace,
+            1,
+            REMOTE_MACHINE_ADDRESS=host.address,
+            REMOTE_MACHINE_PORT=str(host.port),
+            REMOTE_MACHINE_SSH_KEY_SECRET=samples.SSH_KEY_SECRET,
+            REMOTE_KNOWN_HOSTS_CONFIGMAP=samples.KNOWN_HOSTS,
+        )
+
+        # k0smotron's control plane: up (the MachineSet's preflight checks wait for a control
+        # plane that is neither provisioning nor upgrading).
+        version = f"{toolchain_module.KUBERNETES_VERSION}-k0s.0"
+        up = {"ready": True, "initialized": True, "version": version}
+        management.kubectl(
+            "patch", "k0smotroncontrolplane", "demo", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": up}),
+        )  # fmt: skip
+
+        def bootstrapped() -> bool:  # k0smotron's bootstrap: every config gets its data
+            configs = management.get("k0sworkerconfigs", "-n", namespace)["items"]
+            for config in configs:
+                if not (config.get("status") or {}).get("ready"):
+                    management.kubectl(
+                        "patch", "k0sworkerconfig", config["metadata"]["name"], "-n", namespace,
+                        "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": {"ready": True, "dataSecretName": data}}),
+                    )  # fmt: skip
+            return bool(configs)
+
+        eventually("a K0sWorkerConfig to bootstrap", bootstrapped, 60, management.diagnose)
+
+        def provisioned() -> bool:
+            machines = management.get("remotemachines", "-n", namespace)["items"]
+            return bool(machines) and all(
+                ((m.get("status") or {}).get("initialization") or {}).get("provisioned")
+                for m in machines
+            )
+
+        eventually(
+            f"the {flavor or 'default'} flavor's RemoteMachine provisioned over SSH",
+            provisioned,
+            240,
+            lambda: (
+                management.kubectl("describe", "remotemachines", "-n", namespace)
+                + management.diagnose()
+            ),
+        )
+        done = host.exec_inside(["test", "-f", "/run/cluster-api/bootstrap-success.complete"])
+        assert done.returncode == 0
+        assert "Machine/demo-" in _described(management, namespace)

@@ -25,12 +25,13 @@ import yaml
 
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import REMOTE_MACHINES
-from capi_remote_testbed import image as image_module
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.incluster import management_cluster
 from capi_remote_testbed.node import Node
 from e2e.bed import Bed, bed_factory
+from e2e.conftest import CONTROLLER_IMAGE_NAME as IMAGE_NAME
+from e2e.conftest import CONTROLLER_IMAGE_TAG as IMAGE_TAG
 from tests.fixtures_hosts import HostsFactory
 from tests.support.waits import eventually
 from tests.unit.test_api_models import FIXTURES
@@ -41,7 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "capi-remote-system"
 DEPLOYMENT = "capi-remote-controller-manager"
 SHIPPED_IMAGE = "ghcr.io/capi-remote/capi-remote"
-IMAGE_NAME, IMAGE_TAG = "localhost/capi-remote", "e2e-deploy"
 CONVERTED_CRDS = ("remotemachines", "pooledremotemachines", "remoteclusters")
 GROUP = "infrastructure.cluster.x-k8s.io"
 
@@ -101,14 +101,12 @@ def user_overlay(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(
-    toolchain: toolchain_module.Toolchain, tmp_path_factory: pytest.TempPathFactory
+    toolchain: toolchain_module.Toolchain,
+    tmp_path_factory: pytest.TempPathFactory,
+    controller_image: Path,
 ) -> Iterator[Deployment]:
-    if image_module.podman("info", check=False).returncode != 0:
-        pytest.skip("podman cannot run here (`make system-deps` installs podman and runc)")
     work = tmp_path_factory.mktemp("deploy")
-    # `make image`, then what docs/deployment.md says: save it, import it into the node.
-    archive = image_module.saved_image(f"{IMAGE_NAME}:{IMAGE_TAG}", work / "capi-remote.tar")
-    with management_cluster(toolchain, [archive]) as cluster:
+    with management_cluster(toolchain, [controller_image]) as cluster:
         deployed = Deployment(cluster.plane, cluster.node)
         overlay = user_overlay(work / "overlay")
         deployed.kubectl("apply", "--server-side", "-k", str(overlay))

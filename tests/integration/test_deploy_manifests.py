@@ -14,7 +14,6 @@ does not serve k0smotron's module (403) -- for those, only the wiring to them is
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
-from tests.support.clusterctl import K0SMOTRON_KINDS, TEMPLATE_ENV, stand_in_crd
+from tests.support.clusterctl import K0SMOTRON_KINDS, run_clusterctl, stand_in_crd
 from tests.support.leases import wait_until_leading
 
 pytestmark = pytest.mark.integration
@@ -107,23 +106,7 @@ def _go_module_dir(module: str) -> Path:
 def _clusterctl(
     toolchain: toolchain_module.Toolchain, plane: ControlPlane, config: Path, *args: str
 ) -> str:
-    env = {
-        **os.environ,
-        **TEMPLATE_ENV,
-        "KUBECONFIG": str(plane.kubeconfig),
-        # No call home to GitHub, no writes to the real user's config directory.
-        "CLUSTERCTL_DISABLE_VERSIONCHECK": "true",
-        "XDG_CONFIG_HOME": str(config.parent),
-    }
-    proc = subprocess.run(
-        [str(toolchain.clusterctl), *args, "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"clusterctl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
+    return run_clusterctl(toolchain.clusterctl, plane.kubeconfig, config, *args).stdout
 
 
 def _new_namespace(plane: ControlPlane) -> str:

@@ -3,6 +3,9 @@ CRDs for the k0smotron kinds the default and pool flavors reference."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 # Kinds of other providers the templates reference, as (group, kind).
@@ -50,3 +53,34 @@ def stand_in_crd(group: str, kind: str) -> dict[str, Any]:
             ],
         },
     }
+
+
+def run_clusterctl(
+    binary: Path,
+    kubeconfig: Path,
+    config: Path,
+    *args: str,
+    check: bool = True,
+    variables: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``clusterctl ARGS --config CONFIG`` on ``kubeconfig``'s cluster, with TEMPLATE_ENV and
+    ``variables`` for the templates; with ``check``, a failure fails the test with its stderr."""
+    env = {
+        **os.environ,
+        **TEMPLATE_ENV,
+        **(variables or {}),
+        "KUBECONFIG": str(kubeconfig),
+        # No call home to GitHub, no writes to the real user's config directory.
+        "CLUSTERCTL_DISABLE_VERSIONCHECK": "true",
+        "XDG_CONFIG_HOME": str(config.parent),
+    }
+    proc = subprocess.run(
+        [str(binary), *args, "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"clusterctl {' '.join(args)}: {proc.stderr[-4000:]}"
+    return proc
