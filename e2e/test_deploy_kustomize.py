@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +119,10 @@ def deployment(
         yield deployed
 
 
-@pytest.fixture
-async def kube(deployment: Deployment) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(deployment.plane.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
+@pytest.fixture(scope="module")
+def control_plane(deployment: Deployment) -> ControlPlane:
+    """This module's management cluster, for the shared fixtures (``kube``)."""
+    return deployment.plane
 
 
 @pytest.fixture
