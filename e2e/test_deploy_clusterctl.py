@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ from capi_remote.kube.client import KubeClient
 from capi_remote_testbed import clusterctlrepo, samples
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.incluster import management_cluster
+from capi_remote_testbed.node import Node
 from e2e.bed import bed_factory
 from e2e.conftest import CONTROLLER_IMAGE_NAME as IMAGE_NAME
 from e2e.conftest import CONTROLLER_IMAGE_TAG as IMAGE_TAG
@@ -52,6 +54,7 @@ DEPLOYMENTS = {
 @attrs.frozen
 class Management:
     plane: ControlPlane
+    node: Node
     clusterctl_binary: Path
     repository: clusterctlrepo.Repository
 
@@ -104,22 +107,36 @@ def management(
     )
     images = [controller_image, repository.images]
     with management_cluster(toolchain, images, cluster_api=False) as cluster:
-        managed = Management(cluster.plane, toolchain.clusterctl, repository)
-        managed.clusterctl(
-            "init",
-            "--core",
-            f"cluster-api:{toolchain_module.CLUSTER_API_VERSION}",
-            "--bootstrap",
-            f"kubeadm:{toolchain_module.CLUSTER_API_VERSION}",
-            "--control-plane",
-            f"kubeadm:{toolchain_module.CLUSTER_API_VERSION}",
-            "--infrastructure",
-            "remote",
+        yield _initialized(
+            Management(cluster.plane, cluster.node, toolchain.clusterctl, repository)
         )
-        eventually(
-            "every provider's Deployment Available", managed.available, 300, managed.diagnose
+
+
+def _initialized(managed: Management) -> Management:
+    """``clusterctl init`` of the four providers, each Deployment Available."""
+    capi = toolchain_module.CLUSTER_API_VERSION
+    managed.clusterctl(
+        "init",
+        "--core", f"cluster-api:{capi}",
+        "--bootstrap", f"kubeadm:{capi}",
+        "--control-plane", f"kubeadm:{capi}",
+        "--infrastructure", "remote",
+    )  # fmt: skip
+    eventually("every provider's Deployment Available", managed.available, 300, managed.diagnose)
+    return managed
+
+
+@pytest.fixture(scope="module")
+def target(
+    toolchain: toolchain_module.Toolchain, management: Management, controller_image: Path
+) -> Iterator[Management]:
+    """A second management cluster, initialized the same way: where ``clusterctl move`` goes."""
+    images = [controller_image, management.repository.images]
+    with management_cluster(toolchain, images, cluster_api=False) as cluster:
+        repository = management.repository
+        yield _initialized(
+            Management(cluster.plane, cluster.node, toolchain.clusterctl, repository)
         )
-        yield managed
 
 
 def test_init_installs_every_provider_and_upgrade_plan_reads_our_metadata(
@@ -212,13 +229,65 @@ def k0smotron_stand_ins(management: Management) -> None:
     management.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
 
-@pytest.fixture
-async def kube(management: Management) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(management.plane.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
+@pytest.fixture(scope="module")
+def control_plane(management: Management) -> ControlPlane:
+    """This module's management cluster, for the shared fixtures (``kube``)."""
+    return management.plane
+
+
+def _host_variables(host: Host) -> dict[str, str]:
+    """The template variables for ``host`` and the credentials the Bed stored."""
+    return {
+        "REMOTE_MACHINE_ADDRESS": host.address,
+        "REMOTE_MACHINE_PORT": str(host.port),
+        "REMOTE_MACHINE_SSH_KEY_SECRET": samples.SSH_KEY_SECRET,
+        "REMOTE_KNOWN_HOSTS_CONFIGMAP": samples.KNOWN_HOSTS,
+    }
+
+
+def _play_k0smotron(management: Management, namespace: str, data: str, configs: int = 1) -> None:
+    """What k0smotron would do for Cluster ``demo``: its control plane reports itself up and
+    initialized (the MachineSet's preflight checks wait for a control plane that is neither
+    provisioning nor upgrading), each of the ``configs`` K0sWorkerConfigs gets the bootstrap data
+    Secret ``data``."""
+    version = f"{toolchain_module.KUBERNETES_VERSION}-k0s.0"
+    up = {"ready": True, "initialized": True, "version": version}
+    management.kubectl(
+        "patch", "k0smotroncontrolplane", "demo", "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": up}),
+    )  # fmt: skip
+
+    def bootstrapped() -> bool:
+        found = management.get("k0sworkerconfigs", "-n", namespace)["items"]
+        for config in found:
+            if not (config.get("status") or {}).get("ready"):
+                management.kubectl(
+                    "patch", "k0sworkerconfig", config["metadata"]["name"], "-n", namespace,
+                    "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"ready": True, "dataSecretName": data}}),
+                )  # fmt: skip
+        return len(found) == configs
+
+    eventually(f"{configs} K0sWorkerConfig(s) to bootstrap", bootstrapped, 120, management.diagnose)
+
+
+def _provisioned(management: Management, namespace: str, count: int) -> None:
+    def provisioned() -> bool:
+        machines = management.get("remotemachines", "-n", namespace)["items"]
+        return len(machines) == count and all(
+            ((m.get("status") or {}).get("initialization") or {}).get("provisioned")
+            for m in machines
+        )
+
+    eventually(
+        f"{count} RemoteMachine(s) in {namespace} provisioned over SSH",
+        provisioned,
+        240,
+        lambda: (
+            management.kubectl("describe", "remotemachines", "-n", namespace)
+            + management.diagnose()
+        ),
+    )
 
 
 @pytest.mark.parametrize("flavor", ["", "pool"])
@@ -243,50 +312,131 @@ async def test_k0smotron_flavors_provision_their_host(
             flavor,
             namespace,
             1,
-            REMOTE_MACHINE_ADDRESS=host.address,
-            REMOTE_MACHINE_PORT=str(host.port),
-            REMOTE_MACHINE_SSH_KEY_SECRET=samples.SSH_KEY_SECRET,
-            REMOTE_KNOWN_HOSTS_CONFIGMAP=samples.KNOWN_HOSTS,
+            **_host_variables(host),
         )
 
-        # k0smotron's control plane: up (the MachineSet's preflight checks wait for a control
-        # plane that is neither provisioning nor upgrading).
-        version = f"{toolchain_module.KUBERNETES_VERSION}-k0s.0"
-        up = {"ready": True, "initialized": True, "version": version}
-        management.kubectl(
-            "patch", "k0smotroncontrolplane", "demo", "-n", namespace, "--subresource=status",
-            "--type=merge", "-p", json.dumps({"status": up}),
-        )  # fmt: skip
-
-        def bootstrapped() -> bool:  # k0smotron's bootstrap: every config gets its data
-            configs = management.get("k0sworkerconfigs", "-n", namespace)["items"]
-            for config in configs:
-                if not (config.get("status") or {}).get("ready"):
-                    management.kubectl(
-                        "patch", "k0sworkerconfig", config["metadata"]["name"], "-n", namespace,
-                        "--subresource=status", "--type=merge",
-                        "-p", json.dumps({"status": {"ready": True, "dataSecretName": data}}),
-                    )  # fmt: skip
-            return bool(configs)
-
-        eventually("a K0sWorkerConfig to bootstrap", bootstrapped, 60, management.diagnose)
-
-        def provisioned() -> bool:
-            machines = management.get("remotemachines", "-n", namespace)["items"]
-            return bool(machines) and all(
-                ((m.get("status") or {}).get("initialization") or {}).get("provisioned")
-                for m in machines
-            )
-
-        eventually(
-            f"the {flavor or 'default'} flavor's RemoteMachine provisioned over SSH",
-            provisioned,
-            240,
-            lambda: (
-                management.kubectl("describe", "remotemachines", "-n", namespace)
-                + management.diagnose()
-            ),
-        )
+        _play_k0smotron(management, namespace, data)
+        _provisioned(management, namespace, 1)
         done = host.exec_inside(["test", "-f", "/run/cluster-api/bootstrap-success.complete"])
         assert done.returncode == 0
         assert "Machine/demo-" in _described(management, namespace)
+
+
+MOVE_LABEL = "clusterctl.cluster.x-k8s.io/move"
+PIN_PREFIX = "remote.infrastructure.cluster.x-k8s.io/"
+
+
+def _workload_kubeconfig(management: Management, namespace: str) -> None:
+    """k0smotron's ``demo-kubeconfig``: the source API server stands in for the workload cluster
+    (the hosts register their Nodes there), reached through the source node's forwarder, which
+    Pods of both management clusters can dial (its certificate names 10.0.0.1)."""
+    host, port = management.node.apiserver_endpoint
+    config = yaml.safe_load(management.plane.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://{host}:{port}"
+        cluster["cluster"]["tls-server-name"] = "10.0.0.1"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "cluster.x-k8s.io/secret",
+        "metadata": {
+            "name": "demo-kubeconfig",
+            "namespace": namespace,
+            "labels": {"cluster.x-k8s.io/cluster-name": "demo"},
+        },
+        "data": {"value": samples.b64(yaml.safe_dump(config))},
+    }
+    management.kubectl("create", "-f", "-", input_text=json.dumps(secret))
+
+
+def _pool(management: Management, namespace: str) -> dict[str, tuple[Any, dict[str, str]]]:
+    """Each pool member's claim and pins."""
+    members = management.get("pooledremotemachines", "-n", namespace)["items"]
+    return {
+        m["metadata"]["name"]: (
+            {k: v for k, v in (m["spec"].get("claim") or {}).items() if k != "uid"},
+            {
+                k: v
+                for k, v in (m["metadata"].get("annotations") or {}).items()
+                if k.startswith(PIN_PREFIX)
+            },
+        )
+        for m in members
+    }
+
+
+def _marker_mtime(host: Host) -> str:
+    done = host.exec_inside(["stat", "-c", "%Y", "/run/cluster-api/bootstrap-success.complete"])
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+async def test_move_keeps_claims_and_pins_and_the_cluster_scales_on_the_target(
+    management: Management,
+    target: Management,
+    k0smotron_stand_ins: None,
+    kube: KubeClient,
+    hosts: HostsFactory,
+) -> None:
+    """``clusterctl move`` of a pool-flavor Cluster whose machine is provisioned while its pool is
+    partly claimed: no host bootstraps again, claims and host-key pins survive, the Cluster
+    scales up on the target and the source keeps nothing."""
+    namespace = "t-cc-move"
+    management.kubectl("create", "namespace", namespace)
+    fleets = lambda n: hosts(n)[0].fleet  # noqa: E731
+    async with bed_factory(kube, management.plane, namespace, fleets) as make:
+        bed = await make(2)
+        first, second = bed.fleet.hosts
+        data = await bed.bootstrap_secret("demo-bootstrap")
+        _workload_kubeconfig(management, namespace)
+        _generate(management, "pool", namespace, 1, **_host_variables(first))
+        # The second host pins its key on first use: the pin must survive the move.
+        tofu = bed.host_spec(second, hostKeyPolicy={"trustOnFirstUse": True})
+        await bed.create(samples.pooled("demo-pool-1", namespace, "default", tofu))
+        # What docs/deployment.md tells users: objects not owned by the Cluster move by label.
+        for kind, name in (
+            ("pooledremotemachine", "demo-pool-1"),
+            ("secret", samples.SSH_KEY_SECRET),
+            ("configmap", samples.KNOWN_HOSTS),
+        ):
+            management.kubectl("label", kind, name, "-n", namespace, f"{MOVE_LABEL}=")
+        _play_k0smotron(management, namespace, data)
+        _provisioned(management, namespace, 1)
+
+        def noded() -> bool:
+            machines = management.get("machines", "-n", namespace)["items"]
+            return bool(machines) and all((m.get("status") or {}).get("nodeRef") for m in machines)
+
+        eventually("the Machine's nodeRef (move needs it)", noded, 120, management.diagnose)
+        eventually(
+            "the free pool member's pinned host key",
+            lambda: _pool(management, namespace)["demo-pool-1"][1],
+            120,
+            lambda: management.kubectl("describe", "pooledremotemachines", "-n", namespace),
+        )
+        pool = _pool(management, namespace)
+        claimed = [name for name, (claim, _) in pool.items() if claim]
+        assert len(claimed) == 1 and len(pool) == 2, pool
+        bootstrapped = _marker_mtime(first)
+        assert bootstrapped and not _marker_mtime(second)
+
+        target.kubectl("create", "namespace", namespace)
+        management.clusterctl(
+            "move", "-n", namespace, "--to-kubeconfig", str(target.plane.kubeconfig)
+        )
+
+        for kind in ("clusters", "machines", "remotemachines", "pooledremotemachines"):
+            assert management.get(kind, "-n", namespace)["items"] == [], kind
+        assert _pool(target, namespace) == pool
+        _provisioned(target, namespace, 1)
+        assert _marker_mtime(first) == bootstrapped  # not bootstrapped again
+        assert not _marker_mtime(second)
+
+        target.kubectl(
+            "patch", "machinedeployment", "demo-md-0", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"replicas": 2}}),
+        )  # fmt: skip
+        _play_k0smotron(target, namespace, data, configs=2)
+        _provisioned(target, namespace, 2)
+        assert _marker_mtime(first) == bootstrapped
+        assert _marker_mtime(second)
+        assert all(claim for claim, _ in _pool(target, namespace).values())

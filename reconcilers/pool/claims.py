@@ -14,7 +14,11 @@ Claim protocol (safe with any number of controller replicas):
   recording the host never claims a second one.
 - Releasing clears the claim with a precondition too, and marks the host for a re-check.
 - A claim whose RemoteMachine is gone (checked with a fresh read) is cleared by the pool
-  reconciler (``reconciler.py``): nothing stays reserved for nobody.
+  reconciler (``reconciler.py``): nothing stays reserved for nobody. After ``clusterctl move`` the
+  pooled host arrives before its claimant (it has no owner, so it moves first) and the claimant
+  arrives with a new UID but its spec, bound to this host: a claim of a PooledRemoteMachine
+  younger than :data:`MOVE_GRACE` waits for its claimant, and a claimant bound to the host
+  (:func:`bound_here`) holds it whatever its UID.
 - A bound RemoteMachine carries exactly the pooled host's host-key pins (:data:`PIN_ANNOTATIONS`),
   never pins of its own: whoever may create RemoteMachines does not decide which key the pool's
   host is trusted with.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import attrs
 import structlog
 from structlog.typing import FilteringBoundLogger
 
@@ -32,6 +37,8 @@ from capi_remote import ApiError, Conflict, KubeClient, Store
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    PooledMachineSpec,
+    RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
@@ -40,6 +47,9 @@ RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
 PIN_ANNOTATIONS = (HOST_KEY_FINGERPRINT_ANNOTATION, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
+#: Seconds a new PooledRemoteMachine's claim waits for its claimant (``clusterctl move`` creates
+#: the claimant later, after its owners).
+MOVE_GRACE = 120.0
 
 _default_log: FilteringBoundLogger = structlog.get_logger("capi_remote.pool")
 
@@ -57,15 +67,27 @@ def index_by_claimant(obj: JSONDict) -> list[str]:
     return [claimant_key(namespace, claim["name"])]
 
 
+def bound_here(machine: JSONDict, pooled: JSONDict) -> bool:
+    """``machine``'s spec names ``pooled``'s host (address and port), as a claimant's does once
+    bound to it; ``clusterctl move`` keeps that spec and gives the claimant a new UID."""
+    address = machine.get("spec", {}).get("address")
+    host = pooled["spec"]["machine"]
+    # The models' defaults (the CRDs default the field, but an object may predate that).
+    port = machine["spec"].get("port", attrs.fields(RemoteMachineSpec).port.default)
+    host_port = host.get("port", attrs.fields(PooledMachineSpec).port.default)
+    return bool(address) and (address, port) == (host["address"], host_port)
+
+
 def holds(pooled: JSONDict, machine: JSONDict) -> bool:
     """``pooled`` is claimed by ``machine``: same namespace, same name, and the same UID where
-    the claim records one (a new object of the same name is another claimant)."""
+    the claim records one (a new object of the same name is another claimant), unless it is
+    bound to this host (the claimant moved by ``clusterctl move``)."""
     claim = pooled.get("spec", {}).get("claim") or {}
     meta = machine["metadata"]
     return (
         pooled["metadata"].get("namespace") == meta["namespace"]
         and (claim.get("namespace"), claim.get("name")) == (meta["namespace"], meta["name"])
-        and claim.get("uid") in (None, "", meta["uid"])
+        and (claim.get("uid") in (None, "", meta["uid"]) or bound_here(machine, pooled))
     )
 
 

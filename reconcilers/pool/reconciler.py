@@ -9,7 +9,6 @@ import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import structlog
 
 from capi_remote import (
@@ -28,15 +27,15 @@ from capi_remote import (
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
-    PooledMachineSpec,
-    RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import SSHError
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
+    MOVE_GRACE,
     POOL_INDEX,
     RECHECK_ANNOTATION,
+    bound_here,
     claimant_key,
     index_by_claimant,
     index_by_pool,
@@ -126,6 +125,9 @@ class PooledRemoteMachineReconciler:
         if not claim and await self._adopt_status_reservation(obj):
             return Result()  # the claim's own event brings us back
         if claim and await self._claim_is_stale(claim, obj):
+            young = MOVE_GRACE - _age(obj["metadata"].get("creationTimestamp"))
+            if young > 0:  # moved by clusterctl before its claimant: wait for it
+                return Result(requeue_after=min(young, PROBE_RETRY))
             await release(self.client, request.namespace, request.name, claim["name"])
             return Result()  # the release's own event brings us back
         status = copy.deepcopy(obj.get("status") or {})
@@ -227,15 +229,12 @@ _ARCH = {
 
 
 def _uses_another_host(machine: JSONDict, claim: JSONDict, pooled: JSONDict) -> bool:
+    if bound_here(machine, pooled):
+        return False  # ours, whatever its UID (clusterctl move gives it a new one)
     uid = claim.get("uid")
     if uid and machine["metadata"].get("uid") != uid:
         return True
-    address = machine.get("spec", {}).get("address")
-    host = pooled["spec"]["machine"]
-    # The models' defaults (the CRDs default the field, but an object may predate that).
-    port = machine["spec"].get("port", attrs.fields(RemoteMachineSpec).port.default)
-    host_port = host.get("port", attrs.fields(PooledMachineSpec).port.default)
-    return bool(address) and (address, port) != (host["address"], host_port)
+    return bool(machine.get("spec", {}).get("address"))
 
 
 def probe_with(access: HostAccess) -> Prober:
