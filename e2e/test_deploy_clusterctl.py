@@ -221,12 +221,20 @@ def test_kubeadm_flavors_are_created_and_their_control_plane_machine_described(
     )
 
 
-@pytest.fixture
-def k0smotron_stand_ins(management: Management) -> None:
+def _install_stand_ins(management: Management) -> None:
+    """k0smotron's kinds as stand-in CRDs, labelled as clusterctl labels a provider's CRDs (so
+    ``clusterctl move`` takes their objects along)."""
     stand_ins = [stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
+    for crd in stand_ins:
+        crd["metadata"]["labels"]["clusterctl.cluster.x-k8s.io"] = ""
     management.plane.apply(stand_ins)
     names = [f"crd/{crd['metadata']['name']}" for crd in stand_ins]
     management.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+@pytest.fixture
+def k0smotron_stand_ins(management: Management) -> None:
+    _install_stand_ins(management)
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +400,10 @@ async def test_move_keeps_claims_and_pins_and_the_cluster_scales_on_the_target(
         # The second host pins its key on first use: the pin must survive the move.
         tofu = bed.host_spec(second, hostKeyPolicy={"trustOnFirstUse": True})
         await bed.create(samples.pooled("demo-pool-1", namespace, "default", tofu))
-        # What docs/deployment.md tells users: objects not owned by the Cluster move by label.
+        # What docs/deployment.md tells users: objects not owned by the Cluster move by label
+        # (k0smotron's bootstrap Secrets are owned by their config; ours is the test's).
         for kind, name in (
+            ("secret", data),
             ("pooledremotemachine", "demo-pool-1"),
             ("secret", samples.SSH_KEY_SECRET),
             ("configmap", samples.KNOWN_HOSTS),
@@ -420,6 +430,7 @@ async def test_move_keeps_claims_and_pins_and_the_cluster_scales_on_the_target(
         assert bootstrapped and not _marker_mtime(second)
 
         target.kubectl("create", "namespace", namespace)
+        _install_stand_ins(target)
         management.clusterctl(
             "move", "-n", namespace, "--to-kubeconfig", str(target.plane.kubeconfig)
         )
