@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from capi_remote.kube.client import KubeClient
+from capi_remote_testbed import image as image_module
 from capi_remote_testbed import kubeadm_providers
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
@@ -87,3 +89,19 @@ def kubeadm_managers(control_plane: Cluster) -> Iterator[RunningProviders]:
         yield running
     finally:
         running.stop()
+
+
+#: The controller image the deploy e2e (kustomize, clusterctl) import into their nodes.
+CONTROLLER_IMAGE_NAME, CONTROLLER_IMAGE_TAG = "localhost/capi-remote", "e2e-deploy"
+
+
+@pytest.fixture(scope="session")
+def controller_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make image`, then what docs/deployment.md says: saved for a node's ``ctr images import``
+    (built once per session). Skips where podman cannot run."""
+    if image_module.podman("info", check=False).returncode != 0:
+        pytest.skip("podman cannot run here (`make system-deps` installs podman and runc)")
+    return image_module.saved_image(
+        f"{CONTROLLER_IMAGE_NAME}:{CONTROLLER_IMAGE_TAG}",
+        tmp_path_factory.mktemp("image") / "capi-remote.tar",
+    )

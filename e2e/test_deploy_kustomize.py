@@ -15,8 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,13 @@ import yaml
 
 from capi_remote.kube.client import KubeClient
 from capi_remote.resources import REMOTE_MACHINES
-from capi_remote_testbed import image as image_module
 from capi_remote_testbed import toolchain as toolchain_module
-from capi_remote_testbed.controlplane import ControlPlane, Settings
-from capi_remote_testbed.incluster import CertManagerProcesses, publish_apiserver
-from capi_remote_testbed.node import Node, start_node
+from capi_remote_testbed.controlplane import ControlPlane
+from capi_remote_testbed.incluster import management_cluster
+from capi_remote_testbed.node import Node
 from e2e.bed import Bed, bed_factory
+from e2e.conftest import CONTROLLER_IMAGE_NAME as IMAGE_NAME
+from e2e.conftest import CONTROLLER_IMAGE_TAG as IMAGE_TAG
 from tests.fixtures_hosts import HostsFactory
 from tests.support.waits import eventually
 from tests.unit.test_api_models import FIXTURES
@@ -42,7 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "capi-remote-system"
 DEPLOYMENT = "capi-remote-controller-manager"
 SHIPPED_IMAGE = "ghcr.io/capi-remote/capi-remote"
-IMAGE_NAME, IMAGE_TAG = "localhost/capi-remote", "e2e-deploy"
 CONVERTED_CRDS = ("remotemachines", "pooledremotemachines", "remoteclusters")
 GROUP = "infrastructure.cluster.x-k8s.io"
 
@@ -102,53 +101,28 @@ def user_overlay(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(
-    toolchain: toolchain_module.Toolchain, tmp_path_factory: pytest.TempPathFactory
+    toolchain: toolchain_module.Toolchain,
+    tmp_path_factory: pytest.TempPathFactory,
+    controller_image: Path,
 ) -> Iterator[Deployment]:
-    if image_module.podman("info", check=False).returncode != 0:
-        pytest.skip("podman cannot run here (`make system-deps` installs podman and runc)")
     work = tmp_path_factory.mktemp("deploy")
-    # `make image`, then what docs/deployment.md says: save it, import it into the node.
-    tag = image_module.build_image(
-        f"{IMAGE_NAME}:{IMAGE_TAG}", ca_bundle=image_module.default_ca_bundle()
-    )
-    archive = work / "capi-remote.tar"
-    image_module.podman("save", "-o", str(archive), tag)
-    plane = ControlPlane(toolchain, Settings(in_cluster_pods=True))
-    plane.start()
-    try:
-        node = start_node(plane)
-        cert_manager = CertManagerProcesses(plane, plane.workdir)
-        try:
-            publish_apiserver(plane, node)
-            cert_manager.start()
-            ctr = ["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io"]
-            subprocess.run(
-                [*ctr, "images", "import", str(archive)], check=True, capture_output=True
-            )
-            deployed = Deployment(plane, node)
-            overlay = user_overlay(work / "overlay")
-            deployed.kubectl("apply", "--server-side", "-k", str(overlay))
-            eventually(
-                "the controller Deployment Available with 2 ready replicas",
-                deployed.available,
-                240,
-                deployed.diagnose,
-            )
-            yield deployed
-        finally:
-            cert_manager.stop()
-            node.stop()
-    finally:
-        plane.stop(keep_workdir=bool(os.environ.get("CAPI_REMOTE_KEEP_ENV")))
+    with management_cluster(toolchain, [controller_image]) as cluster:
+        deployed = Deployment(cluster.plane, cluster.node)
+        overlay = user_overlay(work / "overlay")
+        deployed.kubectl("apply", "--server-side", "-k", str(overlay))
+        eventually(
+            "the controller Deployment Available with 2 ready replicas",
+            deployed.available,
+            240,
+            deployed.diagnose,
+        )
+        yield deployed
 
 
-@pytest.fixture
-async def kube(deployment: Deployment) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.from_kubeconfig(str(deployment.plane.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
+@pytest.fixture(scope="module")
+def control_plane(deployment: Deployment) -> ControlPlane:
+    """This module's management cluster, for the shared fixtures (``kube``)."""
+    return deployment.plane
 
 
 @pytest.fixture

@@ -255,6 +255,13 @@ async def _reference_cluster(bed: Bed) -> dict[str, Host]:
 
     await bed.remote_machine("late-0", _k0smotron_spec(h[3]))
     await bed.machine("late-0", "mig", data, control_plane=False)
+
+    async def owned() -> bool:  # what the check sees of a machine mid-provisioning
+        rm = await bed.get(REMOTE_MACHINES, "late-0") or {}
+        owners = rm.get("metadata", {}).get("ownerReferences") or []
+        return any(o.get("kind") == "Machine" for o in owners)
+
+    await bed.wait_for("Cluster API to own late-0", owned, 60)
     return {"cp": h[0], "worker": h[1], "reused": h[2], "late": h[3]}
 
 

@@ -18,6 +18,13 @@ Claim protocol (safe with any number of controller replicas):
   or another object now (checked with a fresh read). Nothing stays reserved for nobody. It is
   cleared only while the server still holds exactly that claim (fresh read, resourceVersion
   precondition), so a valid claim, or one a live claimant just made, is never cleared.
+- ``clusterctl move`` recreates both sides: the pooled host arrives before its claimant (it has
+  no owner, so it moves first), and the claimant arrives with a new UID but its spec, bound to
+  this host. So a claimant bound to the host (:func:`bound_here`: same namespace and name, its
+  spec's address and port the host's) holds it whatever its UID, and the claim of a
+  PooledRemoteMachine created with it (generation 1) and younger than :data:`MOVE_GRACE` waits
+  for its claimant before it is released as gone (a claim naming another namespace never
+  waits; a claim made by a machine, a later change of the host's spec, never does).
 - A bound RemoteMachine carries exactly the pooled host's host-key pins (:data:`PIN_ANNOTATIONS`),
   never pins of its own: whoever may create RemoteMachines does not decide which key the pool's
   host is trusted with. The host's pins are authoritative at use time too
@@ -31,6 +38,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import structlog
 from structlog.typing import FilteringBoundLogger
 
@@ -38,6 +46,8 @@ from capi_remote import ApiError, Conflict, KubeClient, Store
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    PooledMachineSpec,
+    RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 
@@ -46,6 +56,9 @@ RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
 PIN_ANNOTATIONS = (HOST_KEY_FINGERPRINT_ANNOTATION, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
+#: Seconds a new PooledRemoteMachine's claim waits for its claimant (``clusterctl move`` creates
+#: the claimant later, after its owners).
+MOVE_GRACE = 120.0
 
 _default_log: FilteringBoundLogger = structlog.get_logger("capi_remote.pool")
 
@@ -63,15 +76,27 @@ def index_by_claimant(obj: JSONDict) -> list[str]:
     return [claimant_key(namespace, claim["name"])]
 
 
+def bound_here(machine: JSONDict, pooled: JSONDict) -> bool:
+    """``machine``'s spec names ``pooled``'s host (address and port), as a claimant's does once
+    bound to it; ``clusterctl move`` keeps that spec and gives the claimant a new UID."""
+    address = machine.get("spec", {}).get("address")
+    host = pooled["spec"]["machine"]
+    # The models' defaults (the CRDs default the field, but an object may predate that).
+    port = machine["spec"].get("port", attrs.fields(RemoteMachineSpec).port.default)
+    host_port = host.get("port", attrs.fields(PooledMachineSpec).port.default)
+    return bool(address) and (address, port) == (host["address"], host_port)
+
+
 def holds(pooled: JSONDict, machine: JSONDict) -> bool:
     """``pooled`` is claimed by ``machine``: same namespace, same name, and the same UID where
-    the claim records one (a new object of the same name is another claimant)."""
+    the claim records one (a new object of the same name is another claimant), unless it is
+    bound to this host (the claimant moved by ``clusterctl move``)."""
     claim = pooled.get("spec", {}).get("claim") or {}
     meta = machine["metadata"]
     return (
         pooled["metadata"].get("namespace") == meta["namespace"]
         and (claim.get("namespace"), claim.get("name")) == (meta["namespace"], meta["name"])
-        and claim.get("uid") in (None, "", meta["uid"])
+        and (claim.get("uid") in (None, "", meta["uid"]) or bound_here(machine, pooled))
     )
 
 

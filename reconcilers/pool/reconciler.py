@@ -15,7 +15,6 @@ import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import structlog
 
 from capi_remote import (
@@ -35,16 +34,16 @@ from capi_remote import (
 from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
-    PooledMachineSpec,
-    RemoteMachineSpec,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, SSHError
 from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
+    MOVE_GRACE,
     POOL_INDEX,
     RECHECK_ANNOTATION,
+    bound_here,
     claimant_key,
     index_by_claimant,
     index_by_pool,
@@ -162,6 +161,11 @@ class PooledRemoteMachineReconciler:
             return Result()  # the claim's own event brings us back
         stale = await self._why_stale(claim, obj) if claim else None
         if claim and stale is not None:
+            young = MOVE_GRACE - _age(obj["metadata"].get("creationTimestamp"))
+            made_claimed = obj["metadata"].get("generation") == 1  # created with its claim
+            if young > 0 and made_claimed and claim.get("namespace") == request.namespace:
+                # Moved by clusterctl before its claimant, maybe: wait for it a little.
+                return Result(requeue_after=min(young, PROBE_RETRY))
             if await release_stale(self.client, obj, claim, _log):
                 self.events.record(obj, "Warning", c.STALE_CLAIM_RELEASED, stale)
             return Result()  # the release's own event brings us back
@@ -258,7 +262,8 @@ class PooledRemoteMachineReconciler:
             if error.not_found:
                 return f"released {who}: it does not exist"
             raise
-        if claim.get("uid") and fresh["metadata"].get("uid") != claim["uid"]:
+        moved = bound_here(fresh, pooled)  # clusterctl move: a new UID, the same binding
+        if claim.get("uid") and fresh["metadata"].get("uid") != claim["uid"] and not moved:
             return f"released {who}: UID {claim['uid']} no longer exists"
         if _uses_another_host(fresh, claim, pooled):
             return f"released {who}: it uses another host"
@@ -276,15 +281,12 @@ _ARCH = {
 
 
 def _uses_another_host(machine: JSONDict, claim: JSONDict, pooled: JSONDict) -> bool:
+    if bound_here(machine, pooled):
+        return False  # ours, whatever its UID (clusterctl move gives it a new one)
     uid = claim.get("uid")
     if uid and machine["metadata"].get("uid") != uid:
         return True
-    address = machine.get("spec", {}).get("address")
-    host = pooled["spec"]["machine"]
-    # The models' defaults (the CRDs default the field, but an object may predate that).
-    port = machine["spec"].get("port", attrs.fields(RemoteMachineSpec).port.default)
-    host_port = host.get("port", attrs.fields(PooledMachineSpec).port.default)
-    return bool(address) and (address, port) != (host["address"], host_port)
+    return bool(machine.get("spec", {}).get("address"))
 
 
 def probe_with(access: HostAccess) -> Prober:

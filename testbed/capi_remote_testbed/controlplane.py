@@ -40,7 +40,10 @@ from capi_remote_testbed.toolchain import Toolchain
 # Settings.in_cluster_pods: Deployments become Pods that run as their ServiceAccount.
 _IN_CLUSTER_CONTROLLERS = (
     ",deployment-controller,replicaset-controller,serviceaccount-controller,"
-    "root-ca-certificate-publisher-controller"
+    "root-ca-certificate-publisher-controller,"
+    # Providers installed by clusterctl (the kubeadm control plane's) grant their manager an
+    # aggregated ClusterRole: without this controller it has no rules.
+    "clusterrole-aggregation-controller"
 )
 
 

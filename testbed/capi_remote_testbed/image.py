@@ -182,6 +182,14 @@ def build_image(
     return tag
 
 
+def saved_image(ref: str, archive: Path) -> Path:
+    """`make image` tagged ``ref``, saved to ``archive`` for a node's ``ctr images import`` (what
+    docs/deployment.md tells a user with a cluster that cannot pull from the build machine)."""
+    tag = build_image(ref, ca_bundle=default_ca_bundle())
+    podman("save", "-o", str(archive), tag)
+    return archive
+
+
 def _build_wheelhouse(log: Callable[[str], None]) -> None:
     """Wheels of the project and every dependency, made by the host's pip (which has its CAs).
 

@@ -16,17 +16,19 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import yaml
 
-from capi_remote_testbed.controlplane import ControlPlane
-from capi_remote_testbed.node import Node
+from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote_testbed.node import Node, start_node
 from capi_remote_testbed.processes import ManagedProcess
-from capi_remote_testbed.toolchain import ensure_cert_manager
+from capi_remote_testbed.toolchain import Toolchain, ensure_cert_manager
 
 ENDPOINT_SLICE = "kubernetes-testbed-node"
 
@@ -95,3 +97,36 @@ class CertManagerProcesses:
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
+
+
+@attrs.frozen
+class ManagementCluster:
+    plane: ControlPlane
+    node: Node
+
+
+@contextlib.contextmanager
+def management_cluster(
+    toolchain: Toolchain, images: Sequence[Path] = (), *, cluster_api: bool = True
+) -> Iterator[ManagementCluster]:
+    """A fresh management cluster that runs Pods: its own control plane (Services, ServiceAccount
+    tokens; Cluster API core as a process if ``cluster_api``, else nothing of Cluster API, for
+    ``clusterctl init``), a node whose containerd holds ``images`` (image archives), the
+    ``kubernetes`` Service published to Pods, cert-manager running. ``CAPI_REMOTE_KEEP_ENV`` keeps
+    its logs."""
+    plane = ControlPlane(toolchain, Settings(in_cluster_pods=True, cluster_api=cluster_api))
+    plane.start()
+    try:
+        node = start_node(plane)
+        cert_manager = CertManagerProcesses(plane, plane.workdir)
+        try:
+            publish_apiserver(plane, node)
+            cert_manager.start()
+            for archive in images:
+                node.import_images(archive)
+            yield ManagementCluster(plane, node)
+        finally:
+            cert_manager.stop()
+            node.stop()
+    finally:
+        plane.stop(keep_workdir=bool(os.environ.get("CAPI_REMOTE_KEEP_ENV")))

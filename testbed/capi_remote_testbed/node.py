@@ -207,6 +207,10 @@ state = "{base / "state"}"
     def _import_images(self, archive: Path) -> None:
         self._ctr("images", "import", "--no-unpack", "--all-platforms", str(archive))
 
+    def import_images(self, archive: Path) -> None:
+        """Import an image archive (OCI layout or ``podman save`` output) for Pods to run."""
+        self._ctr("images", "import", str(archive))
+
     def _remove_all_containers(self) -> list[str]:
         """Kill and delete every task and container the kubelet left, so no shim, overlay mount
         or process outlives the node; returns the Pods' network namespaces (their mount points),

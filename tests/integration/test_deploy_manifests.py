@@ -14,7 +14,6 @@ does not serve k0smotron's module (403) -- for those, only the wiring to them is
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.net import free_port
 from capi_remote_testbed.processes import ManagedProcess
 from capi_remote_testbed.provider import CRD_DIR, install_crds, issue_webhook_certificate
+from tests.support.clusterctl import K0SMOTRON_KINDS, run_clusterctl, stand_in_crd
 from tests.support.leases import wait_until_leading
 
 pytestmark = pytest.mark.integration
@@ -43,17 +43,6 @@ SYSTEM_NAMESPACE = "capi-remote-system"
 MANAGER_SA = f"system:serviceaccount:{SYSTEM_NAMESPACE}:capi-remote-manager"
 CERT_MANAGER_MODULE = "github.com/cert-manager/cert-manager@v1.21.2"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-# Kinds of other providers the templates reference, as (group, kind).
-K0SMOTRON_KINDS = (
-    ("bootstrap.cluster.x-k8s.io", "K0sWorkerConfig"),
-    ("bootstrap.cluster.x-k8s.io", "K0sWorkerConfigTemplate"),
-    ("controlplane.cluster.x-k8s.io", "K0smotronControlPlane"),
-)
-# Variables every template needs beyond what clusterctl's flags set.
-TEMPLATE_ENV = {
-    "REMOTE_MACHINE_ADDRESS": "192.0.2.10",
-    "REMOTE_CONTROL_PLANE_ENDPOINT_HOST": "192.0.2.1",
-}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -114,58 +103,10 @@ def _go_module_dir(module: str) -> Path:
     return Path(json.loads(proc.stdout)["Dir"])
 
 
-def _stand_in_crd(group: str, kind: str) -> dict[str, Any]:
-    plural = kind.lower() + "s"
-    free_form = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{group}",
-            "labels": {"cluster.x-k8s.io/v1beta1": "v1beta1"},
-        },
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
-            "versions": [
-                {
-                    "name": "v1beta1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": free_form, "status": free_form},
-                        }
-                    },
-                    "subresources": {"status": {}},
-                }
-            ],
-        },
-    }
-
-
 def _clusterctl(
     toolchain: toolchain_module.Toolchain, plane: ControlPlane, config: Path, *args: str
 ) -> str:
-    env = {
-        **os.environ,
-        **TEMPLATE_ENV,
-        "KUBECONFIG": str(plane.kubeconfig),
-        # No call home to GitHub, no writes to the real user's config directory.
-        "CLUSTERCTL_DISABLE_VERSIONCHECK": "true",
-        "XDG_CONFIG_HOME": str(config.parent),
-    }
-    proc = subprocess.run(
-        [str(toolchain.clusterctl), *args, "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"clusterctl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
+    return run_clusterctl(toolchain.clusterctl, plane.kubeconfig, config, *args).stdout
 
 
 def _new_namespace(plane: ControlPlane) -> str:
@@ -234,7 +175,7 @@ def prerequisites(control_plane: ControlPlane) -> None:
                 {"cluster.x-k8s.io/v1beta1": "v1beta1", "cluster.x-k8s.io/v1beta2": "v1beta2"}
             )
             crds.append(crd)
-    crds += [_stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
+    crds += [stand_in_crd(group, kind) for group, kind in K0SMOTRON_KINDS]
     control_plane.apply(crds)
     names = [f"crd/{crd['metadata']['name']}" for crd in crds]
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)

@@ -29,7 +29,7 @@ def _pooled(namespace: str, name: str, address: str, claim: dict[str, str]) -> d
         "spec": {
             "pool": "workers",
             "machine": {"address": address, "sshKeyRef": {"name": "k"}},
-            "claim": claim,
+            **({"claim": claim} if claim else {}),
         },
     }
 
@@ -76,7 +76,12 @@ async def test_a_tenants_stale_claims_are_released_and_a_valid_one_stays(
         "valid": {"name": "own-0", "namespace": ns, "uid": own["metadata"]["uid"]},
     }
     for index, (name, claim) in enumerate(claims.items()):
-        await attacker.kube.create(POOLED, _pooled(ns, name, f"192.0.2.{60 + index}", claim))
+        if name == "gone-uid":  # claimed after its creation, as a machine claims a host
+            await attacker.kube.create(POOLED, _pooled(ns, name, f"192.0.2.{60 + index}", {}))
+            patch = {"spec": {"claim": claim}}
+            await kube.patch(POOLED, ns, name, patch)  # the tenant may only create
+        else:
+            await attacker.kube.create(POOLED, _pooled(ns, name, f"192.0.2.{60 + index}", claim))
 
     async def released() -> bool:
         hosts = {h["metadata"]["name"]: h for h in (await kube.list(POOLED, ns))["items"]}
