@@ -23,10 +23,7 @@ appears atomically under a lock, like :mod:`capi_remote_testbed.nodeimages`.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +32,7 @@ import yaml
 
 from capi_remote_testbed import kubeadm_providers, toolchain
 from capi_remote_testbed.locks import build_lock
-from capi_remote_testbed.nodeimages import oci_image, oci_layer, write_oci_archive
+from capi_remote_testbed.nodeimages import write_binary_images
 
 IMAGE_REPOSITORY = "localhost/capi-remote-testbed"
 IMAGE_TAG = toolchain.CLUSTER_API_VERSION
@@ -96,27 +93,6 @@ def image_ref(provider: CapiProvider) -> str:
     return f"{IMAGE_REPOSITORY}/{provider.image}:{IMAGE_TAG}"
 
 
-def _build_images(path: Path, binaries: dict[CapiProvider, Path]) -> None:
-    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
-    try:
-        (work / "blobs" / "sha256").mkdir(parents=True)
-        manifests = []
-        for provider, binary in binaries.items():
-            tree = work / "tree"
-            tree.mkdir(mode=0o755)
-            tree.chmod(0o755)
-            try:
-                os.link(binary, tree / "manager")  # same file system as the cache: no copy
-            except OSError:
-                shutil.copy2(binary, tree / "manager")
-            command = {"Entrypoint": ["/manager"]}
-            manifests.append(oci_image(work, image_ref(provider), [oci_layer(work, tree)], command))
-            shutil.rmtree(tree)
-        write_oci_archive(path, work, manifests)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def ensure_images(log: Callable[[str], None] = print) -> Path:
     """The cached OCI archive of the three managers' images (built on a miss)."""
     binaries = {provider: binary for provider, (binary, _) in _managers(log).items()}
@@ -131,7 +107,8 @@ def ensure_images(log: Callable[[str], None] = print) -> Path:
     with build_lock(images / ".capi-images.lock"):
         if not archive.is_file():
             log(f"building the Cluster API managers' images into {archive}")
-            _build_images(archive, binaries)
+            refs = [(image_ref(p), binary, "manager") for p, binary in binaries.items()]
+            write_binary_images(archive, refs)
     return archive
 
 

@@ -15,15 +15,12 @@ recipe and of the binaries' cache directories (their pins) and it appears atomic
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from capi_remote_testbed import toolchain
 from capi_remote_testbed.locks import build_once, recipe_hash
-from capi_remote_testbed.nodeimages import oci_image, oci_layer, write_oci_archive
+from capi_remote_testbed.nodeimages import write_binary_images
 from capi_remote_testbed.toolchain import ETCD_VERSION, KUBERNETES_VERSION, cache_root
 
 IMAGE_REPOSITORY = "registry.capi-remote.test/k8s"
@@ -60,28 +57,14 @@ def image_refs() -> dict[str, str]:
 
 def build_archive(path: Path, binaries: dict[str, Path]) -> None:
     """An OCI archive with one image per binary (``/usr/local/bin/<binary>``, its entrypoint)."""
-    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
-    try:
-        (work / "blobs" / "sha256").mkdir(parents=True)
-        refs = image_refs()
-        manifests = []
-        for name, binary in sorted(binaries.items()):
-            tree = work / "tree"
-            bin_dir = tree / "usr" / "local" / "bin"
-            bin_dir.mkdir(parents=True, mode=0o755)
-            for directory in (tree, tree / "usr", tree / "usr" / "local", bin_dir):
-                directory.chmod(0o755)
-            target = bin_dir / binary.name
-            try:
-                os.link(binary, target)  # same file system as the cache: no copy
-            except OSError:
-                shutil.copy2(binary, target)
-            command = {"Entrypoint": [f"/usr/local/bin/{binary.name}"]}
-            manifests.append(oci_image(work, refs[name], [oci_layer(work, tree)], command))
-            shutil.rmtree(tree)
-        write_oci_archive(path, work, manifests)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    refs = image_refs()
+    write_binary_images(
+        path,
+        [
+            (refs[name], binary, f"usr/local/bin/{binary.name}")
+            for name, binary in sorted(binaries.items())
+        ],
+    )
 
 
 def ensure_archive(log: Callable[[str], None] = print) -> Path:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from capi_remote_testbed import rootfs
-from capi_remote_testbed.hosts.keys import SshKey
 from capi_remote_testbed.locks import build_lock
 from capi_remote_testbed.toolchain import cache_root
 
@@ -156,6 +155,9 @@ def build_image_archive(path: Path, source: Path, pause: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
     try:
         (work / "blobs" / "sha256").mkdir(parents=True)
+        # Here: the hosts package builds its node layer from this module's images.
+        from capi_remote_testbed.hosts.keys import SshKey
+
         identity = SshKey.generate()
         rootfs_layer = oci_layer(work, source)
         tsh_layer = oci_layer(work, _tsh_layer(work / "tsh-layer", identity.private_openssh))
@@ -212,6 +214,31 @@ def write_oci_archive(path: Path, work: Path, manifests: list[dict[str, Any]]) -
         for entry in ("oci-layout", "index.json", "blobs"):
             archive.add(work / entry, entry)
     staging.rename(path)
+
+
+def write_binary_images(path: Path, images: Sequence[tuple[str, Path, str]]) -> None:
+    """An OCI archive at ``path`` of single-binary images: for each ``(ref, binary, inside)``,
+    one layer holding ``binary`` at ``inside`` (a relative path), which is its entrypoint."""
+    work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
+    try:
+        (work / "blobs" / "sha256").mkdir(parents=True)
+        manifests = []
+        for ref, binary, inside in images:
+            tree = work / "tree"
+            target = tree / inside
+            target.parent.mkdir(parents=True)
+            for directory in (tree, *target.parent.relative_to(tree).parents, target.parent):
+                (tree / directory).chmod(0o755)  # not the umask's
+            try:
+                os.link(binary, target)  # same file system as the cache: no copy
+            except OSError:
+                shutil.copy2(binary, target)
+            command = {"Entrypoint": [f"/{inside}"]}
+            manifests.append(oci_image(work, ref, [oci_layer(work, tree)], command))
+            shutil.rmtree(tree)
+        write_oci_archive(path, work, manifests)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ensure_image_archive(pause: Path, log: Callable[[str], None] = print) -> Path:
