@@ -226,4 +226,11 @@ async def test_the_pod_provisions_hosts_and_the_other_replica_takes_over(
     assert ipaddress.ip_address(pod["status"]["podIP"]) in deployment.node.network.pod_subnet
     assert [c["restartCount"] for c in pod["status"]["containerStatuses"]] == [0]
     logs = deployment.kubectl("logs", "-n", SYSTEM, survivor)
-    assert "forbidden" not in logs.lower(), logs[-4000:]
+    # An Event for an object of a namespace an earlier test is deleting is refused with a 403
+    # too ("being terminated"): that is the namespace's lifecycle, not the RBAC.
+    refused = [
+        line
+        for line in logs.lower().splitlines()
+        if "forbidden" in line and "because it is being terminated" not in line
+    ]
+    assert not refused, "\n".join(refused)[-4000:]

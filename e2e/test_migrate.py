@@ -19,7 +19,8 @@ import copy
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
 )
 from capi_remote_testbed import samples
+from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.provider import ControllerProcess, provider_crds, start_controller
@@ -65,6 +67,29 @@ REFERENCE_LABEL = "k0sproject-k0smotron"
 FINALIZER = "remotemachine.k0smotron.io/finalizer"
 #: Fields the reference's CRDs do not have: its schema prunes them.
 ONLY_OURS = ("hostKeyPolicy", "claim", "bastion", "passwordRef", "sudoPasswordRef", "timeouts")
+
+
+@pytest.fixture(scope="module")
+def control_plane(toolchain: toolchain_module.Toolchain) -> Iterator[ControlPlane]:
+    """A control plane of this module's own: the migration replaces the CRDs, and the session's
+    capi-remote controller (started by the integration tests) must not take the reference's
+    machines over before the migration does."""
+    plane = ControlPlane(toolchain)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+async def namespace(control_plane: ControlPlane) -> AsyncIterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
