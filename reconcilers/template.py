@@ -3,20 +3,28 @@
 ``status.capacity`` and ``status.nodeInfo`` (string quantities) let the cluster-autoscaler scale a
 MachineDeployment from zero; ``available``/``total`` say how many hosts the pool has free.
 Capacity is that of the smallest healthy host, so a scale-up never promises more than any host has.
+
+A template is summarised at most once per :data:`SUMMARY_INTERVAL`: every change of a pooled host
+wakes it, and a scale-up of a MachineDeployment changes every host of the pool within seconds, so
+summarising (a pass over the pool) and writing on each of those events cost N² for N hosts and a
+template status write per machine. Its status may lag the pool by that long.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from typing import Any
 
 from capi_remote import (
     Event,
-    Informer,
+    KubeClient,
     Provider,
     ReconcileContext,
     Request,
     Result,
+    Store,
     patch_status,
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINE_TEMPLATES
@@ -24,6 +32,8 @@ from reconcilers.pool import is_free, pool_informer, pool_members
 
 JSONDict = dict[str, Any]
 TEMPLATE_POOL_INDEX = "pool"
+#: Seconds between two summaries of one template (see above).
+SUMMARY_INTERVAL = 2.0
 
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -61,15 +71,28 @@ def summarize(hosts: list[JSONDict]) -> JSONDict:
 
 
 class RemoteMachineTemplateReconciler:
-    def __init__(self, provider: Provider, templates: Informer, pooled: Informer) -> None:
-        self.client = provider.client
-        self.templates = templates.store
-        self.pooled = pooled.store
+    def __init__(
+        self,
+        client: KubeClient,
+        templates: Store,
+        pooled: Store,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.templates = templates
+        self.pooled = pooled
+        self._clock = clock
+        self._summarised: dict[Request, float] = {}
 
     async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
         obj = self.templates.get_by_name(request.namespace, request.name)
         if obj is None:
+            self._summarised.pop(request, None)
             return Result()
+        since = self._clock() - self._summarised.get(request, float("-inf"))
+        if since < SUMMARY_INTERVAL:
+            return Result(requeue_after=SUMMARY_INTERVAL - since)
+        self._summarised[request] = self._clock()
         pool = _template_pool(obj)
         status = copy.deepcopy(obj.get("status") or {})
         if pool:
@@ -99,7 +122,7 @@ def setup(provider: Provider) -> None:
 
     manager.controller(
         "remotemachinetemplate",
-        RemoteMachineTemplateReconciler(provider, templates, pooled),
+        RemoteMachineTemplateReconciler(provider.client, templates.store, pooled.store),
         for_=REMOTE_MACHINE_TEMPLATES,
         workers=2,
     ).watches(POOLED_REMOTE_MACHINES, host_to_templates).build()

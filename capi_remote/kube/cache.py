@@ -10,7 +10,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 JSONDict = dict[str, Any]
@@ -84,6 +84,13 @@ class Store:
         """Objects whose index function returned ``value``; KeyError for an unknown index."""
         keys = self._indexes[index].get(value, ())
         return [self._objects[key] for key in sorted(keys)]
+
+    def iter_index(self, index: str, value: str) -> Iterator[JSONDict]:
+        """The objects of :meth:`by_index`, unordered and one at a time, so taking the first few
+        costs as much with a thousand as with ten. Consume it without awaiting in between: the
+        informer may change the store meanwhile."""
+        for key in self._indexes[index].get(value, ()):
+            yield self._objects[key]
 
     # -- writes: the informer only -------------------------------------------------------------
 

@@ -104,11 +104,38 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
     )
 
 
+def _plain(pattern: str) -> bool:
+    return not pattern.startswith(("!", _HASHED_PREFIX)) and not any(c in pattern for c in "*?")
+
+
 @attrs.frozen
 class KnownHosts:
-    """Parsed known_hosts text. Parse with :meth:`parse`, which caches by text."""
+    """Parsed known_hosts text. Parse with :meth:`parse`, which caches by text.
+
+    A lookup costs the same with a fleet's thousand lines as with one: entries whose patterns are
+    all plain names are found by name; only wildcard, negated and hashed ones are tried in turn.
+    """
 
     entries: tuple[KnownHostEntry, ...]
+    #: Plain name -> positions of the entries that name it (only entries of plain names).
+    _by_name: dict[str, tuple[int, ...]] = attrs.field(init=False, repr=False, eq=False)
+    #: Positions of the entries with a wildcard, negated or hashed pattern.
+    _others: tuple[int, ...] = attrs.field(init=False, repr=False, eq=False)
+    _revoked: frozenset[bytes] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        by_name: dict[str, list[int]] = {}
+        others = []
+        for position, entry in enumerate(self.entries):
+            if all(_plain(p) for p in entry.patterns):
+                for name in {p.lower() for p in entry.patterns}:
+                    by_name.setdefault(name, []).append(position)
+            else:
+                others.append(position)
+        object.__setattr__(self, "_by_name", {k: tuple(v) for k, v in by_name.items()})
+        object.__setattr__(self, "_others", tuple(others))
+        revoked = frozenset(e.blob for e in self.entries if e.revoked)
+        object.__setattr__(self, "_revoked", revoked)
 
     @staticmethod
     def parse(text: str) -> KnownHosts:
@@ -123,10 +150,12 @@ class KnownHosts:
     def lookup(self, host: str, port: int = DEFAULT_PORT) -> tuple[KnownHostEntry, ...]:
         """Trusted (not revoked) entries for ``host:port``."""
         name = host_entry_name(host, port)
-        return tuple(e for e in self.entries if not e.revoked and e.matches(name))
+        positions = sorted((*self._by_name.get(name, ()), *self._others))  # in file order
+        candidates = (self.entries[i] for i in positions)
+        return tuple(e for e in candidates if not e.revoked and e.matches(name))
 
     def is_revoked(self, blob: bytes) -> bool:
-        return any(e.revoked and e.blob == blob for e in self.entries)
+        return blob in self._revoked
 
 
 @functools.lru_cache(maxsize=64)

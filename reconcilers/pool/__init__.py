@@ -3,10 +3,11 @@ keeps each host's health fresh (``reconciler.py``)."""
 
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
+    FREE_INDEX,
     POOL_INDEX,
     RECHECK_ANNOTATION,
+    PoolClaims,
     claimant_key,
-    find_or_claim,
     held_host,
     host_spec_for,
     is_free,
@@ -21,10 +22,11 @@ from reconcilers.pool.reconciler import first_use_pins, pool_informer, probe_wit
 
 __all__ = [
     "CLAIM_INDEX",
+    "FREE_INDEX",
     "POOL_INDEX",
     "RECHECK_ANNOTATION",
+    "PoolClaims",
     "claimant_key",
-    "find_or_claim",
     "first_use_pins",
     "held_host",
     "host_spec_for",

@@ -6,12 +6,18 @@ Claim protocol (safe with any number of controller replicas):
   it for the reference's printer columns.
 - A claim counts only within the PooledRemoteMachine's own namespace, and only for the
   RemoteMachine of its UID where it records one.
-- To claim, a RemoteMachine reads each candidate fresh from the API server (never from the
-  cache) and patches ``spec.claim`` with that read's resourceVersion as precondition: of two
-  claimants racing for one host exactly one wins, the other gets 409 and tries the next host.
-  The CRD's transition rule also refuses moving a claim to another claimant.
-- A RemoteMachine first looks for a host it already holds, so a crash between claiming and
-  recording the host never claims a second one.
+- To claim, a RemoteMachine patches ``spec.claim`` of a host the cache shows free, with the
+  cached resourceVersion as precondition: the patch applies only to exactly the version judged
+  free, so of two claimants racing for one host exactly one wins, and a stale cache costs a 409,
+  never a wrong claim. The CRD's transition rule also refuses moving a claim to another claimant.
+- One process never sends two claims for one host version: :class:`PoolClaims` remembers each
+  claim it sent (won, lost or in flight) until the cache has moved past the version it was made
+  against, and its other claimants skip that host meanwhile. So a pool of any size costs about
+  one request per claim, not a 409 per worker racing for the same first free host, and picking
+  a host takes the first few entries of the pool's free index, not a scan of the pool.
+- A RemoteMachine first looks for a host it already holds (the cache, then the claims this process
+  won that the cache does not show yet), so neither a crash nor a failure between claiming and
+  recording the host claims a second one.
 - Releasing clears the claim with a precondition too, and marks the host for a re-check.
 - A stale claim is cleared by the pool reconciler (``reconciler.py``) with a Warning Event
   saying why: one naming another namespace's RemoteMachine, or one whose RemoteMachine is gone
@@ -55,6 +61,8 @@ JSONDict = dict[str, Any]
 RECHECK_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/recheck"
 CLAIM_INDEX = "claimant"
 POOL_INDEX = "pool"
+#: Index of the hosts :func:`is_free` says are claimable, by ``namespace/pool``.
+FREE_INDEX = "free"
 PIN_ANNOTATIONS = (HOST_KEY_FINGERPRINT_ANNOTATION, BASTION_HOST_KEY_FINGERPRINT_ANNOTATION)
 #: Seconds a new PooledRemoteMachine's claim waits for its claimant (``clusterctl move`` creates
 #: the claimant later, after its owners).
@@ -132,46 +140,87 @@ def is_free(pooled: JSONDict) -> bool:
     )
 
 
-async def find_or_claim(
-    client: KubeClient, store: Store, machine: JSONDict, log: FilteringBoundLogger
-) -> JSONDict | None:
-    """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
-    meta = machine["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    held = held_by(store, machine)
-    if held:
-        return held[0]
-    pool = machine["spec"]["pool"]
-    for candidate in pool_members(store, namespace, pool):
-        if not is_free(candidate):
-            continue
-        try:
-            fresh = await client.get(
-                POOLED_REMOTE_MACHINES, namespace, candidate["metadata"]["name"]
-            )
-        except ApiError as error:
-            if error.not_found:
-                continue
-            raise
-        if holds(fresh, machine):
-            return fresh  # ours already; the cache had not caught up
-        if not is_free(fresh):
-            continue
-        patch = {
-            "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
-            "spec": {"claim": {"name": name, "namespace": namespace, "uid": uid}},
-        }
-        try:
-            claimed = await client.patch(
-                POOLED_REMOTE_MACHINES, namespace, fresh["metadata"]["name"], patch
-            )
-        except ApiError as error:
-            if error.conflict or error.status == 422:
-                continue  # someone else was faster
-            raise
-        log.info("claimed pooled machine", machine=name, pooled=fresh["metadata"]["name"])
-        return claimed
-    return None
+def _key(obj: JSONDict) -> str:
+    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def index_free(obj: JSONDict) -> list[str]:
+    return index_by_pool(obj) if is_free(obj) else []
+
+
+@attrs.define
+class _Sent:
+    """A claim this process sent: for whom, against which version, and the server's answer
+    (None while in flight, or when it lost)."""
+
+    claimant_uid: str
+    version: str
+    claimed: JSONDict | None = None
+
+
+class PoolClaims:
+    """Claims of pooled hosts by this process's RemoteMachines (the protocol is above)."""
+
+    def __init__(self, client: KubeClient, store: Store) -> None:
+        self.client = client
+        self.store = store
+        #: Pooled host key -> the claim sent for it whose version the cache still shows.
+        self._sent: dict[str, _Sent] = {}
+
+    def _settle(self) -> None:
+        """Forget the claims the cache has caught up with (it shows a newer version)."""
+        for key, sent in list(self._sent.items()):
+            cached = self.store.get(key)
+            if cached is None or cached["metadata"].get("resourceVersion") != sent.version:
+                del self._sent[key]
+
+    def _won(self, machine: JSONDict) -> JSONDict | None:
+        uid = machine["metadata"]["uid"]
+        for sent in self._sent.values():
+            if sent.claimant_uid == uid and sent.claimed is not None:
+                return sent.claimed
+        return None
+
+    def _next_free(self, namespace: str, pool: str) -> JSONDict | None:
+        for candidate in self.store.iter_index(FREE_INDEX, f"{namespace}/{pool}"):
+            if _key(candidate) not in self._sent:
+                return candidate
+        return None
+
+    async def find_or_claim(self, machine: JSONDict, log: FilteringBoundLogger) -> JSONDict | None:
+        """The pooled host this RemoteMachine holds, claiming a free one if it holds none."""
+        meta = machine["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        held = held_by(self.store, machine)
+        if held:
+            return held[0]
+        self._settle()
+        won = self._won(machine)
+        if won is not None:
+            return won  # ours already; the cache has not caught up
+        pool = machine["spec"]["pool"]
+        while (candidate := self._next_free(namespace, pool)) is not None:
+            key, version = _key(candidate), candidate["metadata"]["resourceVersion"]
+            sent = self._sent[key] = _Sent(uid, version)
+            patch = {
+                "metadata": {"resourceVersion": version},
+                "spec": {"claim": {"name": name, "namespace": namespace, "uid": uid}},
+            }
+            try:
+                sent.claimed = await self.client.patch(
+                    POOLED_REMOTE_MACHINES, namespace, candidate["metadata"]["name"], patch
+                )
+            except ApiError as error:
+                if error.conflict or error.not_found or error.status == 422:
+                    continue  # changed or taken since the cache saw it: skipped until it shows
+                del self._sent[key]
+                raise
+            except BaseException:
+                del self._sent[key]  # unknown whether it applied: the cache will tell
+                raise
+            log.info("claimed pooled machine", machine=name, pooled=candidate["metadata"]["name"])
+            return sent.claimed
+        return None
 
 
 async def release(

@@ -40,6 +40,7 @@ from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, SSHError
 from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
+    FREE_INDEX,
     MOVE_GRACE,
     POOL_INDEX,
     RECHECK_ANNOTATION,
@@ -47,6 +48,7 @@ from reconcilers.pool.claims import (
     claimant_key,
     index_by_claimant,
     index_by_pool,
+    index_free,
     release_stale,
 )
 from reconcilers.remote import HostAccess, MissingSecret
@@ -332,6 +334,7 @@ def pool_informer(provider: Provider) -> Informer:
     informer = provider.manager.informer(POOLED_REMOTE_MACHINES)
     informer.store.add_indexer(CLAIM_INDEX, index_by_claimant)
     informer.store.add_indexer(POOL_INDEX, index_by_pool)
+    informer.store.add_indexer(FREE_INDEX, index_free)
     informer.store.add_indexer(SECRET_REF_INDEX, pooled_secrets)
     return informer
 

@@ -86,6 +86,7 @@ class RemoteMachineReconciler:
         self.flow = flow
         self.deletion = deletion
         self.node_link = node_link
+        self.claims = pools.PoolClaims(client, stores.pooled)
 
     async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
         rm = self.stores.machines.get_by_name(request.namespace, request.name)
@@ -204,7 +205,7 @@ class RemoteMachineReconciler:
     async def _claim(
         self, log: FilteringBoundLogger, rm: JSONDict, status: JSONDict, machine: JSONDict
     ) -> Result:
-        pooled = await pools.find_or_claim(self.client, self.stores.pooled, rm, log)
+        pooled = await self.claims.find_or_claim(rm, log)
         if pooled is None:
             pool = rm["spec"]["pool"]
             return await self._wait(

@@ -13,6 +13,7 @@ from capi_remote import (
     Provider,
     Request,
     Selector,
+    Store,
     owner_of_kind,
     request_for,
 )
@@ -54,6 +55,7 @@ from reconcilers.workloadnodes import WorkloadNodes
 JSONDict = dict[str, Any]
 DATA_SECRET_INDEX = "data-secret"
 CLUSTER_INDEX = "cluster"
+WAITING_INDEX = "waiting-for-host"
 
 
 def machine_to_remote(machine: JSONDict) -> list[Request]:
@@ -71,6 +73,24 @@ def _data_secret(m: JSONDict) -> list[str]:
 def _cluster(m: JSONDict) -> list[str]:
     name = m["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL)
     return [f"{m['metadata'].get('namespace', '')}/{name}"] if name else []
+
+
+def index_waiting(rm: JSONDict) -> list[str]:
+    """``namespace/pool`` of a RemoteMachine of a pool that has no host yet."""
+    spec = rm.get("spec") or {}
+    if not spec.get("pool") or spec.get("address"):
+        return []
+    return [f"{rm['metadata'].get('namespace', '')}/{spec['pool']}"]
+
+
+def free_host_to_waiting(machines: Store, event: Event) -> list[Request]:
+    """A host that is free wakes the RemoteMachines waiting for a host of its pool (by index: a
+    fleet of bound machines costs nothing here)."""
+    if not pools.is_free(event.obj):
+        return []
+    meta = event.obj["metadata"]
+    key = f"{meta.get('namespace', '')}/{event.obj.get('spec', {}).get('pool')}"
+    return [request_for(rm) for rm in machines.iter_index(WAITING_INDEX, key)]
 
 
 class Wake:
@@ -91,6 +111,7 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     manager = provider.manager
     remote = manager.informer(REMOTE_MACHINES)
     remote.store.add_indexer(SECRET_REF_INDEX, referenced_secrets)
+    remote.store.add_indexer(WAITING_INDEX, index_waiting)
     capi_machines = manager.informer(MACHINES)
     capi_machines.store.add_indexer(DATA_SECRET_INDEX, _data_secret)
     capi_machines.store.add_indexer(CLUSTER_INDEX, _cluster)
@@ -195,19 +216,6 @@ def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stor
             for request in machine_to_remote(machine)
         ]
 
-    def free_host_to_waiting(event: Event) -> list[Request]:
-        if not pools.is_free(event.obj):
-            return []
-        namespace = event.obj["metadata"].get("namespace", "")
-        pool = event.obj.get("spec", {}).get("pool")
-        return [
-            request_for(rm)
-            for rm in stores.machines.values()
-            if rm["metadata"].get("namespace") == namespace
-            and rm.get("spec", {}).get("pool") == pool
-            and not rm["spec"].get("address")
-        ]
-
     return (
         provider.manager.controller(
             "remotemachine",
@@ -217,6 +225,6 @@ def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stor
         )
         .watches(MACHINES, lambda e: machine_to_remote(e.obj))
         .watches(CLUSTERS, cluster_to_remote)
-        .watches(POOLED_REMOTE_MACHINES, free_host_to_waiting)
+        .watches(POOLED_REMOTE_MACHINES, lambda e: free_host_to_waiting(stores.machines, e))
         .build()
     )

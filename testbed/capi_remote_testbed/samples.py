@@ -13,6 +13,7 @@ import base64
 import json
 import shlex
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,16 @@ def node_registration_script(
     *,
     with_provider_id: bool = True,
     labels: dict[str, str] | None = None,
+    fleets: Mapping[str, int] | None = None,
+    work: Sequence[str] = (),
 ) -> str:
     """A kubeadm-style cloud-config (jinja header) that registers this host as a Node, with the
     ``PROVIDER_ID`` placeholder as its providerID (or none, as a kubelet without cloud provider
-    would, leaving the link to the controller)."""
+    would, leaving the link to the controller).
+
+    ``fleets`` (a fleet's gateway -> the API proxy's port on it) makes one script serve hosts of
+    several fleets: each host reaches the proxy on its own /24's gateway (``api_port`` and
+    ``gateway`` are then unused). ``work`` are commands run before the registration."""
     node = json.dumps(
         {
             "apiVersion": "v1",
@@ -54,19 +61,32 @@ def node_registration_script(
         body = textwrap.indent(content.rstrip("\n") + "\n", "      ")
         return f"- path: {path}\n  permissions: '{mode}'\n  content: |\n{body}"
 
+    port, address, pick = str(api_port), gateway, ""
+    if fleets is not None:
+        # shlex leaves these words unquoted, so the shell expands them.
+        port, address = "${port}", "${gw}"
+        cases = "".join(f"{g}) port={p} ;; " for g, p in fleets.items())
+        pick = (
+            "a=$(ip -4 -o addr show eth0 | awk '{print $4}'); a=${a%/*}; gw=${a%.*}.1;"
+            f" case $gw in {cases}*) echo no API proxy for $gw >&2; exit 1 ;; esac; "
+        )
     curl = [
         "curl", "-sS", "-o", "/var/tmp/e2e-register.json", "-w", "%{http_code}",
         "--cacert", "/etc/e2e/ca.crt",
         "--cert", "/etc/e2e/client.crt", "--key", "/etc/e2e/client.key",
-        "--resolve", f"localhost:{api_port}:{gateway}",
+        "--resolve", f"localhost:{port}:{address}",
         "-H", "Content-Type: application/json", "-X", "POST",
         "--data-binary", "@/etc/e2e/node.json",
-        f"https://localhost:{api_port}/api/v1/nodes",
+        f"https://localhost:{port}/api/v1/nodes",
     ]  # fmt: skip
+    joined = shlex.join(curl).replace("'localhost:${port}:${gw}'", "localhost:${port}:${gw}")
+    joined = joined.replace(
+        "'https://localhost:${port}/api/v1/nodes'", "https://localhost:${port}/api/v1/nodes"
+    )
     # Idempotent, as a kubelet's registration is: 409 means an earlier try created the Node and
     # lost the answer (e.g. the API server restarted in between), so a retry must not fail on it.
     register = (
-        f"code=$({shlex.join(curl)}) || exit 1; case $code in 201|409) ;; *) echo HTTP $code >&2;"
+        f"{pick}code=$({joined}) || exit 1; case $code in 201|409) ;; *) echo HTTP $code >&2;"
         " cat /var/tmp/e2e-register.json >&2; exit 1 ;; esac"
     )
     files = "\n".join(
@@ -81,6 +101,7 @@ def node_registration_script(
         "## template: jinja\n#cloud-config\nwrite_files:\n"
         + files
         + "\nruncmd:\n"
+        + "".join(f"- {json.dumps(command)}\n" for command in work)
         + f"- {json.dumps(register)}\n"
         + "- mkdir -p /run/cluster-api\n"
         + "- touch /run/cluster-api/bootstrap-success.complete\n"

@@ -294,7 +294,7 @@ class Env:
     workdir: Path
 
 
-def _start_controller(plane: ControlPlane, workdir: Path) -> ManagedProcess:
+def start_controller(plane: ControlPlane, workdir: Path) -> ManagedProcess:
     """``capi-remote run`` as in capi_remote_testbed.provider.start_controller, with its own
     kubeconfig."""
     kubeconfig = workdir / "controller.kubeconfig"
@@ -355,7 +355,7 @@ async def environment(hosts: int, audit_policy: JSONDict = AUDIT_POLICY) -> Asyn
         api_proxy = TcpProxy((LOOPBACK, plane.apiserver_port), listen_host=fleet.gateway)
         api_proxy.start()
         stack.callback(api_proxy.close)
-        controller = _start_controller(plane, workdir)
+        controller = start_controller(plane, workdir)
         stack.callback(controller.stop)
         workload = yaml.safe_dump(identity_kubeconfig(plane, WORKLOAD_USER)).encode()
         client = await KubeClient.from_kubeconfig(str(plane.kubeconfig))

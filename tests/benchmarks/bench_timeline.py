@@ -192,15 +192,21 @@ def summarize(stages: dict[str, dict[str, float]]) -> JSONDict:
     return report
 
 
-def _process(pid: int) -> JSONDict:
+def process_stats(pid: int) -> JSONDict:
+    """CPU seconds (its own and its reaped children's), RSS and peak RSS of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     status = Path(f"/proc/{pid}/status").read_text()
-    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    kib = {
+        line.split(":")[0]: int(line.split()[1])
+        for line in status.splitlines()
+        if line.startswith(("VmHWM:", "VmRSS:"))
+    }
     return {
         "cpu_s": (int(fields[11]) + int(fields[12])) / tick,
         "children_cpu_s": (int(fields[13]) + int(fields[14])) / tick,
-        "peak_rss_mb": round(hwm / 1024, 1),
+        "rss_mb": round(kib["VmRSS"] / 1024, 1),
+        "peak_rss_mb": round(kib["VmHWM"] / 1024, 1),
     }
 
 
@@ -221,12 +227,12 @@ async def run(machines: int) -> JSONDict:
             await env.client.create(SECRETS, bootstrap_secret(group, name, script))
         pid = env.controller.pid
         assert pid is not None
-        before = _process(pid)
+        before = process_stats(pid)
         load = os.getloadavg()[0]
         await create_machines(env, group)
         await wait_running(env, group, within=120 + 3 * machines)
         await asyncio.sleep(2.0)  # the last audit lines reach the file
-        after = _process(pid)
+        after = process_stats(pid)
         stages = audit_stages(await asyncio.to_thread(read_audit, env.plane.audit_log))
         for name, found in host_stages(env, group).items():
             stages.setdefault(name, {}).update(found)

@@ -5,7 +5,7 @@ targets and pass/fail per target. A missed target is reported, never an error (e
 Run as root (the SSH and end-to-end benchmarks use namespaced hosts): ``make bench``, or
 ``python -m tests.benchmarks.report [--quick] [--ssh-sizes 50 200] [--long-hosts 200]
 [--long-seconds 30] [--objects 10000]
-[--only ssh ssh-long reconcile informer provision timeline bombs]``.
+[--machines 1000] [--only ssh ssh-long reconcile informer provision timeline bombs e2 events]``.
 See docs/benchmarks.md.
 """
 
@@ -31,16 +31,28 @@ from capi_remote_testbed.controlplane import ControlPlane, Settings
 from capi_remote_testbed.provider import install_crds
 from tests.benchmarks import (
     bench_bombs,
+    bench_events,
     bench_informer,
     bench_provision,
     bench_reconcile,
+    bench_scale,
     bench_ssh,
     bench_timeline,
 )
 from tests.benchmarks.quiet import warnings_to_stderr
 
 OUT = Path("build/bench")
-BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs"]
+BENCHMARKS = [
+    "ssh",
+    "ssh-long",
+    "reconcile",
+    "informer",
+    "provision",
+    "timeline",
+    "bombs",
+    "e2",
+    "events",
+]
 P1_AIM = 1.10  # stricter than issue #8's 1.5 x bound: what we aim for
 
 
@@ -408,6 +420,93 @@ def run_bombs(sizes: bench_bombs.Sizes) -> list[dict[str, Any]]:
     ]
 
 
+def run_e2(sizes: bench_scale.Sizes) -> list[dict[str, Any]]:
+    try:
+        result = asyncio.run(bench_scale.run(sizes))
+    except (TimeoutError, RuntimeError) as error:
+        first_line = str(error).splitlines()[0]
+        return [check("E2", f"scale run failed: {first_line}", None, "", "-", None)]
+    up, down, n = result["scale_up"], result["scale_down"], sizes.machines
+    full = n >= 1000 and sizes.bootstrap_seconds >= 30
+    scale = "" if full else f" (measured with {n} machines; the targets are for 1,000)"
+    steady = sum(result["steady"]["writes"].values())
+    return [
+        check(
+            "E2",
+            f"MachineDeployment on one pool 0 -> {n}, {sizes.bootstrap_seconds:g} s bootstrap: all "
+            f"Running in {up['all_running_s']} s over the floor {up['floor_s']} s (Cluster API "
+            f"created its Machines in {up['capi_machines_created_s']} s){scale}",
+            up["over_floor"],
+            "x",
+            "<= 1.3 x floor",
+            (lambda v: v <= 1.3) if full else None,
+            result,
+        ),
+        check(
+            "E2",
+            f"controller object writes per machine during scale-up, Events excluded{scale}",
+            up["object_writes_per_machine"],
+            "writes",
+            "<= 3",
+            lambda v: v <= 3,
+        ),
+        check(
+            "E2",
+            f"controller writes in {sizes.steady_seconds:g} s of steady state, {n} machines",
+            steady,
+            "writes",
+            "0",
+            lambda v: v == 0,
+        ),
+        check(
+            "E2",
+            f"controller peak RSS, {n} machines{scale}",
+            result["controller_peak_rss_mb"],
+            "MB",
+            "<= 250 MB",
+            lambda v: v <= 250,
+        ),
+        check(
+            "E2",
+            f"scale-down {n} -> 0: every Machine gone and every host cleaned and free again",
+            down["all_returned_s"],
+            "s",
+            "(informational)",
+            None,
+        ),
+    ]
+
+
+def run_events(sizes: Sequence[int]) -> list[dict[str, Any]]:
+    result = asyncio.run(bench_events.run(sizes))
+    rows = []
+    for name, per_size in result["cpu_us_per_event"].items():
+        field = "cpu_us_per_claim" if name == "claim" else None
+        growth = bench_events.growth(per_size, field)
+        numbers = ", ".join(
+            f"{size}: {v[field] if field else v} us" for size, v in per_size.items()
+        )
+        extra = ""
+        if name == "claim":
+            last = list(per_size.values())[-1]
+            extra = (
+                f"; {last['requests_per_claim']} API requests and "
+                f"{last['conflicts_per_claim']} conflicts per claim"
+            )
+        rows.append(
+            check(
+                "X3",
+                f"CPU per {name} event, largest over smallest size ({numbers}{extra})",
+                growth,
+                "x",
+                "<= 2 (flat)",
+                lambda v: v <= 2,
+                per_size,
+            )
+        )
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -439,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--long-hosts", type=int, default=None, help="hosts for P1b")
     parser.add_argument("--long-seconds", type=float, default=None, help="P1b's bootstrap duration")
+    parser.add_argument(
+        "--machines", type=int, default=None, help="E2's machines (and hosts); --quick: 20"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
         "--only",
@@ -498,6 +600,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(
                 check("X2", "bomb benchmark with hosts (needs root)", None, "", "-", None)
             )
+    if "e2" in args.only:
+        if root:
+            e2 = bench_scale.Sizes.quick() if args.quick else bench_scale.Sizes()
+            if args.machines:
+                e2 = attrs.evolve(e2, machines=args.machines)
+            results += run_e2(e2)
+        else:
+            results.append(check("E2", "scale benchmark (needs root)", None, "", "-", None))
+    if "events" in args.only:
+        results += run_events([100, 1_000] if args.quick else [100, 1_000, 5_000])
     report = {
         "machine": {**machine, "load_1m_after": round(os.getloadavg()[0], 2)},
         "results": results,
