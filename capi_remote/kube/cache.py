@@ -5,6 +5,9 @@ Invariants:
   treat them as read-only (copy before changing), as with client-go's shared cache.
 - Every index is kept consistent with the objects on each write: an object is found under an index
   value exactly when the index function returns that value for its cached version.
+- Walking an index value costs its size, not its past: a Python set never shrinks its table, so
+  a value's set is copied once it has shrunk to a quarter of its largest size (a pool's free
+  hosts, all claimed one by one, would otherwise be walked past a thousand empty slots).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class Store:
         self._indexes: dict[str, defaultdict[str, set[str]]] = {
             name: defaultdict(set) for name in self._indexers
         }
+        #: The largest size of each index value's set since it was last copied.
+        self._peaks: dict[str, dict[str, int]] = {name: {} for name in self._indexers}
 
     def add_indexer(self, name: str, func: IndexFunc) -> None:
         """Add an index; existing objects are indexed right away."""
@@ -58,9 +63,9 @@ class Store:
             return
         self._indexers[name] = func
         self._indexes[name] = defaultdict(set)
+        self._peaks[name] = {}
         for key, obj in self._objects.items():
-            for value in func(obj):
-                self._indexes[name][value].add(key)
+            self._index(name, func, key, obj)
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -102,8 +107,7 @@ class Store:
             self._unindex(key, old)
         self._objects[key] = obj
         for name, func in self._indexers.items():
-            for value in func(obj):
-                self._indexes[name][value].add(key)
+            self._index(name, func, key, obj)
         return old
 
     def remove(self, key: str) -> JSONDict | None:
@@ -112,12 +116,25 @@ class Store:
             self._unindex(key, old)
         return old
 
+    def _index(self, name: str, func: IndexFunc, key: str, obj: JSONDict) -> None:
+        peaks = self._peaks[name]
+        for value in func(obj):
+            keys = self._indexes[name][value]
+            keys.add(key)
+            if len(keys) > peaks.get(value, 0):
+                peaks[value] = len(keys)
+
     def _unindex(self, key: str, obj: JSONDict) -> None:
         for name, func in self._indexers.items():
-            index = self._indexes[name]
+            index, peaks = self._indexes[name], self._peaks[name]
             for value in func(obj):
                 keys = index.get(value)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del index[value]
+                if keys is None:
+                    continue
+                keys.discard(key)
+                if not keys:
+                    del index[value]
+                    peaks.pop(value, None)
+                elif 4 * len(keys) < peaks.get(value, 0):
+                    index[value] = set(keys)
+                    peaks[value] = len(keys)

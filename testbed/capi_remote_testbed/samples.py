@@ -18,6 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from capi_remote.api import GROUP
+from capi_remote.kube.client import Resource
+from capi_remote.resources import (
+    CAPI_GROUP,
+    CLUSTERS,
+    CONFIGMAPS,
+    MACHINES,
+    POOLED_REMOTE_MACHINES,
+    REMOTE_CLUSTERS,
+    REMOTE_MACHINE_TEMPLATES,
+    REMOTE_MACHINES,
+    SECRETS,
+)
 
 JSONDict = dict[str, Any]
 CAPI_API = "cluster.x-k8s.io/v1beta2"
@@ -25,6 +37,22 @@ INFRA_API = f"{GROUP}/v1beta2"
 SSH_KEY_SECRET = "ssh-key"
 KNOWN_HOSTS = "known-hosts"
 DEPLOYMENT_LABEL = "e2e.capi-remote.dev/deployment"
+MACHINE_DEPLOYMENTS = Resource(CAPI_GROUP, "v1beta2", "machinedeployments", "MachineDeployment")
+#: The resource of each kind these samples make, for a generic create.
+RESOURCES = {
+    r.kind: r
+    for r in (
+        CLUSTERS,
+        CONFIGMAPS,
+        MACHINES,
+        MACHINE_DEPLOYMENTS,
+        POOLED_REMOTE_MACHINES,
+        REMOTE_CLUSTERS,
+        REMOTE_MACHINE_TEMPLATES,
+        REMOTE_MACHINES,
+        SECRETS,
+    )
+}
 
 
 def b64(data: bytes | str) -> str:

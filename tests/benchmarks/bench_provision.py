@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -333,20 +333,32 @@ def start_controller(plane: ControlPlane, workdir: Path) -> ManagedProcess:
         time.sleep(0.2)
 
 
-@contextlib.asynccontextmanager
-async def environment(hosts: int, audit_policy: JSONDict = AUDIT_POLICY) -> AsyncIterator[Env]:
-    """Control plane (CAPI, audit log), controller, ``hosts`` hosts behind forwarders."""
+@contextlib.contextmanager
+def audited_plane(
+    audit_policy: JSONDict, stack: contextlib.ExitStack
+) -> Iterator[tuple[ControlPlane, Path]]:
+    """A work directory (removed at the end unless ``CAPI_REMOTE_KEEP_ENV``) and, on ``stack``,
+    a started control plane with Cluster API and that audit policy."""
     workdir = Path(tempfile.mkdtemp(prefix="capi-remote-bench-"))
     policy = workdir / "audit-policy.yaml"
     policy.write_text(yaml.safe_dump(audit_policy))
     keep = bool(os.environ.get("CAPI_REMOTE_KEEP_ENV"))
-    tools = toolchain.ensure(log=lambda _: None)
-    plane = ControlPlane(tools, Settings(audit_policy=policy))
-    with contextlib.ExitStack() as stack:
-        if not keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        plane.start()
-        stack.callback(plane.stop, keep_workdir=keep)
+    plane = ControlPlane(toolchain.ensure(log=lambda _: None), Settings(audit_policy=policy))
+    if not keep:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    plane.start()
+    stack.callback(plane.stop, keep_workdir=keep)
+    try:
+        yield plane, workdir
+    finally:
+        if keep:
+            print(f"benchmark: kept {workdir} and {plane.workdir}", file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def environment(hosts: int, audit_policy: JSONDict = AUDIT_POLICY) -> AsyncIterator[Env]:
+    """Control plane (CAPI, audit log), controller, ``hosts`` hosts behind forwarders."""
+    with contextlib.ExitStack() as stack, audited_plane(audit_policy, stack) as (plane, workdir):
         fleet = HostFleet(hosts).start()
         stack.callback(fleet.close)
         proxies = FirstByteProxies([(h.address, h.port) for h in fleet.hosts])
@@ -363,8 +375,6 @@ async def environment(hosts: int, audit_policy: JSONDict = AUDIT_POLICY) -> Asyn
             yield Env(plane, fleet, proxies, api_proxy, client, controller, workload, workdir)
         finally:
             await client.close()
-            if keep:
-                print(f"bench_provision: kept {workdir} and {plane.workdir}", file=sys.stderr)
 
 
 # -- groups of machines ---------------------------------------------------------------------------

@@ -34,9 +34,7 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -47,20 +45,10 @@ from typing import Any
 import attrs
 import yaml
 
-from capi_remote.kube.client import KubeClient, Resource
-from capi_remote.resources import (
-    CAPI_GROUP,
-    CLUSTERS,
-    CONFIGMAPS,
-    MACHINES,
-    POOLED_REMOTE_MACHINES,
-    REMOTE_CLUSTERS,
-    REMOTE_MACHINE_TEMPLATES,
-    REMOTE_MACHINES,
-    SECRETS,
-)
-from capi_remote_testbed import samples, toolchain
-from capi_remote_testbed.controlplane import ControlPlane, Settings
+from capi_remote.kube.client import KubeClient
+from capi_remote.resources import CAPI_GROUP, MACHINES, POOLED_REMOTE_MACHINES
+from capi_remote_testbed import samples
+from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import HostFleet, known_hosts_line
 from capi_remote_testbed.hosts.names import MAX_HOSTS
 from capi_remote_testbed.processes import ManagedProcess
@@ -71,6 +59,7 @@ from tests.benchmarks.bench_provision import (
     LOOPBACK,
     WORKLOAD_USER,
     WRITE_VERBS,
+    audited_plane,
     identity_kubeconfig,
     read_audit,
     start_controller,
@@ -81,21 +70,6 @@ from tests.benchmarks.quiet import warnings_to_stderr
 
 JSONDict = dict[str, Any]
 NAMESPACE, POOL, DEPLOYMENT = "e2", "workers", "workers"
-MACHINE_DEPLOYMENTS = Resource(CAPI_GROUP, "v1beta2", "machinedeployments", "MachineDeployment")
-_RESOURCES = {
-    r.kind: r
-    for r in (
-        CLUSTERS,
-        CONFIGMAPS,
-        MACHINES,
-        POOLED_REMOTE_MACHINES,
-        REMOTE_CLUSTERS,
-        REMOTE_MACHINE_TEMPLATES,
-        REMOTE_MACHINES,
-        SECRETS,
-        MACHINE_DEPLOYMENTS,
-    )
-}
 
 # Every request of the controller (metadata: when, what, the answer), and Cluster API's creates
 # and deletes of Machines (the floor).
@@ -197,16 +171,7 @@ def _start_fleets(sizes: Sizes) -> tuple[list[HostFleet], JSONDict]:
 
 @contextlib.asynccontextmanager
 async def environment(sizes: Sizes) -> AsyncIterator[Env]:
-    workdir = Path(tempfile.mkdtemp(prefix="capi-remote-e2-"))
-    policy = workdir / "audit-policy.yaml"
-    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-    keep = bool(os.environ.get("CAPI_REMOTE_KEEP_ENV"))
-    plane = ControlPlane(toolchain.ensure(log=lambda _: None), Settings(audit_policy=policy))
-    with contextlib.ExitStack() as stack:
-        if not keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        plane.start()
-        stack.callback(plane.stop, keep_workdir=keep)
+    with contextlib.ExitStack() as stack, audited_plane(AUDIT_POLICY, stack) as (plane, workdir):
         fleets, memory = await asyncio.to_thread(_start_fleets, sizes)
         for fleet in fleets:
             stack.callback(fleet.close)
@@ -224,15 +189,13 @@ async def environment(sizes: Sizes) -> AsyncIterator[Env]:
             yield Env(plane, fleets, proxies, client, controller, workload, memory)
         finally:
             await client.close()
-            if keep:
-                print(f"bench_scale: kept {workdir} and {plane.workdir}", file=sys.stderr)
 
 
 # -- the objects ----------------------------------------------------------------------------------
 
 
 async def _create(env: Env, obj: JSONDict) -> None:
-    await env.client.create(_RESOURCES[obj["kind"]], obj)
+    await env.client.create(samples.RESOURCES[obj["kind"]], obj)
 
 
 def _fleet_spec(index: int, host_address: str) -> JSONDict:
@@ -440,9 +403,34 @@ def capi_machine_times(events: Sequence[JSONDict], verb: str, since: float) -> l
 async def _scale(env: Env, replicas: int) -> float:
     at = time.time()
     await env.client.patch(
-        MACHINE_DEPLOYMENTS, NAMESPACE, DEPLOYMENT, {"spec": {"replicas": replicas}}
+        samples.MACHINE_DEPLOYMENTS, NAMESPACE, DEPLOYMENT, {"spec": {"replicas": replicas}}
     )
     return at
+
+
+async def _drive(env: Env, sizes: Sizes) -> tuple[float, ...]:
+    """Scale up, hold, scale down; returns the phases' wall times and the load at the start."""
+    n = sizes.machines
+    await asyncio.sleep(2 * sizes.sample_seconds)
+    load = os.getloadavg()[0]
+    up_at = await _scale(env, n)
+    await wait_for(
+        f"{n} Machines Running", lambda: _phase_count(env, "Running", n + 1), 300 + 2 * n, 1.0
+    )
+    up_done = time.time()
+    await asyncio.sleep(5.0)
+    steady_from = time.time()
+    await asyncio.sleep(sizes.steady_seconds)
+    steady_to = time.time()
+    down_at = await _scale(env, 0)
+
+    async def all_back() -> bool:
+        return len(await _machines(env)) == 1 and await _free_count(env, n)
+
+    await wait_for(f"{n} Machines gone, hosts free", all_back, 300 + 2 * n, 1.0)
+    down_done = time.time()
+    await asyncio.sleep(2 * sizes.sample_seconds)
+    return up_at, up_done, steady_from, steady_to, down_at, down_done, load
 
 
 async def run(sizes: Sizes) -> JSONDict:
@@ -452,31 +440,13 @@ async def run(sizes: Sizes) -> JSONDict:
         await prepare(env, sizes)
         sampler = Sampler(env, sizes.sample_seconds)
         sampling = asyncio.create_task(sampler.run())
-        await asyncio.sleep(2 * sizes.sample_seconds)
-        load = os.getloadavg()[0]
-        up_at = await _scale(env, n)
-        await wait_for(
-            f"{n} Machines Running",
-            lambda: _phase_count(env, "Running", n + 1),
-            300 + 2 * n,
-            1.0,
-        )
-        up_done = time.time()
-        await asyncio.sleep(5.0)
-        steady_from = time.time()
-        await asyncio.sleep(sizes.steady_seconds)
-        steady_to = time.time()
-        down_at = await _scale(env, 0)
-
-        async def all_back() -> bool:
-            return len(await _machines(env)) == 1 and await _free_count(env, n)
-
-        await wait_for(f"{n} Machines gone, hosts free", all_back, 300 + 2 * n, 1.0)
-        down_done = time.time()
-        await asyncio.sleep(2 * sizes.sample_seconds)
-        sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
+        try:
+            phases = await _drive(env, sizes)
+        finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
+        up_at, up_done, steady_from, steady_to, down_at, down_done, load = phases
         peak_rss = process_stats(env.controller.pid or 0)["peak_rss_mb"]
         events = await asyncio.to_thread(read_audit, env.plane.audit_log)
         memory = env.host_memory
@@ -519,6 +489,9 @@ async def run(sizes: Sizes) -> JSONDict:
             "timeseries": timeseries(sampler.rows, times, down_at, down_done),
         },
         "controller_peak_rss_mb": peak_rss,
+        "watches_opened": dict(
+            Counter(_resource(e) for e in ours if e.get("verb") == "watch").most_common()
+        ),
     }
 
 
@@ -528,10 +501,11 @@ def _last_after(times: Sequence[float], since: float) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_scale")
-    parser.add_argument("--machines", type=int, default=Sizes.machines)
-    parser.add_argument("--bootstrap-seconds", type=float, default=Sizes.bootstrap_seconds)
-    parser.add_argument("--sample-seconds", type=float, default=Sizes.sample_seconds)
-    parser.add_argument("--steady-seconds", type=float, default=Sizes.steady_seconds)
+    defaults = Sizes()
+    parser.add_argument("--machines", type=int, default=defaults.machines)
+    parser.add_argument("--bootstrap-seconds", type=float, default=defaults.bootstrap_seconds)
+    parser.add_argument("--sample-seconds", type=float, default=defaults.sample_seconds)
+    parser.add_argument("--steady-seconds", type=float, default=defaults.steady_seconds)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
