@@ -27,6 +27,7 @@ from capi_remote_testbed.clustertemplates import shipped_cluster_class
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.pki import CertificateAuthority, KeyPair
+from capi_remote_testbed.realcluster import describe_objects
 from capi_remote_testbed.workload import WorkloadApiServer
 from e2e.bed import Bed
 
@@ -53,13 +54,7 @@ INSTANCE_TEMPLATE = (
 def describe(bed: Bed, managers: RunningProviders) -> str:
     """What a failed wait prints: the Cluster API objects of the test's namespace, the managers'
     log tails."""
-    parts = []
-    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-        try:
-            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
-        except Exception as error:  # a diagnosis must not hide the real failure
-            parts.append(f"(describe {kind}: {error})")
-    return "\n".join(parts) + "\n" + managers.log_tails()
+    return describe_objects(bed.plane.kubectl, bed.namespace) + "\n" + managers.log_tails()
 
 
 def _files() -> list[JSONDict]:

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import yaml
@@ -37,9 +37,9 @@ from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.hosts import Host, HostFleet
 from capi_remote_testbed.kubeadmimages import ETCD_IMAGE_TAG, IMAGE_REPOSITORY, image_refs
 from capi_remote_testbed.node import KUBELET_ON_THIS_VM
+from capi_remote_testbed.waits import poll
 
 JSONDict = dict[str, Any]
-T = TypeVar("T")
 PATCHES_DIR = "/etc/kubernetes/patches"
 KUBELET_PATCH: JSONDict = dict(KUBELET_ON_THIS_VM)
 SKIP_PHASES = ["addon/coredns", "addon/kube-proxy"]
@@ -52,6 +52,9 @@ SAMPLE = "sample"
 
 class RealClusterError(RuntimeError):
     """A stage did not complete in time; the message says which, and what the objects show."""
+
+
+_WAIT: dict[str, Any] = {"interval": 1.0, "error": RealClusterError}
 
 
 def _registration(name: str) -> JSONDict:
@@ -144,19 +147,16 @@ def is_ready(node: JSONDict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def poll(what: str, check: Callable[[], T | None], within: float, diagnose: Callable[[], str]) -> T:
-    """``check()`` every second until it returns something truthy; RealClusterError after
-    ``within`` seconds, with ``diagnose()``."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RealClusterError(
-                f"timed out after {within:.0f} s waiting for {what}\n{diagnose()}"
-            )
-        time.sleep(1.0)
+def describe_objects(kubectl: Callable[..., str], namespace: str) -> str:
+    """``kubectl describe`` of the Cluster API objects of ``namespace``: what a failed wait
+    prints."""
+    parts = []
+    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
+        try:
+            parts.append(kubectl("describe", kind, "-n", namespace))
+        except Exception as error:  # a diagnosis must not hide the real failure
+            parts.append(f"(describe {kind}: {error})")
+    return "\n".join(parts)
 
 
 @attrs.define
@@ -227,12 +227,7 @@ class RealCluster:
 
     def diagnose(self) -> str:
         """The Cluster API objects of the namespace and each host's kubelet log tail."""
-        parts = []
-        for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-            try:
-                parts.append(self.plane.kubectl("describe", kind, "-n", self.namespace))
-            except ControlPlaneError as error:  # a diagnosis must not hide the real failure
-                parts.append(f"(describe {kind}: {error})")
+        parts = [describe_objects(self.plane.kubectl, self.namespace)]
         for host in self.fleet.hosts:
             log = host.exec_inside(["tail", "-n", "15", "/var/log/capi-node/kubelet.log"])
             parts.append(f"{host.name} kubelet:\n{log.stdout.decode(errors='replace')}")
@@ -265,7 +260,7 @@ class RealCluster:
             return max(1.0, within - (time.monotonic() - started))
 
         progress("waiting for the workload cluster's kubeconfig (kubeadm init on the first host)")
-        poll("the workload kubeconfig", self._fetch_kubeconfig, remaining(), self.diagnose)
+        poll("the workload kubeconfig", self._fetch_kubeconfig, remaining(), self.diagnose, **_WAIT)
         expected = 1 + self.workers
 
         def all_ready() -> list[JSONDict]:
@@ -273,7 +268,7 @@ class RealCluster:
             progress(f"{len(nodes)} of {expected} Nodes Ready ({time.monotonic() - started:.0f} s)")
             return nodes if len(nodes) >= expected else []
 
-        return poll(f"{expected} Nodes Ready", all_ready, remaining(), self.diagnose)
+        return poll(f"{expected} Nodes Ready", all_ready, remaining(), self.diagnose, **_WAIT)
 
     def deploy_sample(self, within: float = 180.0) -> JSONDict:
         """Apply :func:`sample_deployment`; its Pod once Running."""
@@ -287,7 +282,7 @@ class RealCluster:
                 (p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None
             )
 
-        return poll(f"the {SAMPLE} Pod Running", running, within, self.diagnose)
+        return poll(f"the {SAMPLE} Pod Running", running, within, self.diagnose, **_WAIT)
 
 
 def scale_patch(replicas: int) -> str:
