@@ -241,8 +241,8 @@ class RealCluster:
             )  # fmt: skip
         except ControlPlaneError:  # not created yet
             return False
+        self.kubeconfig.touch(mode=0o600)  # an admin credential: never readable by others
         self.kubeconfig.write_bytes(base64.b64decode(value))
-        self.kubeconfig.chmod(0o600)
         return True
 
     def ready_nodes(self) -> list[JSONDict]:
