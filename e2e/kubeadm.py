@@ -3,7 +3,7 @@ topology Cluster template, with what the test bed needs added, and the workload 
 create: a kube-apiserver (``capi_remote_testbed.workload``) whose CA is the ``<cluster>-ca`` the
 kubeadm control-plane provider signs everything with.
 
-These hosts have no kubeadm (``e2e/realkubeadm.py`` is the flavour with real nodes):
+These hosts have no kubeadm (``capi_remote_testbed.realcluster`` is the flavour with real nodes):
 ``kubeadm-shim.sh`` stands in for it (see its header), delivered as a
 ``files`` entry of the kubeadm configs, i.e. through the very cloud-config the kubeadm bootstrap
 provider renders. etcd is configured as external (the test bed's etcd, which the workload API
@@ -17,25 +17,21 @@ import base64
 import contextlib
 import gzip
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capi_remote.kube.client import Resource
+from capi_remote_testbed.clustertemplates import shipped_cluster_class
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.pki import CertificateAuthority, KeyPair
-from capi_remote_testbed.toolchain import KUBERNETES_VERSION
+from capi_remote_testbed.realcluster import describe_objects
 from capi_remote_testbed.workload import WorkloadApiServer
 from e2e.bed import Bed
 
 JSONDict = dict[str, Any]
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "manifests" / "clusterctl" / "templates"
 SHIM = Path(__file__).with_name("kubeadm-shim.sh")
 
 KUBEADM_CONTROL_PLANES = Resource(
@@ -53,33 +49,12 @@ INSTANCE_TEMPLATE = (
     "v1_local_hostname={{ v1.local_hostname }}\n"
     "instance_id={{ ds.meta_data.instance_id }}\n"
 )
-_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::=([^}]*))?\}")
 
 
 def describe(bed: Bed, managers: RunningProviders) -> str:
     """What a failed wait prints: the Cluster API objects of the test's namespace, the managers'
     log tails."""
-    parts = []
-    for kind in ("cluster", "kubeadmcontrolplane", "machine", "remotemachine"):
-        try:
-            parts.append(bed.plane.kubectl("describe", kind, "-n", bed.namespace))
-        except Exception as error:  # a diagnosis must not hide the real failure
-            parts.append(f"(describe {kind}: {error})")
-    return "\n".join(parts) + "\n" + managers.log_tails()
-
-
-def envsubst(text: str, variables: dict[str, str]) -> str:
-    """clusterctl's ``${VAR}`` / ``${VAR:=default}`` substitution (unset without default: error)."""
-
-    def value(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in variables:
-            return variables[name]
-        if default is None:
-            raise KeyError(f"template variable {name} is not set")
-        return default
-
-    return _VARIABLE.sub(value, text)
+    return describe_objects(bed.plane.kubectl, bed.namespace) + "\n" + managers.log_tails()
 
 
 def _files() -> list[JSONDict]:
@@ -99,11 +74,8 @@ def _files() -> list[JSONDict]:
 def cluster_class(namespace: str, etcd_endpoint: str) -> list[JSONDict]:
     """``clusterclass-remote.yaml`` as shipped, plus the shim and external etcd in its kubeadm
     templates."""
-    documents = [
-        d for d in yaml.safe_load_all((TEMPLATES / "clusterclass-remote.yaml").read_text())
-    ]
+    documents = shipped_cluster_class(namespace)
     for document in documents:
-        document["metadata"]["namespace"] = namespace
         if document["kind"] == "KubeadmControlPlaneTemplate":
             spec = document["spec"]["template"]["spec"]["kubeadmConfigSpec"]
             spec["clusterConfiguration"] = {
@@ -123,33 +95,6 @@ def cluster_class(namespace: str, etcd_endpoint: str) -> list[JSONDict]:
             # The other jinja spelling cloud-init offers for the same value.
             spec["joinConfiguration"]["nodeRegistration"]["name"] = "{{ v1.local_hostname }}"
     return documents
-
-
-def topology_cluster(
-    name: str,
-    namespace: str,
-    endpoint: tuple[str, int],
-    *,
-    control_plane_pool: str,
-    worker_pool: str,
-    workers: int,
-) -> JSONDict:
-    """``cluster-template-topology.yaml`` rendered as clusterctl would."""
-    text = envsubst(
-        (TEMPLATES / "cluster-template-topology.yaml").read_text(),
-        {
-            "CLUSTER_NAME": name,
-            "NAMESPACE": namespace,
-            "KUBERNETES_VERSION": KUBERNETES_VERSION,
-            "WORKER_MACHINE_COUNT": str(workers),
-            "REMOTE_CONTROL_PLANE_ENDPOINT_HOST": endpoint[0],
-            "REMOTE_CONTROL_PLANE_ENDPOINT_PORT": str(endpoint[1]),
-            "REMOTE_CONTROL_PLANE_POOL": control_plane_pool,
-            "REMOTE_POOL": worker_pool,
-        },
-    )
-    cluster: JSONDict = yaml.safe_load(text)
-    return cluster
 
 
 def _secret(cluster: str, namespace: str, purpose: str, pair: KeyPair | None = None, *,

@@ -23,6 +23,7 @@ from capi_remote.resources import (
     REMOTE_MACHINES,
     SECRETS,
 )
+from capi_remote_testbed import clustertemplates
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.pki import CertificateAuthority
@@ -114,7 +115,7 @@ async def _create_and_check(
             plane.kubectl, "wait", "-n", bed.namespace, "clusterclass/remote",
             "--timeout=60s", f"--for=condition={condition}",
         )  # fmt: skip
-    cluster = kubeadm.topology_cluster(
+    cluster = clustertemplates.topology_cluster(
         CLUSTER,
         bed.namespace,
         endpoint,

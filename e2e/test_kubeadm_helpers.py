@@ -9,14 +9,15 @@ import subprocess
 
 import pytest
 
+from capi_remote_testbed import clustertemplates
 from e2e import kubeadm
 
 
 def test_envsubst_follows_clusterctl() -> None:
-    assert kubeadm.envsubst("${A}-${B:=two}", {"A": "one"}) == "one-two"
-    assert kubeadm.envsubst("${B:=two}", {"B": "three"}) == "three"
+    assert clustertemplates.envsubst("${A}-${B:=two}", {"A": "one"}) == "one-two"
+    assert clustertemplates.envsubst("${B:=two}", {"B": "three"}) == "three"
     with pytest.raises(KeyError, match="C"):
-        kubeadm.envsubst("${C}", {})
+        clustertemplates.envsubst("${C}", {})
 
 
 def test_cluster_class_is_the_shipped_one_plus_the_shim_and_external_etcd() -> None:
@@ -37,7 +38,7 @@ def test_cluster_class_is_the_shipped_one_plus_the_shim_and_external_etcd() -> N
 
 
 def test_topology_cluster_renders_every_variable() -> None:
-    cluster = kubeadm.topology_cluster(
+    cluster = clustertemplates.topology_cluster(
         "c", "ns", ("10.0.0.1", 6443), control_plane_pool="cp", worker_pool="w", workers=2
     )
     topology = cluster["spec"]["topology"]

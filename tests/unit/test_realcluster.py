@@ -1,0 +1,58 @@
+"""The real cluster of ``dev up`` and the real-kubeadm e2e, without hosts: the ClusterClass it
+applies, its sample Deployment, and the commands ``dev up`` suggests."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import yaml
+
+from capi_remote_testbed import realcluster
+from capi_remote_testbed.cli import next_steps
+from capi_remote_testbed.clustertemplates import shipped_cluster_class
+from capi_remote_testbed.kubeadmimages import IMAGE_REPOSITORY
+
+
+def test_cluster_class_is_the_shipped_one_plus_the_node_settings() -> None:
+    documents = realcluster.cluster_class("demo")
+    shipped = shipped_cluster_class("demo")
+    assert [d["kind"] for d in documents] == [d["kind"] for d in shipped]
+    assert documents[0] == shipped[0]  # the ClusterClass itself is untouched
+    by_kind = {d["kind"]: d for d in documents}
+    kcp = by_kind["KubeadmControlPlaneTemplate"]["spec"]["template"]["spec"]["kubeadmConfigSpec"]
+    assert kcp["clusterConfiguration"]["imageRepository"] == IMAGE_REPOSITORY
+    assert kcp["initConfiguration"]["skipPhases"] == realcluster.SKIP_PHASES
+    worker = by_kind["KubeadmConfigTemplate"]["spec"]["template"]["spec"]
+    for spec in (kcp, worker):
+        registration = spec["joinConfiguration"]["nodeRegistration"]
+        assert registration["name"] == "{{ ds.meta_data.local_hostname }}"  # still the jinja
+        assert spec["joinConfiguration"]["patches"] == {"directory": realcluster.PATCHES_DIR}
+        (patch,) = spec["files"]
+        assert patch["path"].startswith(realcluster.PATCHES_DIR + "/kubeletconfiguration")
+        assert yaml.safe_load(base64.b64decode(patch["content"])) == realcluster.KUBELET_PATCH
+        assert realcluster.KUBELET_PATCH["failCgroupV1"] is False
+
+
+def test_the_sample_runs_an_image_made_here_and_never_pulls() -> None:
+    deployment = realcluster.sample_deployment()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith(IMAGE_REPOSITORY + "/")
+    assert container["imagePullPolicy"] == "Never"
+    assert deployment["spec"]["selector"]["matchLabels"] == {"app": realcluster.SAMPLE}
+
+
+def test_scaling_patches_the_clusters_topology() -> None:
+    path = "/spec/topology/workers/machineDeployments/0/replicas"
+    assert json.loads(realcluster.scale_patch(3)) == [{"op": "replace", "path": path, "value": 3}]
+
+
+def test_next_steps_name_both_kubeconfigs_and_scale_up_only_with_a_spare_host() -> None:
+    steps = next_steps("/m.kubeconfig", "/w.kubeconfig", workers=2, spare=1)
+    assert "kubectl --kubeconfig /w.kubeconfig get nodes -o wide" in steps
+    assert "kubectl --kubeconfig /w.kubeconfig logs deployment/sample" in steps
+    assert any("/m.kubeconfig get cluster,kubeadmcontrolplane,machines -A" in s for s in steps)
+    assert sum(realcluster.scale_patch(3) in s for s in steps) == 1
+    assert sum(realcluster.scale_patch(1) in s for s in steps) == 1
+    without_spare = next_steps("/m.kubeconfig", "/w.kubeconfig", workers=2, spare=0)
+    assert not any(realcluster.scale_patch(3) in s for s in without_spare)
