@@ -33,7 +33,7 @@ from reconcilers.pool import is_free, pool_informer, pool_members
 JSONDict = dict[str, Any]
 TEMPLATE_POOL_INDEX = "pool"
 #: Seconds between two summaries of one template (see above).
-SUMMARY_INTERVAL = 2.0
+SUMMARY_INTERVAL = 5.0
 
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 

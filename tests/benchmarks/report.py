@@ -49,6 +49,8 @@ BENCHMARKS = [
     "ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs", "realcluster",
     "e2", "events",
 ]  # fmt: skip
+#: E2 starts 1,000 hosts and takes most of an hour on 2 cores: only ``--only e2`` runs it.
+DEFAULT_BENCHMARKS = [b for b in BENCHMARKS if b != "e2"]
 P1_AIM = 1.10  # stricter than issue #8's 1.5 x bound: what we aim for
 
 
@@ -580,8 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         nargs="+",
         choices=BENCHMARKS,
-        default=BENCHMARKS,
-        help="run only these benchmarks (default: all)",
+        default=DEFAULT_BENCHMARKS,
+        help="run only these benchmarks (default: all but e2)",
     )
     args = parser.parse_args(argv)
     ssh_sizes = args.ssh_sizes or ([10] if args.quick else [50, 200])
