@@ -8,10 +8,12 @@ share one bootstrap data Secret: ``sleep`` for ``bootstrap_seconds`` in three st
 the host as a Node (each host finds its fleet's API proxy from its own address) without a
 providerID, which the controller links. Measured on one wall clock:
 
+- **Cluster API alone**: first, with our controller stopped (SIGSTOP), replicas 0 → N → 0: the
+  time from the scale patch to Cluster API's last Machine create (the audit log);
 - **scale-up**: replicas 0 → N until every Machine is ``Running``; the **floor** is Cluster API's
-  own part, from the scale patch to its last Machine create (the audit log; with
+  own part in the same phase, from the scale patch to its last Machine create (with
   ``dataSecretName`` in the template a Machine has its bootstrap data when created), plus the
-  bootstrap's ``bootstrap_seconds``;
+  bootstrap's ``bootstrap_seconds``; the same with Cluster API's time alone is reported beside;
 - **scale-down**: N → 0 until no Machine is left and every pooled host is free again (claim
   cleared, cleaned, re-probed Healthy);
 - **over time**, every ``sample_seconds``: the controller's CPU (its own and reaped children's) and
@@ -34,6 +36,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -46,7 +49,7 @@ import attrs
 import yaml
 
 from capi_remote.kube.client import KubeClient
-from capi_remote.resources import CAPI_GROUP, MACHINES, POOLED_REMOTE_MACHINES
+from capi_remote.resources import CAPI_GROUP, MACHINES, POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote_testbed import samples
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import HostFleet, known_hosts_line
@@ -129,18 +132,32 @@ def _available_kib() -> int:
 
 
 def _host_footprint(fleet: HostFleet) -> JSONDict:
-    """Processes and open files of one host (every process in its PID namespace)."""
+    """What one host takes: its processes (every process in its PID namespace, the ``unshare``
+    holding it included), their open files and proportional memory (PSS), and the fleet's state
+    directory on tmpfs (upper layers, logs) per host."""
     host = fleet.hosts[0]
     own_ns = Path(f"/proc/{host.init_pid}/ns/pid").readlink()
-    pids, fds = 0, 0
+    pids, fds, pss_kib = 0, 0, 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if (entry / "ns" / "pid").readlink() == own_ns:
-                pids += 1
-                fds += sum(1 for _ in (entry / "fd").iterdir())
-    return {"processes": pids, "open_files": fds}
+            if entry.name != str(host.pid) and (entry / "ns" / "pid").readlink() != own_ns:
+                continue
+            pids += 1
+            fds += sum(1 for _ in (entry / "fd").iterdir())
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss_kib += int(line.split()[1])
+    state = sum(
+        f.stat().st_size for f in fleet.dir.rglob("*") if f.is_file() and not f.is_symlink()
+    )
+    return {
+        "processes": pids,
+        "open_files": fds,
+        "pss_mib": round(pss_kib / 1024, 2),
+        "state_dir_mib_per_host": round(state / 2**20 / fleet.count, 2),
+    }
 
 
 def _start_fleets(sizes: Sizes) -> tuple[list[HostFleet], JSONDict]:
@@ -162,11 +179,25 @@ def _start_fleets(sizes: Sizes) -> tuple[list[HostFleet], JSONDict]:
         "hosts": sizes.machines + 1,
         "fleets": len(fleets),
         "start_s": round(time.monotonic() - started, 1),
+        # Noisy on a shared machine: other work's memory comes and goes meanwhile.
         "mem_available_drop_mib": round(used / 1024, 1),
-        "mib_per_host": round(used / 1024 / (sizes.machines + 1), 2),
+        "mem_available_drop_mib_per_host": round(used / 1024 / (sizes.machines + 1), 2),
         **_host_footprint(fleets[0]),
     }
     return fleets, memory
+
+
+def host_capacity(sizes: Sizes) -> JSONDict:
+    """Start the hosts alone, note what they take (memory, processes, open files, the machine's
+    process count against ``pid_max``), stop them."""
+    fleets, memory = _start_fleets(sizes)
+    try:
+        processes = sum(1 for e in Path("/proc").iterdir() if e.name.isdigit())
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        return {**memory, "machine_processes": processes, "pid_max": pid_max}
+    finally:
+        for fleet in fleets:
+            fleet.close()
 
 
 @contextlib.asynccontextmanager
@@ -408,6 +439,41 @@ async def _scale(env: Env, replicas: int) -> float:
     return at
 
 
+async def capi_alone(env: Env, n: int) -> tuple[float, float]:
+    """Scale to ``n`` and back to 0 while our controller is stopped (SIGSTOP): Cluster API's
+    own pace, with none of our writes competing for its API budget (its Machine reconciles,
+    which each RemoteMachine write triggers, share one client rate limit with its MachineSet).
+    Nothing claims a host meanwhile; no RemoteMachine has our finalizer yet, so the scale-down
+    does not need us. Returns when the scale-up started and when the last Machine existed."""
+    pid = env.controller.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        at = await _scale(env, n)
+        await wait_for(
+            f"Cluster API alone: {n} Machines",
+            lambda: _machine_count(env, n + 1),
+            300 + 2 * n,
+            1.0,
+        )
+        done = time.time()
+        await _scale(env, 0)
+
+        async def gone() -> bool:
+            left = (await env.client.list(REMOTE_MACHINES, NAMESPACE))["items"]
+            return len(await _machines(env)) == 1 and len(left) == 1
+
+        await wait_for("Cluster API alone: scaled back to 0", gone, 300 + 2 * n, 1.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.sleep(10.0)  # the controller's watches catch up
+    return at, done
+
+
+async def _machine_count(env: Env, wanted: int) -> bool:
+    return len(await _machines(env)) >= wanted
+
+
 async def _drive(env: Env, sizes: Sizes) -> tuple[float, ...]:
     """Scale up, hold, scale down; returns the phases' wall times and the load at the start."""
     n = sizes.machines
@@ -438,6 +504,7 @@ async def run(sizes: Sizes) -> JSONDict:
     n = sizes.machines
     async with environment(sizes) as env:
         await prepare(env, sizes)
+        alone_at, alone_done = await capi_alone(env, sizes.machines)
         sampler = Sampler(env, sizes.sample_seconds)
         sampling = asyncio.create_task(sampler.run())
         try:
@@ -454,8 +521,11 @@ async def run(sizes: Sizes) -> JSONDict:
     times = sorted(_when(e) for e in ours)
     creates = capi_machine_times(events, "create", up_at)
     capi_up = (creates[-1] - up_at) if len(creates) >= n else None
+    alone = [t for t in capi_machine_times(events, "create", alone_at) if t <= alone_done + 1]
+    capi_alone_s = (alone[-1] - alone_at) if len(alone) >= n else None
     up_s = up_done - up_at
     floor = None if capi_up is None else capi_up + sizes.bootstrap_seconds
+    floor_alone = None if capi_alone_s is None else capi_alone_s + sizes.bootstrap_seconds
     up_events = [e for e in ours if up_at <= _when(e) <= up_done]
     down_events = [e for e in ours if down_at <= _when(e) <= down_done]
     steady = [e for e in ours if steady_from <= _when(e) <= steady_to]
@@ -473,6 +543,11 @@ async def run(sizes: Sizes) -> JSONDict:
             "capi_machines_created_s": None if capi_up is None else round(capi_up, 1),
             "floor_s": None if floor is None else round(floor, 1),
             "over_floor": None if floor is None else round(up_s / floor, 2),
+            "capi_alone_machines_created_s": None
+            if capi_alone_s is None
+            else round(capi_alone_s, 1),
+            "floor_capi_alone_s": None if floor_alone is None else round(floor_alone, 1),
+            "over_floor_capi_alone": None if floor_alone is None else round(up_s / floor_alone, 2),
             "requests": len(up_events),
             "object_writes_per_machine": round(up_writes / n, 2),
             "writes": writes_by_resource(up_events),
@@ -489,9 +564,6 @@ async def run(sizes: Sizes) -> JSONDict:
             "timeseries": timeseries(sampler.rows, times, down_at, down_done),
         },
         "controller_peak_rss_mb": peak_rss,
-        "watches_opened": dict(
-            Counter(_resource(e) for e in ours if e.get("verb") == "watch").most_common()
-        ),
     }
 
 
@@ -506,11 +578,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap-seconds", type=float, default=defaults.bootstrap_seconds)
     parser.add_argument("--sample-seconds", type=float, default=defaults.sample_seconds)
     parser.add_argument("--steady-seconds", type=float, default=defaults.steady_seconds)
+    parser.add_argument(
+        "--hosts-only",
+        action="store_true",
+        help="only start the hosts (machines + 1), report what they take, and stop them",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
     warnings_to_stderr()
     sizes = Sizes(args.machines, args.bootstrap_seconds, args.sample_seconds, args.steady_seconds)
+    if args.hosts_only:
+        print(json.dumps(host_capacity(sizes), indent=2), flush=True)
+        return 0
     result = asyncio.run(run(sizes))
     print(json.dumps(result, indent=2), flush=True)
     for phase in ("scale_up", "scale_down"):
