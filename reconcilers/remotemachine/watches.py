@@ -75,6 +75,35 @@ def _cluster(m: JSONDict) -> list[str]:
     return [f"{m['metadata'].get('namespace', '')}/{name}"] if name else []
 
 
+def _what_machines_read(cluster: JSONDict | None) -> tuple[object, ...]:
+    """What a RemoteMachine's reconcile reads of its Cluster (besides its existence)."""
+    if cluster is None:
+        return ()
+    initialization = (cluster.get("status") or {}).get("initialization") or {}
+    return (
+        (cluster.get("spec") or {}).get("paused"),
+        initialization.get("infrastructureProvisioned"),
+        cluster["metadata"].get("deletionTimestamp"),
+    )
+
+
+def cluster_to_remote(capi_machines: Store, event: Event) -> list[Request]:
+    """A Cluster's change wakes the RemoteMachines of its Machines, only when it changed what they
+    read of it: Cluster API rewrites a Cluster's status as its Machines come and go, and waking
+    all N machines of a cluster on each of those would cost N² reconciles for a scale-up."""
+    if event.type == "MODIFIED" and _what_machines_read(event.old) == _what_machines_read(
+        event.obj
+    ):
+        return []
+    meta = event.obj["metadata"]
+    key = f"{meta.get('namespace', '')}/{meta['name']}"
+    return [
+        request
+        for machine in capi_machines.iter_index(CLUSTER_INDEX, key)
+        for request in machine_to_remote(machine)
+    ]
+
+
 def index_waiting(rm: JSONDict) -> list[str]:
     """``namespace/pool`` of a RemoteMachine of a pool that has no host yet."""
     spec = rm.get("spec") or {}
@@ -207,15 +236,6 @@ def _reconciler(
 def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stores) -> Controller:
     """The controller and what wakes it besides its own objects."""
 
-    def cluster_to_remote(event: Event) -> list[Request]:
-        meta = event.obj["metadata"]
-        key = f"{meta.get('namespace', '')}/{meta['name']}"
-        return [
-            request
-            for machine in stores.capi_machines.by_index(CLUSTER_INDEX, key)
-            for request in machine_to_remote(machine)
-        ]
-
     return (
         provider.manager.controller(
             "remotemachine",
@@ -224,7 +244,7 @@ def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stor
             workers=provider.options.machine_workers,
         )
         .watches(MACHINES, lambda e: machine_to_remote(e.obj))
-        .watches(CLUSTERS, cluster_to_remote)
+        .watches(CLUSTERS, lambda e: cluster_to_remote(stores.capi_machines, e))
         .watches(POOLED_REMOTE_MACHINES, lambda e: free_host_to_waiting(stores.machines, e))
         .build()
     )

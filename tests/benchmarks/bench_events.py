@@ -9,6 +9,8 @@ each size; flat means the same at 5,000 as at 100.
 - ``queue``: add, get and done of one key through the controller's workqueue;
 - ``free_host``: a PooledRemoteMachine event mapped to the RemoteMachines it wakes
   (``watches.free_host_to_waiting``), with the fleet bound and 10 machines waiting;
+- ``cluster``: a status write of a Cluster of N Machines (Cluster API makes one as Machines come
+  and go) mapped to the RemoteMachines it wakes (``watches.cluster_to_remote``);
 - ``known_hosts``: the host-key lookup of one SSH connection in a fleet's known_hosts of N lines;
 - ``claim``: N machines each claiming a host of one pool of N (``reconcilers.pool`` claims), 32 at
   a time as the controller's workers do, against a fake API server (resourceVersion
@@ -137,6 +139,31 @@ def measure_free_host(size: int, events: int = 2_000) -> float:
     return _per_event(time.process_time() - started, events)
 
 
+def measure_cluster(size: int, events: int = 2_000) -> float:
+    machines = Store({watches.CLUSTER_INDEX: watches._cluster})
+    for i in range(size):
+        machines.upsert(
+            {
+                "metadata": {
+                    "namespace": NAMESPACE,
+                    "name": f"m-{i:05d}",
+                    "labels": {"cluster.x-k8s.io/cluster-name": "c"},
+                },
+                "spec": {"infrastructureRef": {"kind": "RemoteMachine", "name": f"m-{i:05d}"}},
+            }
+        )
+    old: JSONDict = {
+        "metadata": {"namespace": NAMESPACE, "name": "c"},
+        "status": {"initialization": {"infrastructureProvisioned": True}, "workers": {}},
+    }
+    new = {**old, "status": {**old["status"], "workers": {"readyReplicas": 1}}}
+    event = Event("MODIFIED", new, old)
+    started = time.process_time()
+    for _ in range(events):
+        watches.cluster_to_remote(machines, event)
+    return _per_event(time.process_time() - started, events)
+
+
 def measure_known_hosts(size: int, events: int = 2_000) -> float:
     key = base64.b64encode(b"k" * 51).decode()
     lines = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256} ssh-ed25519 {key}" for i in range(size)]
@@ -186,6 +213,7 @@ async def run(sizes: Sequence[int] = SIZES) -> JSONDict:
         "store": {},
         "queue": {},
         "free_host": {},
+        "cluster": {},
         "known_hosts": {},
         "claim": {},
     }
@@ -193,6 +221,7 @@ async def run(sizes: Sequence[int] = SIZES) -> JSONDict:
         rows["store"][str(size)] = measure_store(size)
         rows["queue"][str(size)] = await measure_queue(size)
         rows["free_host"][str(size)] = measure_free_host(size)
+        rows["cluster"][str(size)] = measure_cluster(size)
         rows["known_hosts"][str(size)] = measure_known_hosts(size)
         rows["claim"][str(size)] = await measure_claims(size)
     result["cpu_us_per_event"] = rows
