@@ -373,6 +373,16 @@ def timeseries(
     return table
 
 
+def cpu_between(rows: Sequence[JSONDict], since: float, until: float) -> float | None:
+    """The controller's CPU seconds from the last sample before ``since`` to the first after
+    ``until`` (the phase and at most a sample interval on each side)."""
+    before = [r for r in rows if r["at"] <= since]
+    after = [r for r in rows if r["at"] >= until]
+    if not before or not after:
+        return None
+    return round(float(after[0]["cpu_s"]) - float(before[-1]["cpu_s"]), 2)
+
+
 def markdown_table(table: Sequence[JSONDict]) -> str:
     if not table:
         return ""
@@ -549,6 +559,7 @@ async def run(sizes: Sizes) -> JSONDict:
             "floor_capi_alone_s": None if floor_alone is None else round(floor_alone, 1),
             "over_floor_capi_alone": None if floor_alone is None else round(up_s / floor_alone, 2),
             "requests": len(up_events),
+            "controller_cpu_s": cpu_between(sampler.rows, up_at, up_done),
             "object_writes_per_machine": round(up_writes / n, 2),
             "writes": writes_by_resource(up_events),
             "timeseries": timeseries(sampler.rows, times, up_at, up_done),
@@ -560,6 +571,7 @@ async def run(sizes: Sizes) -> JSONDict:
                 capi_machine_times(events, "delete", down_at), down_at
             ),
             "requests": len(down_events),
+            "controller_cpu_s": cpu_between(sampler.rows, down_at, down_done),
             "writes": writes_by_resource(down_events),
             "timeseries": timeseries(sampler.rows, times, down_at, down_done),
         },
