@@ -213,10 +213,10 @@ class PoolClaims:
             except ApiError as error:
                 if error.conflict or error.not_found or error.status == 422:
                     continue  # changed or taken since the cache saw it: skipped until it shows
-                del self._sent[key]
+                self._sent.pop(key, None)
                 raise
             except BaseException:
-                del self._sent[key]  # unknown whether it applied: the cache will tell
+                self._sent.pop(key, None)  # unknown whether it applied: the cache will tell
                 raise
             log.info("claimed pooled machine", machine=name, pooled=candidate["metadata"]["name"])
             return sent.claimed
