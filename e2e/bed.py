@@ -11,16 +11,7 @@ from typing import Any
 import attrs
 
 from capi_remote.kube.client import ApiError, KubeClient, Resource
-from capi_remote.resources import (
-    CLUSTERS,
-    CONFIGMAPS,
-    MACHINES,
-    POOLED_REMOTE_MACHINES,
-    REMOTE_CLUSTERS,
-    REMOTE_MACHINE_TEMPLATES,
-    REMOTE_MACHINES,
-    SECRETS,
-)
+from capi_remote.resources import MACHINES, POOLED_REMOTE_MACHINES
 from capi_remote_testbed import samples
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import Host, HostFleet
@@ -28,21 +19,17 @@ from capi_remote_testbed.tcpproxy import TcpProxy
 from e2e.cluster import ExternalCluster
 
 JSONDict = dict[str, Any]
-MACHINE_DEPLOYMENTS = Resource(
-    "cluster.x-k8s.io", "v1beta2", "machinedeployments", "MachineDeployment"
-)
+MACHINE_DEPLOYMENTS = samples.MACHINE_DEPLOYMENTS
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
 # Every Node a test's hosts register carries this label (value: the test's namespace), so the
 # test can delete them: they live in the shared "workload" API server, outside any namespace.
 NODE_OWNER_LABEL = "e2e.capi-remote.dev/namespace"
 _RESOURCES = {
-    r.kind: r
-    for r in (
-        CLUSTERS, CONFIGMAPS, MACHINES, POOLED_REMOTE_MACHINES, REMOTE_CLUSTERS,
-        REMOTE_MACHINE_TEMPLATES, REMOTE_MACHINES, SECRETS, MACHINE_DEPLOYMENTS,
-        Resource("cluster.x-k8s.io", "v1beta2", "machinehealthchecks", "MachineHealthCheck"),
-    )
-}  # fmt: skip
+    **samples.RESOURCES,
+    "MachineHealthCheck": Resource(
+        "cluster.x-k8s.io", "v1beta2", "machinehealthchecks", "MachineHealthCheck"
+    ),
+}
 
 
 #: The local control plane, or another cluster named by CAPI_REMOTE_E2E_KUBECONFIG.
