@@ -200,6 +200,11 @@ class RealCluster:
             self.name, self.namespace, (self.control_plane_host.address, API_SERVER_PORT),
             control_plane_pool=CONTROL_PLANE_POOL, worker_pool=WORKER_POOL, workers=self.workers,
         )  # fmt: skip
+        # Without replicas in the topology, the MachineDeployment's replicas are not the
+        # Cluster's: ``kubectl scale machinedeployment`` owns them (as an autoscaler would), and
+        # the topology controller never reverts it. :meth:`apply` scales it to ``workers``.
+        for deployment in cluster["spec"]["topology"]["workers"]["machineDeployments"]:
+            deployment.pop("replicas", None)
         return [*pooled, cluster]
 
     def apply(self, progress: Callable[[str], None]) -> None:
@@ -212,12 +217,23 @@ class RealCluster:
         progress(f"applying the pooled hosts and the Cluster {self.name}")
         self.plane.apply(self.objects())
         self.applied_at = time.monotonic()
+        progress(f"scaling the workers' MachineDeployment to {self.workers}")
+
+        def deployment_exists() -> bool:
+            return bool(self.plane.kubectl("get", "machinedeployments", *self._workers_selector))
+
+        poll("the workers' MachineDeployment", deployment_exists, 60.0, self.diagnose, **_WAIT)
+        self.scale(self.workers)
+
+    @property
+    def _workers_selector(self) -> tuple[str, ...]:
+        return ("-n", self.namespace, "-l", f"cluster.x-k8s.io/cluster-name={self.name}",
+                "-o", "name")  # fmt: skip
 
     def scale(self, replicas: int) -> None:
-        self.plane.kubectl(
-            "patch", "cluster", self.name, "-n", self.namespace, "--type=json",
-            "-p", scale_patch(replicas),
-        )  # fmt: skip
+        """``kubectl scale machinedeployment``, as a user scales the workers."""
+        self.plane.kubectl("scale", "machinedeployments", *self._workers_selector,
+                           f"--replicas={replicas}")  # fmt: skip
 
     # -- the workload cluster ------------------------------------------------------------------
 
@@ -285,8 +301,10 @@ class RealCluster:
         return poll(f"the {SAMPLE} Pod Running", running, within, self.diagnose, **_WAIT)
 
 
-def scale_patch(replicas: int) -> str:
-    """The JSON patch of the Cluster that scales its workers: a MachineDeployment of a ClusterClass
-    topology takes its replicas from the Cluster (``kubectl scale`` on it would be reverted)."""
-    path = "/spec/topology/workers/machineDeployments/0/replicas"
-    return json.dumps([{"op": "replace", "path": path, "value": replicas}], separators=(",", ":"))
+def scale_command(kubeconfig: str, namespace: str, cluster: str, replicas: int) -> str:
+    """The command a user scales the workers with (the MachineDeployment's name is the
+    topology controller's, so it is selected by the Cluster's label)."""
+    return (
+        f"kubectl --kubeconfig {kubeconfig} scale machinedeployment -n {namespace} "
+        f"-l cluster.x-k8s.io/cluster-name={cluster} --replicas={replicas}"
+    )
