@@ -36,6 +36,7 @@ from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark,
 from reconcilers.remotemachine.backend import Backend, Machine
 from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
 from reconcilers.remotemachine.inherit import inherit_metadata
+from reconcilers.remotemachine.machinestatus import with_provider_id
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.writer import Writer
@@ -99,7 +100,7 @@ class RemoteMachineReconciler:
         if FINALIZER not in rm["metadata"].get("finalizers", []):
             desired = copy.deepcopy(rm)
             desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
-            await self.writer.object(rm, desired)
+            await self.writer.object(rm, with_provider_id(desired))
             return Result()  # the update event brings us back with the fresh object
         return await self._converge(ctx.log, rm, request)
 
@@ -214,7 +215,7 @@ class RemoteMachineReconciler:
                 f"no free PooledRemoteMachine in pool {pool!r}; add one and this machine proceeds",
             )
         try:
-            await self.writer.object(rm, pools.host_spec_for(rm, pooled))
+            await self.writer.object(rm, with_provider_id(pools.host_spec_for(rm, pooled)))
         except Conflict:
             await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
             raise
