@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -33,7 +34,15 @@ from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.provision import ProvisionFlow
-from reconcilers.remotemachine.reconciler import Backends, RemoteMachineReconciler, Stores
+from reconcilers.remotemachine.reconciler import (
+    INFRA_REF_INDEX,
+    OWNER_PATIENCE,
+    QUIET_WAITS,
+    Backends,
+    RemoteMachineReconciler,
+    Stores,
+    infrastructure_ref,
+)
 from reconcilers.remotemachine.writer import MachineWriter
 from tests.unit.test_remotemachine_flow import CountingParser, FakeBackend, runner_like
 
@@ -171,7 +180,7 @@ def world(spec: JSONDict, pooled: JSONDict | None = None) -> World:
         client.put("pooledremotemachines", pooled)
     stores = Stores(
         Store(),
-        Store(),
+        Store({INFRA_REF_INDEX: infrastructure_ref}),
         Store(),
         Store({pools.CLAIM_INDEX: index_by_claimant, pools.POOL_INDEX: index_by_pool}),
     )
@@ -307,3 +316,26 @@ def test_machine_adopts_only_what_was_provisioned_before() -> None:
     rm = {"metadata": meta, "spec": {"address": ADDRESS, "providerID": "remote-machine://x:22"}}
     machine = Machine(rm, from_dict(RemoteMachineSpec, rm["spec"]), {}, Request(NS, "m"), LOG)
     assert not machine.adopts
+
+
+async def test_a_machine_named_by_a_machine_waits_quietly_for_its_owner_reference() -> None:
+    """A MachineSet creates the RemoteMachine, then the Machine, whose controller adopts it
+    later (seconds on a busy API server): meanwhile nothing is written about the wait."""
+    w = world({"address": ADDRESS, "port": 22, "sshKeyRef": {"name": "k"}})
+    meta = w.rm["metadata"]
+    del meta["ownerReferences"]
+    meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    machine = copy.deepcopy(w.stores.capi_machines.get_by_name(NS, "m"))
+    assert machine is not None
+    machine["spec"]["infrastructureRef"] = {"kind": "RemoteMachine", "name": "m"}
+    w.stores.capi_machines.upsert(machine)
+    await w.reconcile()  # the finalizer
+    result = await w.reconcile()
+    assert w.writes() == ["remotemachines"] and "status" not in w.rm
+    assert result.requeue_after is not None
+    assert QUIET_WAITS < result.requeue_after <= OWNER_PATIENCE
+    machine = copy.deepcopy(machine)
+    machine["spec"]["infrastructureRef"] = {"kind": "RemoteMachine", "name": "other"}
+    w.stores.capi_machines.upsert(machine)  # nothing names it: the usual quiet
+    result = await w.reconcile()
+    assert result.requeue_after is not None and result.requeue_after <= QUIET_WAITS
