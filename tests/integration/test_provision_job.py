@@ -195,8 +195,13 @@ async def test_provision_job_mode_creates_an_owned_job_and_secret_and_follows_th
     assert "Job pj-0-provision-1 failed (DeadlineExceeded" in ready["message"]
     assert "gave up after 1 attempts" in ready["message"]
     assert rm["status"]["bootstrap"]["attempts"] == 1
-    # Terminal: the Secret is not needed any more; the Job stays for its logs.
-    assert await _get(kube, SECRETS, namespace, secret_name) is None
+
+    # Terminal: the Secret is not needed any more (deleted just after the outcome's status
+    # write); the Job stays for its logs.
+    async def secret_gone() -> bool:
+        return await _get(kube, SECRETS, namespace, secret_name) is None
+
+    await _eventually("the Job's Secret deleted", secret_gone, 30)
     assert await job() is not None
 
     # Deletion (cleanup of the unreachable host skipped): Jobs and Secrets go, nothing sticks.
