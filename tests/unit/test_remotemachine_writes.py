@@ -44,25 +44,13 @@ from reconcilers.remotemachine.reconciler import (
     infrastructure_ref,
 )
 from reconcilers.remotemachine.writer import MachineWriter
+from tests.support.merge_patch import apply_merge_patch
 from tests.unit.test_remotemachine_flow import CountingParser, FakeBackend, runner_like
 
 JSONDict = dict[str, Any]
 LOG = structlog.get_logger("test")
 NS = "ns"
 ADDRESS = "192.0.2.10"
-
-
-def _apply(obj: Any, patch: Any) -> Any:
-    """RFC 7386: apply a merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(obj) if isinstance(obj, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _apply(result.get(key), value)
-    return result
 
 
 class CountingClient:
@@ -98,7 +86,7 @@ class CountingClient:
             body["metadata"] = {
                 k: v for k, v in patch["metadata"].items() if k != "resourceVersion"
             }
-        updated = _apply(current, body)
+        updated: JSONDict = apply_merge_patch(current, body)  # type: ignore[assignment]
         if updated.get("spec") != current.get("spec"):
             updated["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
         self.writes.append(f"{resource.plural}{'/' + subresource if subresource else ''}")
