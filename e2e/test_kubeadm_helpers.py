@@ -1,15 +1,11 @@
-"""The kubeadm flavour's pieces that need no test bed: the rendered ClusterClass and Cluster, and
-the kubeadm stand-in they carry."""
+"""The kubeadm flavour's pieces that need no test bed: the rendered ClusterClass and Cluster."""
 
 from __future__ import annotations
 
-import base64
-import gzip
-import subprocess
-
 import pytest
 
-from e2e import kubeadm
+from capi_remote_testbed.kubeadmimages import IMAGE_REPOSITORY
+from e2e import kubeadm, realkubeadm, realtopology
 
 
 def test_envsubst_follows_clusterctl() -> None:
@@ -19,21 +15,26 @@ def test_envsubst_follows_clusterctl() -> None:
         kubeadm.envsubst("${C}", {})
 
 
-def test_cluster_class_is_the_shipped_one_plus_the_shim_and_external_etcd() -> None:
-    documents = {d["kind"]: d for d in kubeadm.cluster_class("ns", "http://127.0.0.1:2379")}
+def test_cluster_class_is_the_shipped_one_plus_what_real_nodes_and_the_test_need() -> None:
+    documents = {d["kind"]: d for d in realtopology.cluster_class("ns")}
     assert set(documents) == {
         "ClusterClass", "RemoteClusterTemplate", "KubeadmControlPlaneTemplate",
         "RemoteMachineTemplate", "KubeadmConfigTemplate",
     }  # fmt: skip
     assert all(d["metadata"]["namespace"] == "ns" for d in documents.values())
     kcp = documents["KubeadmControlPlaneTemplate"]["spec"]["template"]["spec"]["kubeadmConfigSpec"]
-    assert kcp["clusterConfiguration"]["etcd"]["external"]["endpoints"] == ["http://127.0.0.1:2379"]
+    assert kcp["clusterConfiguration"]["imageRepository"] == IMAGE_REPOSITORY
+    assert kcp["initConfiguration"]["skipPhases"] == realkubeadm.SKIP_PHASES
     worker = documents["KubeadmConfigTemplate"]["spec"]["template"]["spec"]
-    for files in (kcp["files"], worker["files"]):
-        shim = next(f for f in files if f["path"] == "/usr/local/bin/kubeadm")
-        assert len(shim["content"]) <= 10240  # the CRDs' limit
-        assert gzip.decompress(base64.b64decode(shim["content"])) == kubeadm.SHIM.read_bytes()
-        assert any("{{ v1.local_hostname }}" in f["content"] for f in files)
+    assert worker["joinConfiguration"]["nodeRegistration"]["name"] == "{{ v1.local_hostname }}"
+    for spec in (kcp, worker):
+        paths = [f["path"] for f in spec["files"]]
+        assert paths == [f"{realkubeadm.PATCHES_DIR}/kubeletconfiguration+merge.yaml",
+                         realtopology.INSTANCE_FILE]  # fmt: skip
+        for configuration in ("initConfiguration", "joinConfiguration"):
+            if configuration in spec:
+                registration = spec[configuration]["nodeRegistration"]
+                assert registration["ignorePreflightErrors"] == realkubeadm.IGNORE_PREFLIGHT_ERRORS
 
 
 def test_topology_cluster_renders_every_variable() -> None:
@@ -48,8 +49,3 @@ def test_topology_cluster_renders_every_variable() -> None:
         "controlPlanePool": "cp",
         "workerPool": "w",
     }
-
-
-def test_the_shim_is_valid_posix_shell() -> None:
-    proc = subprocess.run(["sh", "-n", str(kubeadm.SHIM)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr

@@ -1,37 +1,38 @@
-"""Real nodes from CABPK's unmodified bootstrap data: the shipped ClusterClass with a
+"""The shipped ClusterClass on real nodes, from CABPK's unmodified bootstrap data: its
 KubeadmControlPlane of 1 replica runs ``kubeadm init`` on a pooled host prepared as a node
-(containerd, kubelet under the node supervisor, images made here), a MachineDeployment worker runs
-``kubeadm join``, the kubelets register their Nodes and they go Ready; deleting the Cluster runs
-``kubeadm reset`` and returns each host to its pool with no kubelet or container left.
+(containerd, kubelet under the node supervisor, images made here), its MachineDeployment's workers
+run ``kubeadm join``, the kubelets register their Nodes and they go Ready; kubeadm's addons run
+(kube-proxy on every node, CoreDNS); a Deployment on a worker answers through a ClusterIP Service
+by name; the workers scale to 0 and back (``kubeadm reset``, the hosts join again); deleting the
+Cluster returns each host to its pool with no kubelet or container left.
 
-It measures (prints, asserts nothing about) the time from applying the Cluster to every Node
-Ready and each node's peak memory and CPU time (its cgroup subtree: every process of the host).
+One test function on purpose: a full real run takes minutes on 2 cores, so it checks everything
+the ClusterClass flow promises (realtopology.py) and the workload cluster's network
+(realworkload.py) in one run. It measures (prints, asserts nothing about) the time from applying
+the Cluster to every Node Ready and each node's peak memory and CPU time (its cgroup subtree:
+every process of the host).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import functools
-import ipaddress
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from capi_remote.resources import CLUSTERS, MACHINES, POOLED_REMOTE_MACHINES, SECRETS
-from capi_remote_testbed import kubeadmimages
 from capi_remote_testbed.controlplane import ControlPlane
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.hosts.cgroups import PARENT as CGROUP_PARENT
-from capi_remote_testbed.hosts.nodelayer import pod_subnet
 from capi_remote_testbed.kubeadm_providers import RunningProviders
 from capi_remote_testbed.toolchain import KUBERNETES_VERSION
-from e2e import kubeadm, realkubeadm
+from e2e import kubeadm, realtopology, realworkload
 from e2e.bed import Bed, BedFactory
+from e2e.realtopology import condition
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ WORKERS = 2
 #: Processes that must be gone from a host after ``kubeadm reset`` (containerd, prepared by the
 #: operator like the supervisor, keeps running, as on a real machine).
 NODE_PROCESSES = ("kubelet", "containerd-shim", "kube-apiserver", "etcd", "kube-scheduler",
-                  "kube-controller-manager", "pause")  # fmt: skip
+                  "kube-controller-manager", "kube-proxy", "coredns", "pause")  # fmt: skip
 
 
 def _diagnose(bed: Bed, managers: RunningProviders) -> str:
@@ -57,91 +58,17 @@ async def _machines(bed: Bed) -> list[JSONDict]:
     return await bed.list(MACHINES, label_selector=f"cluster.x-k8s.io/cluster-name={CLUSTER}")
 
 
-def _condition(obj: JSONDict, type_: str) -> str:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return str(next((c["status"] for c in conditions if c["type"] == type_), ""))
-
-
 def _ready(node: JSONDict) -> bool:
     conditions = node["status"].get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+def _address(node: JSONDict) -> str:
+    return str(next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"))
+
+
 def _ps(host: Host) -> str:
     return host.exec_inside(["ps", "-eo", "args"]).stdout.decode(errors="replace")
-
-
-def _curl(host: Host, url: str) -> tuple[int, str]:
-    result = host.exec_inside(["curl", "-sS", "--max-time", "10", url], timeout=30)
-    return result.returncode, result.stdout.decode() + result.stderr.decode()
-
-
-async def _workload_pod_on_worker(
-    bed: Bed,
-    workload: Callable[..., str],
-    worker: Host,
-    control_plane_host: Host,
-    diagnose: Callable[[], str],
-) -> None:
-    """A Pod from an image made here runs on the worker, in its Pod subnet; the control plane's
-    API server reaches that kubelet for ``kubectl logs`` and ``exec``."""
-    worker_node = next(
-        n for n in json.loads(await asyncio.to_thread(workload, "get", "nodes", "-o", "json"))[
-            "items"
-        ] if any(a["address"] == worker.address for a in n["status"]["addresses"])
-    )  # fmt: skip
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "etcd-on-worker", "namespace": "default"},
-        "spec": {
-            "nodeName": worker_node["metadata"]["name"],
-            "containers": [
-                {
-                    "name": "etcd",
-                    "image": kubeadmimages.image_refs()["etcd"],
-                    "imagePullPolicy": "Never",
-                    "command": [
-                        "/usr/local/bin/etcd",
-                        "--data-dir=/var/etcd",
-                        "--listen-client-urls=http://0.0.0.0:2379",
-                        "--advertise-client-urls=http://$(POD_IP):2379",
-                    ],
-                    "env": [
-                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-                    ],
-                }
-            ],
-        },
-    }
-    manifest = json.dumps(pod)
-    await asyncio.to_thread(functools.partial(workload, "apply", "-f", "-", input_text=manifest))
-
-    async def running() -> JSONDict | None:
-        out = await asyncio.to_thread(workload, "get", "pod", "-n", "default", "etcd-on-worker",
-                                      "-o", "json")  # fmt: skip
-        obj: JSONDict = json.loads(out)
-        return obj if (obj.get("status") or {}).get("phase") == "Running" else None
-
-    obj = await bed.wait_for("the Pod on the worker Running", running, 180, diagnose)
-    assert ipaddress.ip_address(obj["status"]["podIP"]) in ipaddress.ip_network(
-        pod_subnet(worker.index)
-    )
-    logs = await asyncio.to_thread(workload, "logs", "-n", "default", "etcd-on-worker")
-    assert "etcd" in logs, logs
-    version = await asyncio.to_thread(
-        workload, "exec", "-n", "default", "etcd-on-worker", "--", "/usr/local/bin/etcd",
-        "--version",
-    )  # fmt: skip
-    assert "etcd Version: 3.6.10" in version, version
-    # Pod traffic between nodes: the control-plane host reaches the Pod through the route to the
-    # worker's Pod subnet.
-    code, out = await asyncio.to_thread(
-        _curl, control_plane_host, f"http://{obj['status']['podIP']}:2379/version"
-    )
-    assert code == 0 and '"etcdserver":"3.6.10"' in out, out
-    await asyncio.to_thread(workload, "delete", "pod", "-n", "default", "etcd-on-worker",
-                            "--timeout=60s")  # fmt: skip
 
 
 def _scale_workers(bed: Bed, replicas: int) -> None:
@@ -160,7 +87,7 @@ def _usage(host: Host) -> tuple[int, float]:
 
 
 @pytest.mark.timeout(1500)
-async def test_real_kubeadm_init_and_join(
+async def test_cluster_class_on_real_kubeadm(
     make_node_bed: BedFactory, kubeadm_managers: RunningProviders, tmp_path: Path
 ) -> None:
     bed = await make_node_bed(1 + WORKERS)
@@ -174,13 +101,15 @@ async def test_real_kubeadm_init_and_join(
     def diagnose() -> str:
         return _diagnose(bed, kubeadm_managers)
 
-    await asyncio.to_thread(plane.apply, realkubeadm.cluster_class(bed.namespace))
-    await asyncio.to_thread(
-        plane.kubectl, "wait", "-n", bed.namespace, "clusterclass/remote",
-        "--timeout=60s", "--for=condition=VariablesReady",
-    )  # fmt: skip
+    await asyncio.to_thread(plane.apply, realtopology.cluster_class(bed.namespace))
+    for class_condition in ("VariablesReady", "RefVersionsUpToDate"):
+        await asyncio.to_thread(
+            plane.kubectl, "wait", "-n", bed.namespace, "clusterclass/remote",
+            "--timeout=60s", f"--for=condition={class_condition}",
+        )  # fmt: skip
+    endpoint = (cp_host.address, 6443)
     cluster = kubeadm.topology_cluster(
-        CLUSTER, bed.namespace, (cp_host.address, 6443),
+        CLUSTER, bed.namespace, endpoint,
         control_plane_pool=CP_POOL, worker_pool=WORKER_POOL, workers=WORKERS,
     )  # fmt: skip
     started = time.monotonic()
@@ -220,12 +149,9 @@ async def test_real_kubeadm_init_and_join(
     for node in nodes:
         assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
         assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
-        address = next(
-            a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
-        )
-        assert address in by_address
+        assert _address(node) in by_address
         assert node["metadata"]["name"] in machines
-    cp_node = next(n for n in nodes if n["status"]["addresses"][0]["address"] == cp_host.address)
+    cp_node = next(n for n in nodes if _address(n) == cp_host.address)
     assert "node-role.kubernetes.io/control-plane" in cp_node["metadata"]["labels"]
     pods = json.loads(
         await asyncio.to_thread(workload, "get", "pods", "-n", "kube-system", "-o", "json")
@@ -233,8 +159,21 @@ async def test_real_kubeadm_init_and_join(
     static = {(p["metadata"].get("labels") or {}).get("component") for p in pods["items"]}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
     assert "kubelet" in _ps(worker_hosts[0])
+    kubeadm_config = json.loads(await asyncio.to_thread(
+        workload, "get", "configmap", "-n", "kube-system", "kubeadm-config", "-o", "json"
+    ))  # fmt: skip
+    assert "ClusterConfiguration" in kubeadm_config["data"]
 
-    await _workload_pod_on_worker(bed, workload, worker_hosts[0], cp_host, diagnose)
+    node_names = [n["metadata"]["name"] for n in nodes]
+    await realworkload.addons_running(bed, workload, node_names, diagnose)
+    worker_node = next(n for n in nodes if n is not cp_node)
+    pod_ip = await realworkload.deployment_on_worker(
+        bed, workload, by_address[_address(worker_node)], worker_node["metadata"]["name"],
+        cp_host, diagnose,
+    )  # fmt: skip
+    await realworkload.service_and_dns(
+        bed, workload, cp_host, cp_node["metadata"]["name"], pod_ip, diagnose
+    )
 
     async def machines_have_nodes() -> bool:
         return all(
@@ -245,17 +184,19 @@ async def test_real_kubeadm_init_and_join(
 
     async def kcp_available() -> bool:
         kcps = (await bed.kube.list(kubeadm.KUBEADM_CONTROL_PLANES, bed.namespace))["items"]
-        return bool(kcps) and _condition(kcps[0], "Available") == "True"
+        return bool(kcps) and condition(kcps[0], "Available") == "True"
 
     async def machines_ready() -> bool:
         machines = await _machines(bed)
         return len(machines) == 1 + WORKERS and all(
-            _condition(m, "Ready") == "True" and _condition(m, "Available") == "True"
+            condition(m, "Ready") == "True" and condition(m, "Available") == "True"
             for m in machines
         )
 
     await bed.wait_for("KubeadmControlPlane Available", kcp_available, 300, diagnose)
     await bed.wait_for("every Machine Ready and Available", machines_ready, 300, diagnose)
+    await realtopology.check_topology(bed, CLUSTER, endpoint)
+    await realtopology.check_machines(bed, CLUSTER, await _machines(bed), nodes)
 
     # Scale the workers to 0 and back: the worker's Node is deleted, its host runs kubeadm reset
     # and returns to its pool, clean enough to join again.
@@ -266,7 +207,7 @@ async def test_real_kubeadm_init_and_join(
         return len(out.split()) == 1 and await bed.free(WORKER_POOL) == WORKERS
 
     await bed.wait_for("the worker's Node gone, its host free", worker_released, 300, diagnose)
-    assert "kubelet" not in _ps(worker_hosts[0])
+    assert not [h for h in worker_hosts if "kubelet" in _ps(h)]
     await asyncio.to_thread(_scale_workers, bed, WORKERS)
     await bed.wait_for("the worker joined again, Ready", nodes_ready, 300, diagnose)
 
@@ -277,6 +218,7 @@ async def test_real_kubeadm_init_and_join(
         return not await _machines(bed) and not await bed.get(CLUSTERS, CLUSTER)
 
     await bed.wait_for("the Cluster and its Machines to be gone", all_gone, 300, diagnose)
+    await realtopology.check_deleted(bed, CLUSTER, {CP_POOL: 1, WORKER_POOL: WORKERS})
     pooled = await bed.list(POOLED_REMOTE_MACHINES)
     assert all(not p["spec"].get("claim") for p in pooled), pooled
     for host in bed.fleet.hosts:

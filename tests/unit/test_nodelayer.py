@@ -20,4 +20,6 @@ def test_each_host_gets_its_own_pod_subnet(tmp_path: Path) -> None:
         (ranges,) = bridge["ipam"]["ranges"]
         subnets.append(ranges[0]["subnet"])
         assert ranges[0]["subnet"] == pod_subnet(index)
+        # CoreDNS (forward . /etc/resolv.conf) does not start without a nameserver.
+        assert (upper / "etc/resolv.conf").read_text().startswith("nameserver ")
     assert subnets == ["10.244.0.0/24", "10.244.1.0/24", "10.244.7.0/24"]

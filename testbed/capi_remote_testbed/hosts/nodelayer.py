@@ -34,6 +34,10 @@ IMAGES_ARCHIVE = "/usr/share/capi-node/images.oci.tar"
 SUPERVISOR = "/usr/local/sbin/capi-node-supervisor"
 #: Pod subnet of host ``i`` of a fleet: 10.244.<i>.0/24 (private to the fleet's bridge).
 POD_SUBNET_PREFIX = "10.244"
+#: A node host's resolver: an operator's machine has one, and kubeadm's CoreDNS forwards to the
+#: nameservers of the node's /etc/resolv.conf (it refuses to start without one). No host reaches
+#: any: this address (TEST-NET-1, never routed) makes lookups of outside names fail at once.
+NAMESERVER = "192.0.2.53"
 PACKAGE_BINARIES = {
     "usr/bin/containerd": "containerd",
     "usr/bin/containerd-shim-runc-v2": "containerd-shim-runc-v2",
@@ -130,7 +134,8 @@ def pod_subnet(index: int) -> str:
 
 
 def write_host_files(upper: Path, index: int) -> None:
-    """Host ``index``'s CNI configuration: a bridge with its own Pod subnet, the gateway on it."""
+    """Host ``index``'s CNI configuration (a bridge with its own Pod subnet, the gateway on it)
+    and its resolver configuration."""
     conflist = {
         "cniVersion": "1.0.0",
         "name": "capi-node",
@@ -152,3 +157,4 @@ def write_host_files(upper: Path, index: int) -> None:
     }
     make_dir(upper / "etc/cni/net.d")
     write_file(upper / "etc/cni/net.d/10-capi-node.conflist", json.dumps(conflist, indent=2))
+    write_file(upper / "etc/resolv.conf", f"nameserver {NAMESERVER}\n")
