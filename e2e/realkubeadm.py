@@ -12,7 +12,11 @@ What is added, and why:
   ``ImagePull`` check, which would pull its upstream-tagged pause image, does not run.
 - ``ignorePreflightErrors``: only ``SystemVerification`` (kubelet 1.35 on cgroup v1, which this
   VM runs: kubeadm fails it even with ``failCgroupV1: false``); docs/troubleshooting.md.
-- ``skipPhases``: none (kube-proxy and CoreDNS run from images made here).
+- No ``skipPhases``: kube-proxy and CoreDNS run from images made here. kube-proxy gets a
+  KubeProxyConfiguration with ``conntrack.maxPerCore: 0`` (keep the kernel's ``nf_conntrack_max``:
+  a host's network namespace may not write it, and kube-proxy would exit on the attempt). CABPK
+  has no field for it: a ``files`` entry holds the document and a ``preKubeadmCommands`` line
+  appends it to the config CABPK wrote for ``kubeadm init``, as CAPI users do.
 """
 
 from __future__ import annotations
@@ -29,8 +33,14 @@ from e2e.kubeadm import TEMPLATES
 JSONDict = dict[str, Any]
 PATCHES_DIR = "/etc/kubernetes/patches"
 KUBELET_PATCH: JSONDict = dict(KUBELET_ON_THIS_VM)
-SKIP_PHASES: list[str] = []
 IGNORE_PREFLIGHT_ERRORS = ["SystemVerification"]
+INIT_CONFIG = "/run/kubeadm/kubeadm.yaml"  # where CABPK writes kubeadm init's configuration
+KUBE_PROXY_CONFIG = "/etc/kubernetes/kube-proxy-config.yaml"
+KUBE_PROXY: JSONDict = {
+    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+    "kind": "KubeProxyConfiguration",
+    "conntrack": {"maxPerCore": 0},
+}
 
 
 def _registration(name: str) -> JSONDict:
@@ -42,16 +52,18 @@ def _registration(name: str) -> JSONDict:
     }
 
 
+def _file(path: str, content: str) -> JSONDict:
+    return {
+        "path": path,
+        "owner": "root:root",
+        "permissions": "0644",
+        "encoding": "base64",
+        "content": base64.b64encode(content.encode()).decode(),
+    }
+
+
 def _files() -> list[JSONDict]:
-    return [
-        {
-            "path": f"{PATCHES_DIR}/kubeletconfiguration+merge.yaml",
-            "owner": "root:root",
-            "permissions": "0644",
-            "encoding": "base64",
-            "content": base64.b64encode(yaml.safe_dump(KUBELET_PATCH).encode()).decode(),
-        }
-    ]
+    return [_file(f"{PATCHES_DIR}/kubeletconfiguration+merge.yaml", yaml.safe_dump(KUBELET_PATCH))]
 
 
 def cluster_class(namespace: str) -> list[JSONDict]:
@@ -69,13 +81,19 @@ def cluster_class(namespace: str) -> list[JSONDict]:
             spec["initConfiguration"] = {
                 "nodeRegistration": _registration(name),
                 "patches": {"directory": PATCHES_DIR},
-                "skipPhases": SKIP_PHASES,
             }
             spec["joinConfiguration"] = {
                 "nodeRegistration": _registration(name),
                 "patches": {"directory": PATCHES_DIR},
             }
-            spec["files"] = _files()
+            spec["files"] = [
+                *_files(),
+                _file(KUBE_PROXY_CONFIG, "\n" + yaml.safe_dump(KUBE_PROXY, explicit_start=True)),
+            ]
+            # Only ``kubeadm init`` reads it (kube-proxy's configuration is the cluster's).
+            spec["preKubeadmCommands"] = [
+                f"if [ -f {INIT_CONFIG} ]; then cat {KUBE_PROXY_CONFIG} >> {INIT_CONFIG}; fi"
+            ]
         elif document["kind"] == "KubeadmConfigTemplate":
             spec = document["spec"]["template"]["spec"]
             name = spec["joinConfiguration"]["nodeRegistration"]["name"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+import yaml
 
 from capi_remote_testbed.kubeadmimages import IMAGE_REPOSITORY
 from e2e import kubeadm, realkubeadm, realtopology
@@ -24,13 +27,23 @@ def test_cluster_class_is_the_shipped_one_plus_what_real_nodes_and_the_test_need
     assert all(d["metadata"]["namespace"] == "ns" for d in documents.values())
     kcp = documents["KubeadmControlPlaneTemplate"]["spec"]["template"]["spec"]["kubeadmConfigSpec"]
     assert kcp["clusterConfiguration"]["imageRepository"] == IMAGE_REPOSITORY
-    assert kcp["initConfiguration"]["skipPhases"] == realkubeadm.SKIP_PHASES
+    assert "skipPhases" not in kcp["initConfiguration"]  # kubeadm's addons run
+    # kube-proxy's configuration, appended to kubeadm init's: a document of its own.
+    (proxy,) = [f for f in kcp["files"] if f["path"] == realkubeadm.KUBE_PROXY_CONFIG]
+    appended = (
+        "apiVersion: v1beta4\nkind: ClusterConfiguration\n"
+        + base64.b64decode(proxy["content"]).decode()
+    )
+    documents_after = [d for d in yaml.safe_load_all(appended) if d]
+    assert documents_after[-1]["conntrack"] == {"maxPerCore": 0}
+    assert len(documents_after) == 2
+    assert realkubeadm.KUBE_PROXY_CONFIG in kcp["preKubeadmCommands"][0]
     worker = documents["KubeadmConfigTemplate"]["spec"]["template"]["spec"]
     assert worker["joinConfiguration"]["nodeRegistration"]["name"] == "{{ v1.local_hostname }}"
     for spec in (kcp, worker):
         paths = [f["path"] for f in spec["files"]]
-        assert paths == [f"{realkubeadm.PATCHES_DIR}/kubeletconfiguration+merge.yaml",
-                         realtopology.INSTANCE_FILE]  # fmt: skip
+        assert f"{realkubeadm.PATCHES_DIR}/kubeletconfiguration+merge.yaml" in paths
+        assert paths[-1] == realtopology.INSTANCE_FILE
         for configuration in ("initConfiguration", "joinConfiguration"):
             if configuration in spec:
                 registration = spec[configuration]["nodeRegistration"]
