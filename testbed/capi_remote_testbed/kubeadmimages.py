@@ -53,8 +53,8 @@ def _binaries(log: Callable[[str], None]) -> dict[str, Path]:
         "kube-proxy": node.kube_proxy,
         "etcd": control_plane.etcd,
         "pause": node.pause,
-        "coredns": toolchain.ensure_coredns(log),
-        "netprobe": toolchain.ensure_netprobe(log),
+        "coredns": toolchain.ensure_binary(toolchain.COREDNS, log),
+        "netprobe": toolchain.ensure_binary(toolchain.NETPROBE, log),
     }
 
 

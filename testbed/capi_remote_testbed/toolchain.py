@@ -160,7 +160,7 @@ CERT_MANAGER = Component(
     packages=("capi-remote.dev/toolchain/cert-manager",),
 )
 # kubeadm's DNS addon (``addon/coredns``): CoreDNS with the plugins kubeadm's Corefile names
-# (toolchain/coredns/main.go says why not all of them); built on first use (`ensure_coredns`).
+# (toolchain/coredns/main.go says why not all of them); built on first use (`ensure_binary`).
 COREDNS = Component(
     name="coredns",
     version=COREDNS_VERSION,
@@ -370,22 +370,17 @@ def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
     return found
 
 
+def ensure_binary(component: Component, log: Callable[[str], None] = print) -> Path:
+    """Build (or find in the cache) a one-binary component (CoreDNS, the network probe, the node
+    supervisor); returns its binary."""
+    (binary,) = component.binaries
+    _build(component, log)
+    return component.cache_dir / binary
+
+
 def ensure_node_supervisor(log: Callable[[str], None] = print) -> Path:
     """Build (or find in the cache) the hosts' node supervisor."""
-    _build(NODE_SUPERVISOR, log)
-    return NODE_SUPERVISOR.cache_dir / "nodesupervisor"
-
-
-def ensure_coredns(log: Callable[[str], None] = print) -> Path:
-    """Build (or find in the cache) CoreDNS."""
-    _build(COREDNS, log)
-    return COREDNS.cache_dir / "coredns"
-
-
-def ensure_netprobe(log: Callable[[str], None] = print) -> Path:
-    """Build (or find in the cache) the network probe."""
-    _build(NETPROBE, log)
-    return NETPROBE.cache_dir / "netprobe"
+    return ensure_binary(NODE_SUPERVISOR, log)
 
 
 @attrs.frozen
