@@ -15,6 +15,7 @@ from capi_remote.ssh import HostKeyPolicy, Target, jobscript
 from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import InvalidCredentials
 from reconcilers.remotemachine import jobread, jobspec
+from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
 
 JSONDict = dict[str, Any]
 KEY = (
@@ -171,7 +172,7 @@ def test_a_job_whose_commands_log_in_themselves_gets_no_key_and_the_same_pod_rul
     assert env["CAPI_REMOTE_HOST_KEYS"] == "command"
     volumes = {"volumes": [{"name": "identity", "secret": {"secretName": "identity-output"}}]}
     template = {"spec": {"template": {"spec": {**volumes, "containers": [{"image": "tsh:1"}]}}}}
-    with pytest.raises(jobspec.InvalidProvisionJob, match="volumes"):
+    with pytest.raises(InvalidProvisionJob, match="volumes"):
         jobspec.render_job(inputs(private_key=None, template=template), "s")
 
 
@@ -184,7 +185,7 @@ def test_a_job_whose_commands_log_in_themselves_gets_no_key_and_the_same_pod_rul
     ],
 )
 def test_a_template_without_an_image_is_invalid(template: JSONDict) -> None:
-    with pytest.raises(jobspec.InvalidProvisionJob):
+    with pytest.raises(InvalidProvisionJob):
         jobspec.render_job(inputs(template=template), "s")
 
 

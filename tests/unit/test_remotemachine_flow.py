@@ -75,7 +75,8 @@ class FakeWriter:
 
     @property
     def status_(self) -> JSONDict:
-        return self.obj["status"]
+        status: JSONDict = self.obj["status"]
+        return status
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -93,6 +94,7 @@ class FakeBackend:
     starts: list[int] = attrs.field(factory=list)
     settled: list[int] = attrs.field(factory=list)
     cancelled: int = 0
+    retired: int = 0
     generation: int | None = None  # of the last start
 
     async def observe(self, machine: Machine) -> Observation:
@@ -113,9 +115,15 @@ class FakeBackend:
         if self.failed_reason is None:  # the runner forgets its job; a Job stays in the API
             self.seen = None
 
+    async def record_pins(self, machine: Machine, seen: dict[str, str]) -> dict[str, str]:
+        return seen  # every key seen is pinned as it is
+
     async def cancel(self, rm: JSONDict) -> float | None:
         self.cancelled += 1
         return None
+
+    async def retire(self, rm: JSONDict) -> None:
+        self.retired += 1
 
 
 def runner_like() -> FakeBackend:
@@ -186,7 +194,8 @@ class Bed:
 
     @property
     def status(self) -> JSONDict:
-        return self.writer.obj["status"]
+        status: JSONDict = self.writer.obj["status"]
+        return status
 
     def ready(self) -> JSONDict:
         return next(x for x in self.status["conditions"] if x["type"] == c.READY)
