@@ -23,13 +23,21 @@ def test_cluster_class_is_the_shipped_one_plus_the_node_settings() -> None:
     by_kind = {d["kind"]: d for d in documents}
     kcp = by_kind["KubeadmControlPlaneTemplate"]["spec"]["template"]["spec"]["kubeadmConfigSpec"]
     assert kcp["clusterConfiguration"]["imageRepository"] == IMAGE_REPOSITORY
-    assert kcp["initConfiguration"]["skipPhases"] == realcluster.SKIP_PHASES
+    assert "skipPhases" not in kcp["initConfiguration"]  # kubeadm's addons run
+    # kube-proxy's configuration, appended to kubeadm init's: a document of its own.
+    (proxy,) = [f for f in kcp["files"] if f["path"] == realcluster.KUBE_PROXY_CONFIG]
+    appended = "kind: ClusterConfiguration\n" + base64.b64decode(proxy["content"]).decode()
+    (_, kube_proxy) = [d for d in yaml.safe_load_all(appended) if d]
+    assert kube_proxy["conntrack"] == {"maxPerCore": 0}
+    assert realcluster.INIT_CONFIG in kcp["preKubeadmCommands"][0]
     worker = by_kind["KubeadmConfigTemplate"]["spec"]["template"]["spec"]
     for spec in (kcp, worker):
         registration = spec["joinConfiguration"]["nodeRegistration"]
         assert registration["name"] == "{{ ds.meta_data.local_hostname }}"  # still the jinja
         assert spec["joinConfiguration"]["patches"] == {"directory": realcluster.PATCHES_DIR}
-        (patch,) = spec["files"]
+        assert registration["ignorePreflightErrors"] == ["SystemVerification"]
+        assert registration["imagePullPolicy"] == "Never"  # preloaded: no ImagePull check
+        patch = spec["files"][0]
         assert patch["path"].startswith(realcluster.PATCHES_DIR + "/kubeletconfiguration")
         assert yaml.safe_load(base64.b64decode(patch["content"])) == realcluster.KUBELET_PATCH
         assert realcluster.KUBELET_PATCH["failCgroupV1"] is False
