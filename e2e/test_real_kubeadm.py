@@ -4,9 +4,13 @@ its own, hosts prepared as nodes, the kubeadm providers, our controller) and its
 :class:`~capi_remote_testbed.realcluster.RealCluster`: the shipped ClusterClass with a
 KubeadmControlPlane of 1 replica runs ``kubeadm init`` on a pooled host (containerd, kubelet under
 the node supervisor, images made here), a MachineDeployment of 2 workers runs ``kubeadm join``,
-the kubelets register their Nodes and they go Ready; the sample Deployment's Pod runs on a worker.
-Scaling up takes the spare pooled host; scaling down runs ``kubeadm reset`` and returns hosts to
-the pool, which join again; deleting the Cluster returns every host clean.
+the kubelets register their Nodes and they go Ready; kubeadm's addons run (kube-proxy on every
+node, CoreDNS); the sample Deployment's Pod runs on a worker and answers through a ClusterIP
+Service, by name from a Pod; the topology, Machines and cloud-config are what the ClusterClass
+promises (realtopology.py). Scaling up takes the spare pooled host; scaling down runs ``kubeadm
+reset`` and returns hosts to the pool, which join again; deleting the Cluster returns every host
+clean. One test function on purpose: a full real run takes minutes on 2 cores, so this is the
+ClusterClass e2e too (no kubeadm stand-in is left).
 
 It measures (prints, asserts nothing about) the time from applying the Cluster to every Node
 Ready, and each node's and management process's peak memory and CPU time (as ``dev up`` prints).
@@ -28,10 +32,17 @@ from capi_remote.resources import CLUSTERS, MACHINES, POOLED_REMOTE_MACHINES
 from capi_remote_testbed import budget, environment
 from capi_remote_testbed.hosts import Host
 from capi_remote_testbed.hosts.nodelayer import pod_subnet
-from capi_remote_testbed.realcluster import SAMPLE, WORKER_POOL, RealCluster
+from capi_remote_testbed.realcluster import (
+    API_SERVER_PORT,
+    CONTROL_PLANE_POOL,
+    SAMPLE,
+    WORKER_POOL,
+    RealCluster,
+)
 from capi_remote_testbed.toolchain import KUBERNETES_VERSION
-from e2e import kubeadm
+from e2e import kubeadm, realtopology, realworkload
 from e2e.bed import Bed
+from e2e.realtopology import condition
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +53,7 @@ SETTINGS = environment.Settings(hosts=1 + WORKERS + 1, workers=WORKERS, state_fi
 #: Processes that must be gone from a host after ``kubeadm reset`` (containerd, prepared by the
 #: operator like the supervisor, keeps running, as on a real machine).
 NODE_PROCESSES = ("kubelet", "containerd-shim", "kube-apiserver", "etcd", "kube-scheduler",
-                  "kube-controller-manager", "pause")  # fmt: skip
+                  "kube-controller-manager", "kube-proxy", "coredns", "pause")  # fmt: skip
 
 
 @pytest.fixture
@@ -64,18 +75,8 @@ async def _machines(bed: Bed) -> list[JSONDict]:
     )
 
 
-def _condition(obj: JSONDict, type_: str) -> str:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return str(next((c["status"] for c in conditions if c["type"] == type_), ""))
-
-
 def _ps(host: Host) -> str:
     return host.exec_inside(["ps", "-eo", "args"]).stdout.decode(errors="replace")
-
-
-def _curl(host: Host, url: str) -> tuple[int, str]:
-    result = host.exec_inside(["curl", "-sS", "--max-time", "10", url], timeout=30)
-    return result.returncode, result.stdout.decode() + result.stderr.decode()
 
 
 def _host_of(node: JSONDict, hosts: list[Host]) -> Host:
@@ -83,10 +84,10 @@ def _host_of(node: JSONDict, hosts: list[Host]) -> Host:
     return next(h for h in hosts if h.address == address)
 
 
-async def _sample_on_a_worker(bed: Bed, real: RealCluster, diagnose: Any) -> None:
+async def _sample_on_a_worker(bed: Bed, real: RealCluster, diagnose: Any) -> str:
     """The sample Deployment's Pod runs on a worker, in its Pod subnet; the control plane's API
     server reaches that kubelet for ``kubectl logs`` and ``exec``; the control-plane host reaches
-    the Pod through the route to the worker's Pod subnet."""
+    the Pod through the route to the worker's Pod subnet. Returns the Pod's IP."""
     pod = await asyncio.to_thread(real.deploy_sample)
     nodes = json.loads(await asyncio.to_thread(real.workload, "get", "nodes", "-o", "json"))
     node = next(n for n in nodes["items"] if n["metadata"]["name"] == pod["spec"]["nodeName"])
@@ -107,9 +108,10 @@ async def _sample_on_a_worker(bed: Bed, real: RealCluster, diagnose: Any) -> Non
     )  # fmt: skip
     assert "etcd Version: 3.6.10" in version, version
     code, out = await asyncio.to_thread(
-        _curl, real.control_plane_host, f"http://{pod_ip}:2379/version"
+        realworkload.curl, real.control_plane_host, f"http://{pod_ip}:2379/version"
     )
-    assert code == 0 and '"etcdserver":"3.6.10"' in out, out
+    assert code == 0 and realworkload.ETCD_ANSWER in out, out
+    return str(pod_ip)
 
 
 @pytest.mark.timeout(1800)
@@ -128,18 +130,23 @@ async def test_dev_up_makes_a_real_cluster(env: environment.LocalEnvironment) ->
         print(f"all {len(nodes)} Nodes Ready {time.monotonic() - real.applied_at:.0f} s after "
               "the Cluster was applied")  # fmt: skip
         print("\n".join(budget.lines(*env.usage())))
-        await _check_nodes(bed, real, nodes)
-        await _sample_on_a_worker(bed, real, diagnose)
-        await _check_cluster_api(bed, diagnose)
+        cp_node = await _check_nodes(bed, real, nodes)
+        node_names = [n["metadata"]["name"] for n in nodes]
+        await realworkload.addons_running(bed, real.workload, node_names, diagnose)
+        pod_ip = await _sample_on_a_worker(bed, real, diagnose)
+        await realworkload.service_and_dns(
+            bed, real.workload, real.control_plane_host, cp_node, pod_ip, diagnose
+        )
+        await _check_cluster_api(bed, real, diagnose)
         await _scale(bed, real, diagnose)
         await _delete(bed, real, diagnose)
     finally:
         await kube.close()
 
 
-async def _check_nodes(bed: Bed, real: RealCluster, nodes: list[JSONDict]) -> None:
+async def _check_nodes(bed: Bed, real: RealCluster, nodes: list[JSONDict]) -> str:
     """Real kubelets registered them: the kubelet's version, the node's own address, a Machine
-    each, the control plane's static Pods."""
+    each, the control plane's static Pods. Returns the control-plane Node's name."""
     machines = {m["metadata"]["name"] for m in await _machines(bed)}
     for node in nodes:
         assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
@@ -153,10 +160,12 @@ async def _check_nodes(bed: Bed, real: RealCluster, nodes: list[JSONDict]) -> No
     )
     static = {(p["metadata"].get("labels") or {}).get("component") for p in pods["items"]}
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= static
+    return str(cp_node["metadata"]["name"])
 
 
-async def _check_cluster_api(bed: Bed, diagnose: Any) -> None:
-    """Every Machine linked to its Node, READY and AVAILABLE; the KubeadmControlPlane Available."""
+async def _check_cluster_api(bed: Bed, real: RealCluster, diagnose: Any) -> None:
+    """Every Machine linked to its Node, READY and AVAILABLE; the KubeadmControlPlane Available;
+    the ClusterClass's topology, Machines and cloud-config as realtopology.py checks them."""
 
     async def machines_have_nodes() -> bool:
         return all(
@@ -165,18 +174,26 @@ async def _check_cluster_api(bed: Bed, diagnose: Any) -> None:
 
     async def kcp_available() -> bool:
         kcps = (await bed.kube.list(kubeadm.KUBEADM_CONTROL_PLANES, bed.namespace))["items"]
-        return bool(kcps) and _condition(kcps[0], "Available") == "True"
+        return bool(kcps) and condition(kcps[0], "Available") == "True"
 
     async def machines_ready() -> bool:
         machines = await _machines(bed)
         return len(machines) == 1 + WORKERS and all(
-            _condition(m, "Ready") == "True" and _condition(m, "Available") == "True"
+            condition(m, "Ready") == "True" and condition(m, "Available") == "True"
             for m in machines
         )
 
     await bed.wait_for("every Machine linked to its Node", machines_have_nodes, 180, diagnose)
     await bed.wait_for("KubeadmControlPlane Available", kcp_available, 300, diagnose)
     await bed.wait_for("every Machine Ready and Available", machines_ready, 300, diagnose)
+    await asyncio.to_thread(
+        real.plane.kubectl, "wait", "-n", bed.namespace, "clusterclass/remote",
+        "--timeout=60s", "--for=condition=RefVersionsUpToDate",
+    )  # fmt: skip
+    endpoint = (real.control_plane_host.address, API_SERVER_PORT)
+    await realtopology.check_topology(bed, real.name, endpoint)
+    nodes = json.loads(await asyncio.to_thread(real.workload, "get", "nodes", "-o", "json"))
+    await realtopology.check_machines(bed, real.name, await _machines(bed), nodes["items"])
 
 
 async def _scale(bed: Bed, real: RealCluster, diagnose: Any) -> None:
@@ -224,3 +241,5 @@ async def _delete(bed: Bed, real: RealCluster, diagnose: Any) -> None:
         assert host.exec_inside(["test", "-e", "/etc/kubernetes/kubelet.conf"]).returncode != 0
         active = host.exec_inside(["systemctl", "is-active", "kubelet"]).stdout.decode().strip()
         assert active == "inactive"
+    pools = {CONTROL_PLANE_POOL: 1, WORKER_POOL: len(real.worker_hosts)}
+    await realtopology.check_deleted(bed, real.name, pools)

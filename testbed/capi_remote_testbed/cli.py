@@ -183,7 +183,7 @@ def _wait_real(
 
 def next_steps(management: str, workload: str, workers: int, spare: int) -> list[str]:
     """What ``dev up`` suggests once the real cluster is up."""
-    from capi_remote_testbed.realcluster import SAMPLE, scale_patch
+    from capi_remote_testbed.realcluster import SAMPLE, scale_command
 
     steps = [
         f"kubectl --kubeconfig {workload} get nodes -o wide",
@@ -191,12 +191,6 @@ def next_steps(management: str, workload: str, workers: int, spare: int) -> list
         f"kubectl --kubeconfig {workload} logs deployment/{SAMPLE}",
     ]
     if spare > 0:
-        steps.append(
-            f"kubectl --kubeconfig {management} patch cluster demo -n demo --type=json "
-            f"-p '{scale_patch(workers + 1)}'"
-        )
-    steps.append(
-        f"kubectl --kubeconfig {management} patch cluster demo -n demo --type=json "
-        f"-p '{scale_patch(max(0, workers - 1))}'"
-    )
+        steps.append(scale_command(management, "demo", "demo", workers + 1))
+    steps.append(scale_command(management, "demo", "demo", max(0, workers - 1)))
     return steps

@@ -12,9 +12,15 @@ KubeadmControlPlaneTemplate and KubeadmConfigTemplate (the bootstrap data stays 
 - A kubelet configuration patch (a ``files`` entry, read through kubeadm's ``patches``): this VM
   runs cgroup v1, which kubelet 1.35 refuses unless ``failCgroupV1: false``; the kubelet uses the
   cgroupfs driver (no systemd) without QoS cgroups, and evicts nothing.
-- ``ignorePreflightErrors: [all]``: the checks that fail here (SystemVerification on cgroup v1,
-  the upstream pause image, kernel modules, swap) are what this test bed cannot change.
-- :data:`SKIP_PHASES`: CoreDNS (not built here) and kube-proxy (its image would need iptables).
+- ``imagePullPolicy: Never``: the images are preloaded (no registry is reachable), so kubeadm's
+  ``ImagePull`` check, which would pull its upstream-tagged pause image, does not run.
+- :data:`IGNORE_PREFLIGHT_ERRORS`: only ``SystemVerification`` (kubelet 1.35 on cgroup v1, which
+  this VM runs: kubeadm fails it even with ``failCgroupV1: false``); docs/troubleshooting.md.
+- No ``skipPhases``: kube-proxy and CoreDNS run from images made here. kube-proxy gets a
+  KubeProxyConfiguration with ``conntrack.maxPerCore: 0`` (keep the kernel's ``nf_conntrack_max``:
+  a host's network namespace may not write it, and kube-proxy would exit on the attempt). CABPK
+  has no field for it: a ``files`` entry holds the document and a ``preKubeadmCommands`` line
+  appends it to the config CABPK wrote for ``kubeadm init``, as CAPI users do.
 
 Invariant: nothing here edits a bootstrap Secret or creates a Node; every Node comes from a kubelet.
 """
@@ -42,7 +48,14 @@ from capi_remote_testbed.waits import poll
 JSONDict = dict[str, Any]
 PATCHES_DIR = "/etc/kubernetes/patches"
 KUBELET_PATCH: JSONDict = dict(KUBELET_ON_THIS_VM)
-SKIP_PHASES = ["addon/coredns", "addon/kube-proxy"]
+IGNORE_PREFLIGHT_ERRORS = ["SystemVerification"]
+INIT_CONFIG = "/run/kubeadm/kubeadm.yaml"  # where CABPK writes kubeadm init's configuration
+KUBE_PROXY_CONFIG = "/etc/kubernetes/kube-proxy-config.yaml"
+KUBE_PROXY: JSONDict = {
+    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+    "kind": "KubeProxyConfiguration",
+    "conntrack": {"maxPerCore": 0},
+}
 CONTROL_PLANE_POOL, WORKER_POOL = "control-plane", "workers"
 API_SERVER_PORT = 6443
 #: The sample Deployment in the workload cluster's ``default`` namespace: one Pod (etcd, from an
@@ -61,20 +74,23 @@ def _registration(name: str) -> JSONDict:
     return {
         "name": name,
         "criSocket": "unix:///run/containerd/containerd.sock",
-        "ignorePreflightErrors": ["all"],
+        "ignorePreflightErrors": IGNORE_PREFLIGHT_ERRORS,
+        "imagePullPolicy": "Never",
+    }
+
+
+def _file(path: str, content: str) -> JSONDict:
+    return {
+        "path": path,
+        "owner": "root:root",
+        "permissions": "0644",
+        "encoding": "base64",
+        "content": base64.b64encode(content.encode()).decode(),
     }
 
 
 def _files() -> list[JSONDict]:
-    return [
-        {
-            "path": f"{PATCHES_DIR}/kubeletconfiguration+merge.yaml",
-            "owner": "root:root",
-            "permissions": "0644",
-            "encoding": "base64",
-            "content": base64.b64encode(yaml.safe_dump(KUBELET_PATCH).encode()).decode(),
-        }
-    ]
+    return [_file(f"{PATCHES_DIR}/kubeletconfiguration+merge.yaml", yaml.safe_dump(KUBELET_PATCH))]
 
 
 def cluster_class(namespace: str) -> list[JSONDict]:
@@ -91,13 +107,19 @@ def cluster_class(namespace: str) -> list[JSONDict]:
             spec["initConfiguration"] = {
                 "nodeRegistration": _registration(name),
                 "patches": {"directory": PATCHES_DIR},
-                "skipPhases": SKIP_PHASES,
             }
             spec["joinConfiguration"] = {
                 "nodeRegistration": _registration(name),
                 "patches": {"directory": PATCHES_DIR},
             }
-            spec["files"] = _files()
+            spec["files"] = [
+                *_files(),
+                _file(KUBE_PROXY_CONFIG, "\n" + yaml.safe_dump(KUBE_PROXY, explicit_start=True)),
+            ]
+            # Only ``kubeadm init`` reads it (kube-proxy's configuration is the cluster's).
+            spec["preKubeadmCommands"] = [
+                f"if [ -f {INIT_CONFIG} ]; then cat {KUBE_PROXY_CONFIG} >> {INIT_CONFIG}; fi"
+            ]
         elif document["kind"] == "KubeadmConfigTemplate":
             spec = document["spec"]["template"]["spec"]
             name = spec["joinConfiguration"]["nodeRegistration"]["name"]
@@ -200,6 +222,11 @@ class RealCluster:
             self.name, self.namespace, (self.control_plane_host.address, API_SERVER_PORT),
             control_plane_pool=CONTROL_PLANE_POOL, worker_pool=WORKER_POOL, workers=self.workers,
         )  # fmt: skip
+        # Without replicas in the topology, the MachineDeployment's replicas are not the
+        # Cluster's: ``kubectl scale machinedeployment`` owns them (as an autoscaler would), and
+        # the topology controller never reverts it. :meth:`apply` scales it to ``workers``.
+        for deployment in cluster["spec"]["topology"]["workers"]["machineDeployments"]:
+            deployment.pop("replicas", None)
         return [*pooled, cluster]
 
     def apply(self, progress: Callable[[str], None]) -> None:
@@ -212,12 +239,23 @@ class RealCluster:
         progress(f"applying the pooled hosts and the Cluster {self.name}")
         self.plane.apply(self.objects())
         self.applied_at = time.monotonic()
+        progress(f"scaling the workers' MachineDeployment to {self.workers}")
+
+        def deployment_exists() -> bool:
+            return bool(self.plane.kubectl("get", "machinedeployments", *self._workers_selector))
+
+        poll("the workers' MachineDeployment", deployment_exists, 60.0, self.diagnose, **_WAIT)
+        self.scale(self.workers)
+
+    @property
+    def _workers_selector(self) -> tuple[str, ...]:
+        return ("-n", self.namespace, "-l", f"cluster.x-k8s.io/cluster-name={self.name}",
+                "-o", "name")  # fmt: skip
 
     def scale(self, replicas: int) -> None:
-        self.plane.kubectl(
-            "patch", "cluster", self.name, "-n", self.namespace, "--type=json",
-            "-p", scale_patch(replicas),
-        )  # fmt: skip
+        """``kubectl scale machinedeployment``, as a user scales the workers."""
+        self.plane.kubectl("scale", "machinedeployments", *self._workers_selector,
+                           f"--replicas={replicas}")  # fmt: skip
 
     # -- the workload cluster ------------------------------------------------------------------
 
@@ -285,8 +323,10 @@ class RealCluster:
         return poll(f"the {SAMPLE} Pod Running", running, within, self.diagnose, **_WAIT)
 
 
-def scale_patch(replicas: int) -> str:
-    """The JSON patch of the Cluster that scales its workers: a MachineDeployment of a ClusterClass
-    topology takes its replicas from the Cluster (``kubectl scale`` on it would be reverted)."""
-    path = "/spec/topology/workers/machineDeployments/0/replicas"
-    return json.dumps([{"op": "replace", "path": path, "value": replicas}], separators=(",", ":"))
+def scale_command(kubeconfig: str, namespace: str, cluster: str, replicas: int) -> str:
+    """The command a user scales the workers with (the MachineDeployment's name is the
+    topology controller's, so it is selected by the Cluster's label)."""
+    return (
+        f"kubectl --kubeconfig {kubeconfig} scale machinedeployment -n {namespace} "
+        f"-l cluster.x-k8s.io/cluster-name={cluster} --replicas={replicas}"
+    )

@@ -64,6 +64,7 @@ def inputs(**overrides: Any) -> jobspec.JobInputs:
         "known_hosts": "[10.0.0.2]:2222 ssh-ed25519 AAAAknownhostkey\n",
         "sudo_password": "hunter2",
         "cluster_name": "c1",
+        "steps": 4,
     }
     values.update(overrides)
     return jobspec.JobInputs(**values)
@@ -105,6 +106,7 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
         "note": "x",
         jobspec.ATTEMPT_ANNOTATION: "2",
         jobspec.GENERATION_ANNOTATION: "3",
+        jobspec.STEPS_ANNOTATION: "4",
     }
     spec = job["spec"]
     assert spec["backoffLimit"] == 2  # the user's
