@@ -4,6 +4,7 @@ keeps each host's health fresh (``reconciler.py``)."""
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
     FREE_INDEX,
+    INDEXERS,
     POOL_INDEX,
     RECHECK_ANNOTATION,
     PoolClaims,
@@ -23,6 +24,7 @@ from reconcilers.pool.reconciler import first_use_pins, pool_informer, probe_wit
 __all__ = [
     "CLAIM_INDEX",
     "FREE_INDEX",
+    "INDEXERS",
     "POOL_INDEX",
     "RECHECK_ANNOTATION",
     "PoolClaims",

@@ -148,6 +148,10 @@ def index_free(obj: JSONDict) -> list[str]:
     return index_by_pool(obj) if is_free(obj) else []
 
 
+#: The indexes a store of PooledRemoteMachines needs for claims.
+INDEXERS = {CLAIM_INDEX: index_by_claimant, POOL_INDEX: index_by_pool, FREE_INDEX: index_free}
+
+
 @attrs.define
 class _Sent:
     """A claim this process sent: for whom, against which version, and the server's answer

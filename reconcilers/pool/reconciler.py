@@ -40,15 +40,11 @@ from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, SSHError
 from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
-    FREE_INDEX,
+    INDEXERS,
     MOVE_GRACE,
-    POOL_INDEX,
     RECHECK_ANNOTATION,
     bound_here,
     claimant_key,
-    index_by_claimant,
-    index_by_pool,
-    index_free,
     release_stale,
 )
 from reconcilers.remote import HostAccess, MissingSecret
@@ -332,9 +328,8 @@ def probe_with(access: HostAccess) -> Prober:
 
 def pool_informer(provider: Provider) -> Informer:
     informer = provider.manager.informer(POOLED_REMOTE_MACHINES)
-    informer.store.add_indexer(CLAIM_INDEX, index_by_claimant)
-    informer.store.add_indexer(POOL_INDEX, index_by_pool)
-    informer.store.add_indexer(FREE_INDEX, index_free)
+    for name, func in INDEXERS.items():
+        informer.store.add_indexer(name, func)
     informer.store.add_indexer(SECRET_REF_INDEX, pooled_secrets)
     return informer
 

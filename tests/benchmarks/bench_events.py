@@ -37,7 +37,6 @@ from capi_remote.kube.informer import Event
 from capi_remote.kube.queue import Queue
 from capi_remote.ssh.hostkeys import KnownHosts
 from reconcilers import pool as pools
-from reconcilers.pool.claims import index_by_claimant, index_by_pool, index_free
 from reconcilers.remotemachine import watches
 from reconcilers.secrets import SECRET_REF_INDEX, referenced_secrets
 from tests.benchmarks.bench_reconcile import quiet_logger
@@ -85,13 +84,7 @@ def machine_store() -> Store:
 
 
 def pool_store() -> Store:
-    return Store(
-        {
-            pools.CLAIM_INDEX: index_by_claimant,
-            pools.POOL_INDEX: index_by_pool,
-            pools.FREE_INDEX: index_free,
-        }
-    )
+    return Store(pools.INDEXERS)
 
 
 def _per_event(seconds: float, events: int) -> float:

@@ -11,8 +11,7 @@ import structlog
 
 from capi_remote import ApiError, Store, TransportError
 from capi_remote.kube.informer import Event
-from reconcilers.pool import CLAIM_INDEX, FREE_INDEX, POOL_INDEX, PoolClaims
-from reconcilers.pool.claims import index_by_claimant, index_by_pool, index_free
+from reconcilers.pool import FREE_INDEX, INDEXERS, PoolClaims
 from reconcilers.remotemachine.watches import WAITING_INDEX, free_host_to_waiting, index_waiting
 from tests.support.fakepool import FakePoolServer, copy_claimable
 
@@ -41,9 +40,7 @@ def machine(index: int, address: str | None = None) -> JSONDict:
 
 
 def pool(hosts: int, watch_lag: float) -> tuple[Store, FakePoolServer, PoolClaims]:
-    store = Store(
-        {CLAIM_INDEX: index_by_claimant, POOL_INDEX: index_by_pool, FREE_INDEX: index_free}
-    )
+    store = Store(INDEXERS)
     objects = [host(i) for i in range(hosts)]
     for obj in objects:
         store.upsert(copy_claimable(obj))

@@ -26,7 +26,6 @@ from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, RemoteMachineSpec, f
 from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers.hostjobs import Outcome
-from reconcilers.pool.claims import index_by_claimant, index_by_pool
 from reconcilers.remotemachine.backend import Finished, Machine, Running
 from reconcilers.remotemachine.cleanup import FINALIZER
 from reconcilers.remotemachine.machinestatus import provisioned_before
@@ -170,7 +169,7 @@ def world(spec: JSONDict, pooled: JSONDict | None = None) -> World:
         Store(),
         Store({INFRA_REF_INDEX: infrastructure_ref}),
         Store(),
-        Store({pools.CLAIM_INDEX: index_by_claimant, pools.POOL_INDEX: index_by_pool}),
+        Store(pools.INDEXERS),
     )
     stores.capi_machines.upsert(
         {
