@@ -283,9 +283,9 @@ async def prepare(env: Env, sizes: Sizes) -> list[str]:
     await _create(env, samples.machine("cp-0", NAMESPACE, NAMESPACE, "cp-bootstrap"))
     names = []
     for fleet_index, host in hosts[: sizes.machines]:
-        names.append(f"{host.name}")
+        names.append(f"f{fleet_index}-{host.name}")  # host names repeat from fleet to fleet
         spec = _fleet_spec(fleet_index, host.address)
-        await _create(env, samples.pooled(host.name, NAMESPACE, POOL, spec))
+        await _create(env, samples.pooled(names[-1], NAMESPACE, POOL, spec))
     await _create(env, samples.machine_template(DEPLOYMENT, NAMESPACE, POOL))
     await _create(
         env, samples.machine_deployment(DEPLOYMENT, NAMESPACE, NAMESPACE, data, DEPLOYMENT, 0)
