@@ -8,8 +8,8 @@ banner", resets) are retried with jittered backoff. The host key is checked righ
 exchange, before any authentication attempt.
 
 With a :class:`~capi_remote.ssh.admission.Ticket`, a hop takes a CPU slot only once the host
-spoke (its banner arrived) and gives it back once the host key is verified: TCP connect and the
-banner wait hold none, key exchange at most the admission's hold limit, authentication none.
+spoke (its version line arrived) and gives it back once the host key is verified: TCP connect and
+the banner wait hold none, key exchange at most the admission's hold limit, authentication none.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from capi_remote.ssh.transport import CommandTimedOut, ExecResult, OutputTail, P
 log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL = 0.2
+_BANNER_POLL = 0.005
 _SEND_CHUNK = 32768
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 
@@ -155,16 +156,10 @@ class ParamikoConnector:
     ) -> tuple[paramiko.Transport, str]:
         settings = self._settings_for(target)
         try:
-            _await_banner(sock, settings.banner_timeout)
-            if ticket is not None:
-                ticket.hold()
             transport = paramiko.Transport(sock)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             sock.close()
             raise _TransientHandshake(f"connection failed: {exc}") from None
-        except BaseException:
-            sock.close()
-            raise
         try:
             transport.banner_timeout = settings.banner_timeout
             transport.handshake_timeout = settings.handshake_timeout
@@ -175,6 +170,10 @@ class ParamikoConnector:
             done = threading.Event()
             transport.start_client(event=done)
             limit = settings.banner_timeout + settings.handshake_timeout
+            if ticket is not None:
+                limit -= _await_banner(transport, done, settings.banner_timeout)
+                if transport.remote_version and not done.is_set():
+                    ticket.hold()
             finished = done.wait(limit) if ticket is None else ticket.wait_for(done, limit)
             if not finished:
                 raise HostUnreachable(target.display, "SSH handshake timed out")
@@ -261,12 +260,16 @@ class ParamikoConnector:
         return open_socket
 
 
-def _await_banner(sock: SocketLike, timeout: float) -> None:
-    """Wait until the host sends something (its banner), holding no slot: a host that accepts TCP
-    and stays silent costs this wait only."""
-    readable, _, _ = select.select([sock], [], [], timeout)
-    if not readable:
-        raise _TransientHandshake("no SSH banner (sshd busy or not an SSH server)")
+def _await_banner(transport: paramiko.Transport, done: threading.Event, timeout: float) -> float:
+    """Wait, holding no slot, until the host's version line arrived (or the handshake ended);
+    return the seconds waited. Our own version line went out first: some proxies (sslh) speak
+    only after the client did. paramiko signals no event for it, so this polls; a host that
+    accepts TCP and stays silent costs this wait only, and paramiko's banner deadline ends it."""
+    start = time.monotonic()
+    while not transport.remote_version and not done.wait(_BANNER_POLL):
+        if time.monotonic() - start > timeout:
+            break
+    return time.monotonic() - start
 
 
 def _handshake_error(target: Target, exc: BaseException | None) -> BaseException:

@@ -692,4 +692,5 @@ def test_black_hole_hosts_of_one_tenant_do_not_hold_up_another_tenants_host(
     pending, outcomes = asyncio.run(scenario())
     assert counter(host, "good") == 1
     assert all(pending), "the healthy host did not wait for any black hole's timeout"
-    assert all(isinstance(outcome, HostUnreachable) for outcome in outcomes)
+    # Each ends in its own error: a deadline, or (a slow host done at last) its unknown address.
+    assert all(isinstance(outcome, HostUnreachable | HostKeyUnknown) for outcome in outcomes)
