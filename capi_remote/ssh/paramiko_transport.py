@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import paramiko
@@ -42,7 +43,6 @@ from capi_remote.ssh.transport import CommandTimedOut, ExecResult, OutputTail, P
 log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL = 0.2
-_BANNER_POLL = 0.005
 _SEND_CHUNK = 32768
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 
@@ -155,8 +155,9 @@ class ParamikoConnector:
         self, target: Target, sock: SocketLike, ticket: Ticket | None
     ) -> tuple[paramiko.Transport, str]:
         settings = self._settings_for(target)
+        heard = _Heard(sock)
         try:
-            transport = paramiko.Transport(sock)
+            transport = paramiko.Transport(heard)  # type: ignore[arg-type]  # it reads, we see
         except (OSError, EOFError, paramiko.SSHException) as exc:
             sock.close()
             raise _TransientHandshake(f"connection failed: {exc}") from None
@@ -171,8 +172,8 @@ class ParamikoConnector:
             transport.start_client(event=done)
             limit = settings.banner_timeout + settings.handshake_timeout
             if ticket is not None:
-                limit -= _await_banner(transport, done, settings.banner_timeout)
-                if transport.remote_version and not done.is_set():
+                limit -= heard.wait(done, settings.banner_timeout)
+                if heard.spoke.is_set() and not done.is_set():
                     ticket.hold()
             finished = done.wait(limit) if ticket is None else ticket.wait_for(done, limit)
             if not finished:
@@ -260,16 +261,33 @@ class ParamikoConnector:
         return open_socket
 
 
-def _await_banner(transport: paramiko.Transport, done: threading.Event, timeout: float) -> float:
-    """Wait, holding no slot, until the host's version line arrived (or the handshake ended);
-    return the seconds waited. Our own version line went out first: some proxies (sslh) speak
-    only after the client did. paramiko signals no event for it, so this polls; a host that
-    accepts TCP and stays silent costs this wait only, and paramiko's banner deadline ends it."""
-    start = time.monotonic()
-    while not transport.remote_version and not done.wait(_BANNER_POLL):
-        if time.monotonic() - start > timeout:
-            break
-    return time.monotonic() - start
+class _Heard:
+    """The socket paramiko reads, telling when the host first sent something (its version line).
+
+    Our own version line goes out first (some proxies, like sslh, speak only after the client
+    did), so the wait for the host's is paramiko's; paramiko signals no event for it.
+    """
+
+    def __init__(self, sock: SocketLike) -> None:
+        self._sock = sock
+        self.spoke = threading.Event()
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self.spoke.set()  # data, or the end of the stream: no more waiting either way
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def wait(self, done: threading.Event, timeout: float) -> float:
+        """Wait, holding no slot, until the host spoke, the handshake ended or ``timeout``;
+        return the seconds waited. A host that accepts TCP and stays silent costs this only."""
+        start = time.monotonic()
+        while not self.spoke.wait(_POLL_INTERVAL) and not done.is_set():
+            if time.monotonic() - start > timeout:
+                break
+        return time.monotonic() - start
 
 
 def _handshake_error(target: Target, exc: BaseException | None) -> BaseException:
