@@ -4,7 +4,8 @@ P1, a trivial bootstrap against the CPU bound: for each fleet size, start a flee
 measure sequentially what one job costs in CPU (this process, including paramiko's threads, plus
 what the hosts' sshd spent: the listener's own and reaped children's CPU from /proc), then run
 all N jobs at once through the runner and compare the wall time with the bound
-``N x cost / cores``.
+``N x cost / cores``; when the jobs ended (first, p10/p50/p90) shows whether they finish in
+order (``--compare-slots 256`` runs the fleet again without waiting for CPU slots).
 
 P1b, a long bootstrap (3 steps whose sleeps add up to 30 s): one host alone, then all N at once
 through a runner with the default settings; the wall time against the single host's.
