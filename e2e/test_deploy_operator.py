@@ -39,7 +39,6 @@ from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 OPERATOR_API = "operator.cluster.x-k8s.io/v1alpha2"
 LABEL = "provider.cluster.x-k8s.io/"
 CORE_NAMESPACE = "capi-system"
@@ -154,17 +153,13 @@ def installed(operated: Operated, provider: tuple[str, ...], version: str) -> bo
 def operated(
     toolchain: toolchain_module.Toolchain,
     tmp_path_factory: pytest.TempPathFactory,
+    clusterctl_repository: clusterctlrepo.Repository,
     controller_image: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Operated]:
     started = time.monotonic()
     work = tmp_path_factory.mktemp("operator")
-    repository = clusterctlrepo.write_repository(
-        work / "repository",
-        REPO,
-        toolchain.kubectl,
-        {"repository": IMAGE_NAME.rsplit("/", 1)[0], "tag": IMAGE_TAG},
-    )
+    repository = clusterctl_repository
     operator = capioperator.ensure(toolchain.kubectl)
     images = [controller_image, repository.images, operator.images]
     with management_cluster(toolchain, images, cluster_api=False) as cluster:

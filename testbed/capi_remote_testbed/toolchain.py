@@ -178,7 +178,8 @@ NODE_SUPERVISOR = Component(
     packages=("capi-remote.dev/toolchain/nodesupervisor",),
 )
 
-# The CAPI module's root package builds a binary named after the module; give it a clear name.
+# The CAPI module's root package builds a binary named after the module, the operator's package
+# `cmd` one named `cmd`; give them clear names.
 _RENAMES = {"cluster-api": "cluster-api-manager", "cmd": "cluster-api-operator"}
 
 
@@ -395,8 +396,9 @@ class KubeadmBinary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the control plane's binaries, or with ``node``/``kubeadm``/``cert-manager`` the
-    node's, kubeadm's or cert-manager's (building the missing)."""
+    """Print the control plane's binaries, or with ``node``/``kubeadm``/``cert-manager``/
+    ``capi-operator`` the node's, kubeadm's, cert-manager's or the Cluster API Operator's
+    (building the missing)."""
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["node"], ["kubeadm"], ["cert-manager"], ["capi-operator"]):
         print(
