@@ -43,14 +43,22 @@ OPERATOR_API = "operator.cluster.x-k8s.io/v1alpha2"
 LABEL = "provider.cluster.x-k8s.io/"
 CORE_NAMESPACE = "capi-system"
 SYSTEM = "capi-remote-system"
-# Each provider as the operator knows it: kind, name, type label, namespace, Deployment, image.
-CORE = ("CoreProvider", "cluster-api", "core", CORE_NAMESPACE, "capi-controller-manager")
-OURS = (
-    "InfrastructureProvider",
-    "remote",
-    "infrastructure",
-    SYSTEM,
-    "capi-remote-controller-manager",
+
+
+@attrs.frozen
+class Provider:
+    """A provider as the operator knows it, and the Deployment its components hold."""
+
+    kind: str
+    name: str
+    type: str  # the operator's type label value
+    namespace: str
+    deployment: str
+
+
+CORE = Provider("CoreProvider", "cluster-api", "core", CORE_NAMESPACE, "capi-controller-manager")
+OURS = Provider(
+    "InfrastructureProvider", "remote", "infrastructure", SYSTEM, "capi-remote-controller-manager"
 )
 
 
@@ -70,10 +78,11 @@ class Operated:
         conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         return conditions.get("Available") == "True"
 
-    def provider(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    def provider(self, provider: Provider) -> dict[str, Any]:
         found: dict[str, Any] = self.get(
-            f"{kind.lower()}s.operator.cluster.x-k8s.io", "-n", namespace, name
-        )
+            f"{provider.kind.lower()}s.operator.cluster.x-k8s.io",
+            "-n", provider.namespace, provider.name,
+        )  # fmt: skip
         return found
 
     def diagnose(self) -> str:
@@ -90,7 +99,7 @@ class Operated:
 
 def provider_configmap(
     operated: Operated,
-    provider: tuple[str, ...],
+    provider: Provider,
     version: str,
     assets: Path,
     components: str,
@@ -99,10 +108,10 @@ def provider_configmap(
     """What docs/deployment.md has the admin run: a ConfigMap of the release's ``metadata.yaml``
     and components file (gzipped and annotated when over ConfigMap's 1 MiB), labelled with the
     provider's name, type and version."""
-    _, name, kind, namespace, _ = provider
+    name, kind, namespace = provider.name, provider.type, provider.namespace
     configmap = f"{kind}-{name}-{version}"
     source = assets / components
-    compressed = source.stat().st_size > 1_000_000
+    compressed = source.stat().st_size > 1_000_000  # a ConfigMap holds at most 1 MiB
     if compressed:
         source = work / f"{components}.gz"
         source.write_bytes(gzip.compress((assets / components).read_bytes()))
@@ -120,32 +129,29 @@ def provider_configmap(
     )  # fmt: skip
 
 
-def provider_object(provider: tuple[str, ...], version: str, image: str) -> dict[str, Any]:
+def provider_object(provider: Provider, version: str, image: str) -> dict[str, Any]:
     """The operator's provider object: the version to install, the ConfigMaps it comes from and
     the image its manager runs."""
-    kind, name, type_label, namespace, _ = provider
+    labels = {f"{LABEL}name": provider.name, f"{LABEL}type": provider.type}
     return {
         "apiVersion": OPERATOR_API,
-        "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
+        "kind": provider.kind,
+        "metadata": {"name": provider.name, "namespace": provider.namespace},
         "spec": {
             "version": version,
-            "fetchConfig": {
-                "selector": {"matchLabels": {f"{LABEL}name": name, f"{LABEL}type": type_label}}
-            },
+            "fetchConfig": {"selector": {"matchLabels": labels}},
             "deployment": {"containers": [{"name": "manager", "imageUrl": image}]},
         },
     }
 
 
-def installed(operated: Operated, provider: tuple[str, ...], version: str) -> bool:
-    kind, name, _, namespace, deployment = provider
-    status = operated.provider(kind, namespace, name).get("status") or {}
+def installed(operated: Operated, provider: Provider, version: str) -> bool:
+    status = operated.provider(provider).get("status") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
     return (
         status.get("installedVersion") == version
         and conditions.get("Ready") == "True"
-        and operated.available(namespace, deployment)
+        and operated.available(provider.namespace, provider.deployment)
     )
 
 
@@ -180,12 +186,12 @@ def operated(
             (OURS, version, repository.infrastructure, "infrastructure-components.yaml",
              f"{IMAGE_NAME}:{IMAGE_TAG}"),
         ):  # fmt: skip
-            operated.kubectl("create", "namespace", provider[3])
+            operated.kubectl("create", "namespace", provider.namespace)
             provider_configmap(operated, provider, release, assets, components, work)
             operated.plane.apply([provider_object(provider, release, image)])
         for provider, release in ((CORE, capi), (OURS, version)):
             eventually(
-                f"the operator to install {provider[0]} {provider[1]} {release}",
+                f"the operator to install {provider.kind} {provider.name} {release}",
                 lambda p=provider, r=release: installed(operated, p, r),
                 300,
                 operated.diagnose,
@@ -205,7 +211,7 @@ def control_plane(operated: Operated) -> ControlPlane:
 
 
 def test_the_operator_installs_capi_remote_from_configmaps(operated: Operated) -> None:
-    ours = operated.provider("InfrastructureProvider", SYSTEM, "remote")
+    ours = operated.provider(OURS)
     assert ours["status"]["installedVersion"] == operated.version
     conditions = {c["type"]: c for c in ours["status"]["conditions"]}
     assert conditions["Ready"]["status"] == "True", conditions
