@@ -18,8 +18,12 @@ APT_PACKAGES += containerd
 # Everything ruff checks and formats: the product, its test bed and the tests.
 PY_SOURCES := capi_remote reconcilers testbed tests e2e
 
+# `make run` makes a real cluster (kubeadm init/join on namespaced hosts; docs/quickstart.md);
+# `make run STAND_IN=1` the quick flow without kubelets (infrastructure contract only).
+STAND_IN ?=
+
 run: deps
-	$(BIN)/capi-remote dev up
+	$(BIN)/capi-remote dev up $(if $(STAND_IN),--stand-in)
 
 test: deps
 	$(BIN)/pytest -ra

@@ -62,18 +62,6 @@ async def make_bed(
         yield make
 
 
-@pytest.fixture
-async def make_node_bed(
-    request: pytest.FixtureRequest, kube: KubeClient, namespace: str, hosts: HostsFactory
-) -> AsyncIterator[BedFactory]:
-    """Like ``make_bed``, with hosts prepared as Kubernetes nodes (on the local test bed)."""
-    plane = request.getfixturevalue("local_control_plane")
-    request.getfixturevalue("controller")
-    fleets = lambda n: hosts(n, nodes=True, ready_timeout=120)[0].fleet  # noqa: E731
-    async with bed_factory(kube, plane, namespace, fleets) as make:
-        yield make
-
-
 @pytest.fixture(scope="session")
 def kubeadm_managers(control_plane: Cluster) -> Iterator[RunningProviders]:
     """The kubeadm bootstrap and control-plane providers (CABPK, KCP) next to CAPI core, built

@@ -370,7 +370,7 @@ def _pool(management: Management, namespace: str) -> dict[str, tuple[Any, dict[s
 
 def _marker_mtime(host: Host) -> str:
     done = host.exec_inside(["stat", "-c", "%Y", "/run/cluster-api/bootstrap-success.complete"])
-    return done.stdout.strip() if done.returncode == 0 else ""
+    return done.stdout.decode().strip() if done.returncode == 0 else ""
 
 
 K0S_CALLS = "/var/tmp/e2e-k0s-calls"

@@ -15,6 +15,7 @@ its bootstrap data Secret. Slow: the image build, ~1.5 min of start-up.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import time
@@ -192,7 +193,7 @@ def operated(
         for provider, release in ((CORE, capi), (OURS, version)):
             eventually(
                 f"the operator to install {provider.kind} {provider.name} {release}",
-                lambda p=provider, r=release: installed(operated, p, r),
+                functools.partial(installed, operated, provider, release),
                 300,
                 operated.diagnose,
             )

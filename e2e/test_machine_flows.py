@@ -358,7 +358,7 @@ async def test_health_check_remediation_returns_the_host_to_the_pool(make_bed: B
                 claim = pooled["spec"].get("claim") or {}
                 # Free again, or (after its re-check) claimed by the replacement: both mean
                 # it went back to the pool.
-                return claim.get("name") != sick
+                return bool(claim.get("name") != sick)
         return False
 
     await bed.wait_for("the remediated host back in the pool", sick_host_cleaned_and_returned, 120)

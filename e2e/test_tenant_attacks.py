@@ -197,7 +197,7 @@ async def test_workload_kubeconfig_cannot_steal_the_token_or_run_a_command(
         # The listener tells who sent a request: a request of this test process says "test".
         await asyncio.to_thread(_probe, listener.url, listener.ca)
         assert listener.requests == [("Bearer probe", "test")]
-        attacks = {
+        attacks: dict[str, dict[str, Any]] = {
             "steal": {"tokenFile": str(token_file)},
             "sapath": {"tokenFile": SERVICE_ACCOUNT_TOKEN},
             "run": {"exec": exec_plugin},

@@ -9,7 +9,8 @@ Invariants:
 - At most one job per machine UID is running in this process (the on-host lock covers replicas).
 - Job state is only touched on the event loop: progress callbacks come from runner threads and
   hop to the loop (``call_soon_threadsafe``) before they store anything; they wake the
-  controller at most every few seconds, so a chatty job cannot flood the queue.
+  controller at most every few seconds, so a chatty job cannot flood the queue, and the last
+  progress always wakes it (a wake-up held back is sent when the interval is over).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class HostJobs:
         self._wake = wake  # enqueue of the machine's key (called on the loop)
         self._jobs: dict[str, JobState] = {}
         self._last_wake: dict[str, float] = {}
+        self._held: dict[str, asyncio.TimerHandle] = {}  # wake-ups held back, by UID
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def state(self, uid: str) -> JobState | None:
@@ -118,11 +120,20 @@ class HostJobs:
         if job is None:
             return
         job.steps_done, job.steps_total, job.step = done, total, step
-        now = time.monotonic()
-        if now - self._last_wake.get(uid, 0.0) < PROGRESS_WAKE_INTERVAL:
+        if uid in self._held:
+            return  # its wake-up comes
+        wait = self._last_wake.get(uid, 0.0) + PROGRESS_WAKE_INTERVAL - time.monotonic()
+        if wait > 0 and self._loop is not None:
+            self._held[uid] = self._loop.call_later(wait, self._wake_held, uid, job)
             return
-        self._last_wake[uid] = now
+        self._last_wake[uid] = time.monotonic()
         self._wake(job.request)
+
+    def _wake_held(self, uid: str, job: JobState) -> None:
+        self._held.pop(uid, None)
+        if self._jobs.get(uid) is job and job.running:  # an ended job woke it already
+            self._last_wake[uid] = time.monotonic()
+            self._wake(job.request)
 
     async def cancel(self, uid: str) -> None:
         """Cancel a running job and wait until it stopped (the runner kills the remote step)."""
@@ -138,3 +149,6 @@ class HostJobs:
             raise RuntimeError("forget() of a running job")
         self._jobs.pop(uid, None)
         self._last_wake.pop(uid, None)
+        held = self._held.pop(uid, None)
+        if held is not None:
+            held.cancel()

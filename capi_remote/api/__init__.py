@@ -17,6 +17,7 @@ from capi_remote.api.common import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     GROUP,
     HOST_KEY_FINGERPRINT_ANNOTATION,
+    PROVIDER_ID_SET_FOR_ANNOTATION,
     parse_duration,
 )
 from capi_remote.api.connection import (
@@ -68,6 +69,7 @@ __all__ = [
     "BASTION_HOST_KEY_FINGERPRINT_ANNOTATION",
     "GROUP",
     "HOST_KEY_FINGERPRINT_ANNOTATION",
+    "PROVIDER_ID_SET_FOR_ANNOTATION",
     "APIEndpoint",
     "Bastion",
     "BootstrapProgress",

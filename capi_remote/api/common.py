@@ -27,6 +27,12 @@ BASTION_HOST_KEY_FINGERPRINT_ANNOTATION: Final = (
     "remote.infrastructure.cluster.x-k8s.io/bastion-host-key-fingerprint"
 )
 
+# The UID of the RemoteMachine whose `spec.providerID` capi-remote set before its bootstrap ran (in
+# the write that adds the finalizer or records the claimed host, to save the API server a write).
+# A providerID without it, or with another UID (the object was recreated by `clusterctl move`),
+# was set once provisioned: that machine's host success sentinel is its own.
+PROVIDER_ID_SET_FOR_ANNOTATION: Final = "remote.infrastructure.cluster.x-k8s.io/provider-id-set-for"
+
 # RFC 1123 host names (labels of 1-63 letters, digits and hyphens), case-insensitive. `[.]` rather
 # than `\.` keeps the pattern free of escapes inside CEL string literals.
 DNS_NAME_PATTERN: Final = (

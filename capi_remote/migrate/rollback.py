@@ -4,7 +4,8 @@ Pausing, unpausing and the report are the migration's own steps. The others undo
 from what its record kept: capi-remote's controller is stopped, the reference's CRDs are applied
 back as they were (a full replace, so no field of capi-remote's CRDs or of whoever applied them
 since stays behind), the reference's Deployments get their replicas back, and each
-RemoteMachine is annotated once the Clusters run again, since k0smotron does not watch Clusters.
+RemoteMachine is annotated once the Clusters run again, since k0smotron does not watch Clusters
+(and loses a providerID capi-remote set ahead of a bootstrap that has not succeeded).
 Host-key policies and the known_hosts ConfigMaps stay: the reference ignores them.
 """
 
@@ -14,7 +15,7 @@ import copy
 import time
 from typing import Any
 
-from capi_remote.api import crdgen
+from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, crdgen
 from capi_remote.kube.client import ApiError
 from capi_remote.migrate import apply, checks
 from capi_remote.migrate.display import shown
@@ -86,12 +87,27 @@ async def touch(ctx: Context) -> None:
         meta = rm["metadata"]
         try:
             await _drop_paused_condition(ctx, rm)
-            patch = {"metadata": {"annotations": {TOUCH_ANNOTATION: stamp}}}
+            patch = touch_patch(rm, stamp)
             await ctx.kube.patch(REMOTE_MACHINES, meta["namespace"], meta["name"], patch)
         except ApiError as error:
             if not error.not_found:
                 raise
     ctx.say("touch", f"annotated RemoteMachines with {TOUCH_ANNOTATION}")
+
+
+def touch_patch(rm: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """The touch; for a machine whose providerID capi-remote set ahead of a bootstrap that has
+    not succeeded, also that providerID taken back: the reference skips every RemoteMachine that
+    has one, and would never bootstrap it."""
+    annotations: dict[str, Any] = {TOUCH_ANNOTATION: stamp}
+    patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
+    meta = rm["metadata"]
+    ahead = (meta.get("annotations") or {}).get(PROVIDER_ID_SET_FOR_ANNOTATION) == meta["uid"]
+    provisioned = ((rm.get("status") or {}).get("initialization") or {}).get("provisioned")
+    if ahead and not provisioned and (rm.get("spec") or {}).get("providerID"):
+        annotations[PROVIDER_ID_SET_FOR_ANNOTATION] = None
+        patch["spec"] = {"providerID": None}
+    return patch
 
 
 async def _drop_paused_condition(ctx: Context, rm: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from capi_remote.api import RemoteMachineSpec
 from capi_remote.bootstrap import BootstrapPlan
 from reconcilers.hostjobs import Outcome
 from reconcilers.remote import Deadlines
-from reconcilers.remotemachine.machinestatus import provider_id
+from reconcilers.remotemachine.machinestatus import provider_id, provisioned_before
 
 JSONDict = dict[str, Any]
 
@@ -70,10 +70,10 @@ class Machine:
 
     @property
     def adopts(self) -> bool:
-        """Provisioned before (``spec.providerID`` is set once a bootstrap succeeded, by us or the
-        reference provider, and survives a move without status): the success sentinel on its
-        host is its own. A new machine on a reused host has none, so another's sentinel is not."""
-        return bool(self.rm["spec"].get("providerID"))
+        """Provisioned before (:func:`provisioned_before`: a providerID that survives a move
+        without status): the success sentinel on its host is its own. A new machine on a reused
+        host was not, so another's sentinel is not."""
+        return provisioned_before(self.rm)
 
 
 @attrs.frozen
@@ -87,7 +87,7 @@ class NotReady:
 class Running:
     attempt: int
     reason: str  # Ready's reason while it runs
-    message: str | None  # None: nothing new to report
+    message: str  # Ready's message while it runs ("step k of n", ...)
     steps_done: int | None = None
     steps_total: int | None = None
 
@@ -99,6 +99,7 @@ class Finished:
     outcome: Outcome
     ended_at: float | None = None  # Unix time
     steps_total: int | None = None
+    steps_done: int | None = None
 
 
 Observation = NotReady | Running | Finished | None

@@ -115,7 +115,9 @@ class JobBackend:
             active = int((job.get("status") or {}).get("active") or 0)
             state = "is running" if active else "is waiting for its Pod"
             message = f"Job {name} {state} (attempt {attempt} of {machine.max_attempts})"
-            return Running(attempt, c.PROVISIONING_JOB_RUNNING, message)
+            return Running(
+                attempt, c.PROVISIONING_JOB_RUNNING, message, steps_total=jr.steps_of(job)
+            )
         pod = await self._pod_result(machine, job)
         generation = jr.generation_of(job)
         if phase == "failed":
@@ -129,8 +131,11 @@ class JobBackend:
                 view.output_tail,
                 details={"fingerprint": accepted} if accepted else {},
             )
-            return Finished(attempt, generation, outcome, ended_at=jr.finished_at(job))
-        return Finished(attempt, generation, self._success(machine, name, pod))
+            return Finished(
+                attempt, generation, outcome, jr.finished_at(job), steps_total=jr.steps_of(job)
+            )
+        success = self._success(machine, name, pod)
+        return Finished(attempt, generation, success, steps_total=jr.steps_of(job))
 
     @staticmethod
     def _success(machine: Machine, name: str, pod: jr.PodResult) -> Outcome:
@@ -322,6 +327,7 @@ class JobBackend:
             fingerprints=fingerprints,
             sudo_password=sudo_password,
             cluster_name=cluster,
+            steps=len(plan.steps),
         )
 
     def _known_hosts_text(self, rm: JSONDict) -> str | None:

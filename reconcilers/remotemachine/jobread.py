@@ -1,6 +1,6 @@
-"""provisionJob mode, reading a Job back: its phase, attempt and generation, and why it failed
-(its Failed condition and its Pod's termination message: ``FallbackToLogsOnError`` puts the
-output's tail there)."""
+"""provisionJob mode, reading a Job back: its phase, attempt, generation and steps, and why it
+failed (its Failed condition and its Pod's termination message: ``FallbackToLogsOnError`` puts
+the output's tail there)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from reconcilers.remotemachine.jobspec import (
     ATTEMPT_ANNOTATION,
     CONTAINER_NAME,
     GENERATION_ANNOTATION,
+    STEPS_ANNOTATION,
     VOLUME_NAME,
 )
 
@@ -39,19 +40,25 @@ def job_phase(job: JSONDict) -> str:
     return "running"
 
 
-def attempt_of(job: JSONDict) -> int:
-    try:
-        return int((job["metadata"].get("annotations") or {}).get(ATTEMPT_ANNOTATION, "0"))
-    except ValueError:
-        return 0
-
-
-def generation_of(job: JSONDict) -> int | None:
-    value = (job["metadata"].get("annotations") or {}).get(GENERATION_ANNOTATION)
+def _number(job: JSONDict, annotation: str) -> int | None:
+    value = (job["metadata"].get("annotations") or {}).get(annotation)
     try:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def attempt_of(job: JSONDict) -> int:
+    return _number(job, ATTEMPT_ANNOTATION) or 0
+
+
+def generation_of(job: JSONDict) -> int | None:
+    return _number(job, GENERATION_ANNOTATION)
+
+
+def steps_of(job: JSONDict) -> int | None:
+    """The number of bootstrap steps the Job runs (status says it once the attempt is over)."""
+    return _number(job, STEPS_ANNOTATION)
 
 
 def finished_at(job: JSONDict) -> float | None:

@@ -34,6 +34,7 @@ JSONDict = dict[str, Any]
 MACHINE_UID_LABEL = "remote.infrastructure.cluster.x-k8s.io/machine-uid"
 ATTEMPT_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/attempt"
 GENERATION_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/generation"
+STEPS_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/steps"
 CONTAINER_NAME = "provision"
 VOLUME_NAME = "capi-remote-provision"
 #: The Job's Secret volume: readable by root or the pod's fsGroup only (the container copies
@@ -86,6 +87,7 @@ class JobInputs:
     fingerprints: tuple[str, ...] = ()
     sudo_password: str | None = attrs.field(default=None, repr=False)
     cluster_name: str | None = None
+    steps: int = 0  # of the bootstrap plan
 
     @property
     def job_name(self) -> str:
@@ -260,6 +262,7 @@ def render_job(inputs: JobInputs, secret_name: str) -> JSONDict:
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
     annotations[ATTEMPT_ANNOTATION] = str(inputs.attempt)
     annotations[GENERATION_ANNOTATION] = str(inputs.generation)
+    annotations[STEPS_ANNOTATION] = str(inputs.steps)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

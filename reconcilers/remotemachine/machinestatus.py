@@ -1,11 +1,12 @@
 """Small pure helpers on a RemoteMachine's status dict: conditions kept true, the v1beta1
-failure fields, the phase and reason the flow decides on."""
+failure fields, the phase and reason the flow decides on; and its providerID."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any
 
+from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, RemoteMachineSpec, from_dict
 from reconcilers import conditions as c
 from reconcilers.common import mark
 
@@ -18,6 +19,32 @@ def provider_id(address: str, port: int) -> str:
     except ValueError:
         host = address
     return f"remote-machine://{host}:{port}"
+
+
+def with_provider_id(desired: JSONDict) -> JSONDict:
+    """``desired`` (a RemoteMachine about to be written) with its providerID, when its host is
+    known and it has none yet: set in a write the machine needs anyway (the finalizer, the
+    claimed host), not in one of its own at the end. Cluster API reads it only once the machine
+    is provisioned. The annotation says it was set before any bootstrap, for this UID."""
+    spec = desired.get("spec") or {}
+    if spec.get("providerID") or not spec.get("address"):
+        return desired
+    typed = from_dict(RemoteMachineSpec, spec)
+    desired["spec"]["providerID"] = provider_id(typed.address or "", typed.port)
+    meta = desired["metadata"]
+    meta.setdefault("annotations", {})[PROVIDER_ID_SET_FOR_ANNOTATION] = meta["uid"]
+    return desired
+
+
+def provisioned_before(rm: JSONDict) -> bool:
+    """Whether ``rm`` was provisioned before, as far as what survives ``clusterctl move`` shows:
+    a providerID not set ahead of this object's bootstrap (by us once provisioned, or by the
+    reference provider, or ahead of the bootstrap of the object it was moved from)."""
+    if not (rm.get("spec") or {}).get("providerID"):
+        return False
+    meta = rm["metadata"]
+    set_for = (meta.get("annotations") or {}).get(PROVIDER_ID_SET_FOR_ANNOTATION)
+    return bool(set_for != meta.get("uid"))
 
 
 def condition(status: JSONDict, type_: str) -> JSONDict:

@@ -34,6 +34,11 @@ class Remembered:
     cleanup_attempts: int = 0
     #: the lock holder a HostLocked Event named: one Event per holder, not one per look
     announced_lock: str | None = None
+    #: monotonic time before which a running attempt's progress is not written (coalesced)
+    progress_due: float = 0.0
+    #: the attempt started here whose outcome is not recorded yet (its start wrote no status:
+    #: a Job the cache does not show yet is this attempt, not a reason to start afresh)
+    started: int | None = None
 
 
 class MachineMemory:

@@ -20,6 +20,9 @@ class AttemptPolicy:
     cleanup_lock_patience: float = 180.0
     #: how often a job looks again at a host another job holds locked
     lock_retry: float = 10.0
+    #: a running attempt's progress ("step k of n") is written at most this often, the first
+    #: time this long after its start (an attempt that ends sooner writes only its outcome)
+    progress_interval: float = 10.0
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1)))

@@ -7,11 +7,16 @@ or start the next attempt. Everything users see is decided here: attempts and th
 memory of bootstrap data found invalid.
 
 Invariants:
-- ``status.bootstrap.attempts`` is the number of the attempt that ran last (a terminal failure
-  on the first try says 1).
+- ``status.bootstrap.attempts`` is the number of the attempt that ran last once its progress
+  or outcome is written (a terminal failure on the first try says 1); until then the attempt
+  is remembered (``Remembered.started``) and resumed under its own number.
 - An attempt that found the host locked by another job did not run: it is not spent.
-- An outcome is recorded once (a Job's outcome is seen on every reconcile): Events only go
+- An outcome is recorded once (a Job's outcome is seen on every reconcile): its Events only go
   with a status write that changed something.
+- An attempt's start writes no status (its Event says it started), unless status says Failed,
+  which is no longer true; a running attempt's progress is written at most every
+  ``AttemptPolicy.progress_interval``, the latest state always; an outcome at once. A quick
+  bootstrap costs one status write: its outcome.
 - Every write goes through the :class:`Writer`.
 """
 
@@ -78,14 +83,15 @@ class ProvisionFlow:
         if isinstance(seen, Running):
             return await self._running(m, status, seen)
         # No Job and none under way: deleting the last failed Job starts afresh.
-        fresh = seen is None and backend.keeps_attempts and not _under_way(status)
+        under_way = _under_way(status) or remembered.started is not None
+        fresh = seen is None and backend.keeps_attempts and not under_way
         if isinstance(seen, Finished):
             # A failure of an older spec: a new generation gets a fresh budget.
             stale = not seen.outcome.ok and seen.generation not in (None, m.generation)
             if remembered.recorded != (seen.attempt, seen.generation):
                 if not stale:
                     return await self._record(backend, m, status, seen)
-                remembered.recorded = (seen.attempt, seen.generation)
+                remembered.recorded, remembered.started = (seen.attempt, seen.generation), None
                 await backend.settle(m, seen)
             fresh = stale
         return await self._next_attempt(backend, m, status, data_secret, fresh)
@@ -93,18 +99,28 @@ class ProvisionFlow:
     # -- an attempt under way ------------------------------------------------------------------
 
     async def _running(self, m: Machine, status: JSONDict, seen: Running) -> Result:
-        if seen.message is None:
-            return Result()
-        bootstrap = dict(status.get("bootstrap") or {})
+        """Progress is coalesced: written at most every ``progress_interval``, the first time
+        that long after the start; a wake-up before then looks again when it is due, so the
+        latest state is always written (an outcome is written at once, by ``_record``)."""
+        remembered = self.memory[m.uid]
+        due = remembered.progress_due - time.monotonic()
+        if due > 0:
+            return Result(requeue_after=due)
+        bootstrap = {
+            k: v for k, v in (status.get("bootstrap") or {}).items() if k != "lastOutputTail"
+        }
+        if seen.steps_total is not None:
+            bootstrap["stepsTotal"] = seen.steps_total
         if seen.steps_done is not None:
             bootstrap["stepsDone"] = seen.steps_done
-            bootstrap["stepsTotal"] = seen.steps_total or bootstrap.get("stepsTotal", 0)
         if seen.attempt:
             bootstrap["attempts"] = seen.attempt
         status["bootstrap"] = bootstrap
         mark(m.rm, status, c.READY, False, seen.reason, seen.message)
         status["phase"] = "Provisioning"
-        await self.writer.status(m.rm, status)
+        clear_failure(status)  # an attempt under way (e.g. for a new generation) is not failed
+        if await self.writer.status(m.rm, status):
+            remembered.progress_due = time.monotonic() + self.policy.progress_interval
         return Result()
 
     # -- an attempt's outcome --------------------------------------------------------------------
@@ -131,7 +147,8 @@ class ProvisionFlow:
         else:
             result = await self._failed(backend, m, status, seen)
             await self._pin_after_failure(backend, m, seen)
-        self.memory[m.uid].recorded = (seen.attempt, seen.generation)
+        remembered = self.memory[m.uid]
+        remembered.recorded, remembered.started = (seen.attempt, seen.generation), None
         await backend.settle(m, seen)
         return result
 
@@ -159,7 +176,7 @@ class ProvisionFlow:
         status["initialization"] = {"provisioned": True}
         bootstrap = dict(status.get("bootstrap") or {})
         total = seen.steps_total if seen.steps_total is not None else bootstrap.get("stepsTotal")
-        bootstrap.update(stepsDone=total or 0, lastOutputTail=None)
+        bootstrap.update(stepsTotal=total, stepsDone=total or 0, lastOutputTail=None)
         if seen.attempt:
             bootstrap["attempts"] = seen.attempt
         status["bootstrap"] = {k: v for k, v in bootstrap.items() if v is not None}
@@ -196,6 +213,10 @@ class ProvisionFlow:
                 f" {delay:.0f}s after the failure)"
             )
         bootstrap["attempts"] = attempts
+        if seen.steps_total is not None:  # how far it got (its start wrote no status)
+            bootstrap["stepsTotal"] = seen.steps_total
+        if seen.steps_done is not None:
+            bootstrap["stepsDone"] = seen.steps_done
         bootstrap["lastOutputTail"] = outcome.output_tail[-1024:] or None
         status["bootstrap"] = {k: v for k, v in bootstrap.items() if v is not None}
         reason = backend.failed_reason or outcome.reason
@@ -269,7 +290,7 @@ class ProvisionFlow:
         if fresh or (attempts and outcome.get("observedGeneration") not in (None, m.generation)):
             attempts = 0  # the spec changed since the last failure: a fresh budget
             remembered.retry_at = 0.0
-        resuming = _under_way(status)
+        resuming = _under_way(status) or remembered.started is not None
         gave_up = (
             status.get("phase") == "Failed"
             and outcome.get("status") == "False"
@@ -303,7 +324,7 @@ class ProvisionFlow:
             if await self.writer.status(rm, status):
                 self.writer.event(rm, "Warning", c.INVALID_BOOTSTRAP_DATA, message)
             return Result()
-        attempt = attempts if resuming and attempts else attempts + 1
+        attempt = remembered.started or (attempts if resuming and attempts else attempts + 1)
         try:
             started = await backend.start(m, plan, attempt, pid)
         except NotYetKnown:
@@ -317,23 +338,25 @@ class ProvisionFlow:
         except InvalidSpec as invalid:
             return await self._wait(rm, status, invalid.reason, str(invalid))
         remembered.recorded = None  # its outcome is news, even under a number seen before
+        remembered.started = attempt
         if plan.warnings:
             self.writer.event(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
         m.log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))
-        previous = {k: v for k, v in bootstrap.items() if k != "lastOutputTail"}
-        status["bootstrap"] = {
-            **previous,
-            "attempts": attempt,
-            "stepsTotal": len(plan.steps),
-            "stepsDone": 0,
-        }
-        mark(rm, status, c.READY, False, started.reason, started.message)
-        status["phase"] = "Provisioning"
-        clear_failure(status)  # a fresh budget (a new generation) is not failed yet
-        await self.writer.status(rm, status)
+        if status.get("phase") == "Failed":  # e.g. a new generation: say at once it is not
+            previous = {k: v for k, v in bootstrap.items() if k != "lastOutputTail"}
+            steps = {"attempts": attempt, "stepsTotal": len(plan.steps), "stepsDone": 0}
+            status["bootstrap"] = {**previous, **steps}
+            mark(rm, status, c.READY, False, started.reason, started.message)
+            status["phase"] = "Provisioning"
+            clear_failure(status)
+            await self.writer.status(rm, status)
         if started.event is not None:
             self.writer.event(rm, "Normal", started.reason, started.event)
-        return Result()
+        # Otherwise no status write for the start: the Event says it, most attempts end before
+        # their first progress write, and status shows the attempt once one is due (_running).
+        interval = self.policy.progress_interval
+        remembered.progress_due = time.monotonic() + interval
+        return Result(requeue_after=interval)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
         mark(rm, status, c.READY, False, reason, message)

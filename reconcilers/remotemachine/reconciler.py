@@ -7,7 +7,10 @@ Level-triggered: each reconcile reads the cache, works out the single next step,
 only if it changed, and returns. Every wait has a condition reason and is ended by a watch
 (Machine, Cluster, Secrets, pool hosts), never by polling. A new machine's waits are written only
 once it is ``QUIET_WAITS`` seconds old: Cluster API usually ends them within a second (owner
-reference, bootstrap data), and a write each would cost the API server one per machine.
+reference, bootstrap data), and a write each would cost the API server one per machine. While a
+Machine already names it (``spec.infrastructureRef``), its owner reference is on its way (a
+MachineSet creates the RemoteMachine, then the Machine, whose controller then adopts it: seconds
+on a busy API server), so that wait stays unwritten for ``OWNER_PATIENCE``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark,
 from reconcilers.remotemachine.backend import Backend, Machine
 from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
 from reconcilers.remotemachine.inherit import inherit_metadata
+from reconcilers.remotemachine.machinestatus import with_provider_id
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.writer import Writer
@@ -44,6 +48,17 @@ from reconcilers.secrets import ObjectSource
 JSONDict = dict[str, Any]
 #: How long a new RemoteMachine may wait before its wait is written to status.
 QUIET_WAITS = 5.0
+#: How long a new RemoteMachine that a Machine names may wait for that Machine's owner reference.
+OWNER_PATIENCE = 60.0
+#: Machines by the RemoteMachine their ``spec.infrastructureRef`` names (``namespace/name``).
+INFRA_REF_INDEX = "infrastructure-ref"
+
+
+def infrastructure_ref(machine: JSONDict) -> list[str]:
+    ref = machine.get("spec", {}).get("infrastructureRef") or {}
+    if ref.get("kind") != "RemoteMachine" or not ref.get("name"):
+        return []
+    return [f"{machine['metadata'].get('namespace', '')}/{ref['name']}"]
 
 
 @attrs.frozen
@@ -99,7 +114,7 @@ class RemoteMachineReconciler:
         if FINALIZER not in rm["metadata"].get("finalizers", []):
             desired = copy.deepcopy(rm)
             desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
-            await self.writer.object(rm, desired)
+            await self.writer.object(rm, with_provider_id(desired))
             return Result()  # the update event brings us back with the fresh object
         return await self._converge(ctx.log, rm, request)
 
@@ -109,11 +124,13 @@ class RemoteMachineReconciler:
         owner = owner_name(rm, CAPI_GROUP, "Machine")
         machine = stores.capi_machines.get_by_name(request.namespace, owner) if owner else None
         if machine is None:
+            named = stores.capi_machines.by_index(INFRA_REF_INDEX, request_key(request))
             return await self._wait(
                 rm,
                 status,
                 c.WAITING_FOR_MACHINE_OWNER,
                 "waiting for a Machine to own this RemoteMachine",
+                OWNER_PATIENCE if named else QUIET_WAITS,
             )
         cluster_name = machine["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL) or (
             machine.get("spec", {}).get("clusterName")
@@ -173,8 +190,15 @@ class RemoteMachineReconciler:
         await self.backends.other(view).retire(view.rm)  # e.g. a switch from provisionJob
         return await self.flow.step(self.backends.of(view), view, status, data_secret)
 
-    async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
-        quiet = quiet_waits_left(rm, time.time())
+    async def _wait(
+        self,
+        rm: JSONDict,
+        status: JSONDict,
+        reason: str,
+        message: str,
+        patience: float = QUIET_WAITS,
+    ) -> Result:
+        quiet = quiet_waits_left(rm, time.time(), patience)
         if quiet > 0:  # the watch that ends the wait wakes it; else it looks again then
             return Result(requeue_after=quiet)
         mark(rm, status, c.READY, False, reason, message)
@@ -214,7 +238,7 @@ class RemoteMachineReconciler:
                 f"no free PooledRemoteMachine in pool {pool!r}; add one and this machine proceeds",
             )
         try:
-            await self.writer.object(rm, pools.host_spec_for(rm, pooled))
+            await self.writer.object(rm, with_provider_id(pools.host_spec_for(rm, pooled)))
         except Conflict:
             await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
             raise
@@ -228,9 +252,13 @@ class RemoteMachineReconciler:
         return Result()
 
 
-def quiet_waits_left(rm: JSONDict, now: float) -> float:
+def request_key(request: Request) -> str:
+    return f"{request.namespace}/{request.name}"
+
+
+def quiet_waits_left(rm: JSONDict, now: float, patience: float = QUIET_WAITS) -> float:
     """How much longer a wait of ``rm`` stays unwritten at ``now``: only a machine that has no
-    Ready condition yet and is younger than ``QUIET_WAITS`` (by the API server's clock, which has
+    Ready condition yet and is younger than ``patience`` (by the API server's clock, which has
     second resolution)."""
     if any(x.get("type") == c.READY for x in (rm.get("status") or {}).get("conditions") or []):
         return 0.0
@@ -243,4 +271,4 @@ def quiet_waits_left(rm: JSONDict, now: float) -> float:
         return 0.0
     if age < -1.0:  # this clock is behind the API server's: say everything at once
         return 0.0
-    return max(0.0, QUIET_WAITS - max(age, 0.0))
+    return max(0.0, patience - max(age, 0.0))

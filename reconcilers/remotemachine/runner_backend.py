@@ -43,9 +43,21 @@ class RunnerBackend:
         if job is None or job.kind != "provision":
             return None
         if job.outcome is not None:
-            return Finished(job.attempt, job.generation, job.outcome, steps_total=job.steps_total)
-        if not job.step:  # still connecting, as the status written at the start says
-            return Running(job.attempt, c.PROVISIONING, None)
+            return Finished(
+                job.attempt,
+                job.generation,
+                job.outcome,
+                steps_total=job.steps_total,
+                steps_done=job.steps_done,
+            )
+        if not job.step:
+            return Running(
+                job.attempt,
+                c.PROVISIONING,
+                _connecting(job.attempt, machine),
+                steps_done=0,
+                steps_total=job.steps_total,
+            )
         return Running(
             job.attempt,
             c.PROVISIONING,
@@ -72,9 +84,10 @@ class RunnerBackend:
 
         job = jobs.start(uid, "provision", machine.request, run)
         job.attempt, job.generation = attempt, machine.generation
+        job.steps_total = job.steps_total or len(plan.steps)
         return Started(
             c.PROVISIONING,
-            f"attempt {attempt} of {machine.max_attempts}: connecting to {machine.address}",
+            _connecting(attempt, machine),
             f"bootstrapping {machine.address} ({len(plan.steps)} steps, attempt {attempt})",
         )
 
@@ -95,3 +108,7 @@ class RunnerBackend:
         if job is not None and job.kind == "provision":
             await self.jobs.cancel(uid)
             self.jobs.forget(uid)
+
+
+def _connecting(attempt: int, machine: Machine) -> str:
+    return f"attempt {attempt} of {machine.max_attempts}: connecting to {machine.address}"

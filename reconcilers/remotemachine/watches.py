@@ -39,7 +39,13 @@ from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.provision import ProvisionFlow
-from reconcilers.remotemachine.reconciler import Backends, RemoteMachineReconciler, Stores
+from reconcilers.remotemachine.reconciler import (
+    INFRA_REF_INDEX,
+    Backends,
+    RemoteMachineReconciler,
+    Stores,
+    infrastructure_ref,
+)
 from reconcilers.remotemachine.runner_backend import RunnerBackend
 from reconcilers.remotemachine.writer import MachineWriter
 from reconcilers.secrets import (
@@ -57,10 +63,7 @@ CLUSTER_INDEX = "cluster"
 
 
 def machine_to_remote(machine: JSONDict) -> list[Request]:
-    ref = machine.get("spec", {}).get("infrastructureRef") or {}
-    if ref.get("kind") != "RemoteMachine":
-        return []
-    return [Request(machine["metadata"].get("namespace", ""), str(ref["name"]))]
+    return [Request(*key.split("/", 1)) for key in infrastructure_ref(machine)]
 
 
 def _data_secret(m: JSONDict) -> list[str]:
@@ -94,6 +97,7 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     capi_machines = manager.informer(MACHINES)
     capi_machines.store.add_indexer(DATA_SECRET_INDEX, _data_secret)
     capi_machines.store.add_indexer(CLUSTER_INDEX, _cluster)
+    capi_machines.store.add_indexer(INFRA_REF_INDEX, infrastructure_ref)
     pooled = pools.pool_informer(provider).store  # indexed by SECRET_REF_INDEX too
     stores = Stores(remote.store, capi_machines.store, manager.informer(CLUSTERS).store, pooled)
     wake = Wake()

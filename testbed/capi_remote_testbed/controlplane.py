@@ -132,6 +132,11 @@ class ControlPlane:
         if not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """The running components (etcd, kube-apiserver, ...), e.g. to measure them."""
+        return list(self._processes)
+
     # -- faults --------------------------------------------------------------------------------
 
     @property

@@ -22,7 +22,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,21 @@ def write_oci_archive(path: Path, work: Path, manifests: list[dict[str, Any]]) -
     staging.rename(path)
 
 
-def write_binary_images(path: Path, images: Sequence[tuple[str, Path, str]]) -> None:
+def write_binary_images(
+    path: Path,
+    images: Sequence[tuple[str, Path, str]],
+    bases: Mapping[str, Path] | None = None,
+) -> None:
     """An OCI archive at ``path`` of single-binary images: for each ``(ref, binary, inside)``,
-    one layer holding ``binary`` at ``inside`` (a relative path), which is its entrypoint."""
+    one layer holding ``binary`` at ``inside`` (a relative path), which is its entrypoint, over
+    the directory ``bases[ref]`` as a layer of its own if there is one (what the binary runs)."""
     work = Path(tempfile.mkdtemp(prefix=".oci-", dir=path.parent))
     try:
         (work / "blobs" / "sha256").mkdir(parents=True)
         manifests = []
         for ref, binary, inside in images:
+            base = (bases or {}).get(ref)
+            layers = [oci_layer(work, base)] if base else []
             tree = work / "tree"
             target = tree / inside
             target.parent.mkdir(parents=True)
@@ -233,8 +240,9 @@ def write_binary_images(path: Path, images: Sequence[tuple[str, Path, str]]) -> 
                 os.link(binary, target)  # same file system as the cache: no copy
             except OSError:
                 shutil.copy2(binary, target)
+            layers.append(oci_layer(work, tree))
             command = {"Entrypoint": [f"/{inside}"]}
-            manifests.append(oci_image(work, ref, [oci_layer(work, tree)], command))
+            manifests.append(oci_image(work, ref, layers, command))
             shutil.rmtree(tree)
         write_oci_archive(path, work, manifests)
     finally:

@@ -35,6 +35,8 @@ CNI_PLUGINS_VERSION = "v1.9.1"
 CERT_MANAGER_VERSION = "v1.21.2"
 # The Cluster API Operator release built on CLUSTER_API_VERSION's minor (v0.29 requires CAPI v1.13).
 CAPI_OPERATOR_VERSION = "v0.29.0"
+#: The CoreDNS kubeadm v1.35 deploys (its ``constants.CoreDNSVersion``).
+COREDNS_VERSION = "v1.13.1"
 
 
 def cache_root() -> Path:
@@ -167,6 +169,22 @@ CAPI_OPERATOR = Component(
     version=CAPI_OPERATOR_VERSION,
     module_dir="capi-operator",
     packages=("sigs.k8s.io/cluster-api-operator/cmd",),
+)
+# kubeadm's DNS addon (``addon/coredns``): CoreDNS with the plugins kubeadm's Corefile names
+# (toolchain/coredns/main.go says why not all of them); built on first use (`ensure_binary`).
+COREDNS = Component(
+    name="coredns",
+    version=COREDNS_VERSION,
+    module_dir="coredns",
+    packages=("capi-remote.dev/toolchain/coredns",),
+)
+# What tests run in Pods of real nodes to check DNS and Services from inside (the images made here
+# have no shell or curl): our own few lines (toolchain/netprobe/main.go).
+NETPROBE = Component(
+    name="netprobe",
+    version="v1",
+    module_dir="netprobe",
+    packages=("capi-remote.dev/toolchain/netprobe",),
 )
 
 # Supervises containerd and the kubelet on a test-bed host that becomes a real node (the hosts have
@@ -383,10 +401,17 @@ def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
     return found
 
 
+def ensure_binary(component: Component, log: Callable[[str], None] = print) -> Path:
+    """Build (or find in the cache) a one-binary component (CoreDNS, the network probe, the node
+    supervisor); returns its binary."""
+    (binary,) = component.binaries
+    _build(component, log)
+    return component.cache_dir / binary
+
+
 def ensure_node_supervisor(log: Callable[[str], None] = print) -> Path:
     """Build (or find in the cache) the hosts' node supervisor."""
-    _build(NODE_SUPERVISOR, log)
-    return NODE_SUPERVISOR.cache_dir / "nodesupervisor"
+    return ensure_binary(NODE_SUPERVISOR, log)
 
 
 @attrs.frozen

@@ -626,16 +626,27 @@ async def measure_burst(env: Env, group: Group) -> tuple[JSONDict, list[Sample]]
 
 
 def reconcile_delays(samples_: Sequence[Sample], audit: Sequence[JSONDict]) -> JSONDict:
-    """Secret create -> the controller's first ``Ready=Provisioning`` status patch as the API
-    server received it (the job is started just before that patch is sent)."""
+    """Secret create -> the controller's ``Provisioning`` Event as the API server received it
+    (recorded just after the job started; the start writes no status)."""
     first: dict[str, float] = {}
     for event in audit:
-        ref = event.get("objectRef") or {}
-        if ref.get("subresource") == "status" and _what(event) == "Ready=Provisioning":
-            name = str(ref.get("name"))
+        name = started_event_of(event)
+        if name is not None:
             first[name] = min(first.get(name, float("inf")), _timestamp(event))
     delays = [first[s.name] - s.created_wall for s in samples_ if s.name in first]
-    return _summary(delays, "secret_to_provisioning_patch_")
+    return _summary(delays, "secret_to_provisioning_event_")
+
+
+def started_event_of(event: JSONDict) -> str | None:
+    """The machine whose job start an audit event records (the create of its ``Provisioning``
+    Event), else None."""
+    ref = event.get("objectRef") or {}
+    body = event.get("requestObject") or {}
+    if ref.get("resource") != "events" or event.get("verb") != "create":
+        return None
+    if body.get("reason") != "Provisioning":
+        return None
+    return str((body.get("involvedObject") or {}).get("name") or "") or None
 
 
 # -- P5: the audit log ----------------------------------------------------------------------------

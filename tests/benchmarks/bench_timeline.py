@@ -11,7 +11,7 @@ stage               taken from
 machine_created     the audit log: the Machine's create (its ``stageTimestamp``)
 owner_ref           the audit log: Cluster API's first write of the RemoteMachine that carries an
                     ownerReference
-job_started         the audit log: the controller's first status write with ``Ready=Provisioning``
+job_started         the audit log: the create of the controller's ``Provisioning`` Event
 tcp_connect         the host's forwarder: the controller's connection accepted
 first_command       the host: a ``date`` as the first ``runcmd`` (after the cloud-config's files)
 last_command        the host: a ``date`` just before the success sentinel
@@ -22,7 +22,7 @@ machine_running     the audit log: Cluster API's Machine status write with phase
 The report gives, for each stage, p50/p99 of its time since the previous stage and since the
 Machine's create, the first and last machine's times, and the controller's CPU seconds (its own
 and its reaped children's) and peak RSS. The audit policy logs request bodies of writes to
-Machines and RemoteMachines only.
+Machines and RemoteMachines, and of Event creates.
 
 Run as root: ``python -m tests.benchmarks.bench_timeline [--machines 50]``; prints JSON.
 """
@@ -55,6 +55,7 @@ from tests.benchmarks.bench_provision import (
     percentile,
     prepare_group,
     read_audit,
+    started_event_of,
     wait_running,
 )
 from tests.benchmarks.quiet import warnings_to_stderr
@@ -85,6 +86,11 @@ AUDIT_POLICY = {
                 {"group": CAPI_GROUP, "resources": ["machines", "machines/status"]},
             ],
         },
+        {
+            "level": "Request",
+            "verbs": ["create"],
+            "resources": [{"group": "", "resources": ["events"]}],
+        },
         {"level": "None"},
     ],
 }
@@ -106,13 +112,6 @@ def _user(event: JSONDict) -> str:
     return str((event.get("user") or {}).get("username", ""))
 
 
-def _ready_reason(status: JSONDict) -> str:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return str(condition.get("reason") or "")
-    return ""
-
-
 def audit_stages(events: Sequence[JSONDict]) -> dict[str, dict[str, float]]:
     """``{machine: {stage: wall time}}`` for the stages the audit log shows."""
     stages: dict[str, dict[str, float]] = {}
@@ -124,8 +123,12 @@ def audit_stages(events: Sequence[JSONDict]) -> dict[str, dict[str, float]]:
         body = event.get("requestObject") or {}
         resource, sub = ref.get("resource"), ref.get("subresource", "")
         name = ref.get("name") or (body.get("metadata") or {}).get("name", "")
-        mine = stages.setdefault(name, {})
         controller = _user(event) == CONTROLLER_USER
+        started = started_event_of(event) if controller else None
+        if started is not None:
+            stages.setdefault(started, {}).setdefault("job_started", _when(event))
+            continue
+        mine = stages.setdefault(name, {})
         status = body.get("status") or {}
         found = None
         if resource == "machines" and event.get("verb") == "create":
@@ -136,8 +139,6 @@ def audit_stages(events: Sequence[JSONDict]) -> dict[str, dict[str, float]]:
         elif resource == "remotemachines" and sub == "status" and controller:
             if (status.get("initialization") or {}).get("provisioned"):
                 found = "provisioned"
-            elif _ready_reason(status) == "Provisioning":
-                found = "job_started"
         elif resource == "machines" and sub == "status" and status.get("phase") == "Running":
             found = "machine_running"
         if found is not None:

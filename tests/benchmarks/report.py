@@ -5,7 +5,7 @@ targets and pass/fail per target. A missed target is reported, never an error (e
 Run as root (the SSH and end-to-end benchmarks use namespaced hosts): ``make bench``, or
 ``python -m tests.benchmarks.report [--quick] [--ssh-sizes 50 200] [--long-hosts 200]
 [--long-seconds 30] [--objects 10000]
-[--only ssh ssh-long reconcile informer provision timeline bombs]``.
+[--only ssh ssh-long reconcile informer provision timeline bombs realcluster]``.
 See docs/benchmarks.md.
 """
 
@@ -29,10 +29,12 @@ from capi_remote.ssh import SSHSettings
 from capi_remote_testbed import toolchain
 from capi_remote_testbed.controlplane import ControlPlane, Settings
 from capi_remote_testbed.provider import install_crds
+from capi_remote_testbed.realcluster import RealClusterError
 from tests.benchmarks import (
     bench_bombs,
     bench_informer,
     bench_provision,
+    bench_realcluster,
     bench_reconcile,
     bench_ssh,
     bench_timeline,
@@ -40,7 +42,9 @@ from tests.benchmarks import (
 from tests.benchmarks.quiet import warnings_to_stderr
 
 OUT = Path("build/bench")
-BENCHMARKS = ["ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs"]
+BENCHMARKS = [
+    "ssh", "ssh-long", "reconcile", "informer", "provision", "timeline", "bombs", "realcluster",
+]  # fmt: skip
 P1_AIM = 1.10  # stricter than issue #8's 1.5 x bound: what we aim for
 
 
@@ -408,6 +412,44 @@ def run_bombs(sizes: bench_bombs.Sizes) -> list[dict[str, Any]]:
     ]
 
 
+def run_realcluster() -> list[dict[str, Any]]:
+    try:
+        result = bench_realcluster.run()
+    except RealClusterError as error:
+        first_line = str(error).splitlines()[0]
+        return [check("N1", f"real cluster failed: {first_line}", None, "", "-", None)]
+    workload, management = result["workload"], result["management"]
+    return [
+        check(
+            "N1",
+            f"`make run`'s real cluster ({result['nodes']} nodes): start -> every Node Ready "
+            f"(environment up {result['environment_up_s']} s, Cluster applied -> Ready "
+            f"{result['cluster_applied_to_ready_s']} s)",
+            result["start_to_ready_s"],
+            "s",
+            "(informational)",
+            None,
+            result,
+        ),
+        check(
+            "N1",
+            f"peak memory of the workload cluster's node hosts, summed (CPU {workload['cpu_s']} s)",
+            workload["peak_mib"],
+            "MiB",
+            "(informational)",
+            None,
+        ),
+        check(
+            "N1",
+            f"peak RSS of the management plane's processes, summed (CPU {management['cpu_s']} s)",
+            management["peak_mib"],
+            "MiB",
+            "(informational)",
+            None,
+        ),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -498,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(
                 check("X2", "bomb benchmark with hosts (needs root)", None, "", "-", None)
             )
+    if "realcluster" in args.only:
+        if root:
+            results += run_realcluster()
+        else:
+            results.append(check("N1", "real cluster with hosts (needs root)", None, "", "-", None))
     report = {
         "machine": {**machine, "load_1m_after": round(os.getloadavg()[0], 2)},
         "results": results,

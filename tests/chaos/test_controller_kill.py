@@ -86,9 +86,9 @@ async def _all_running(bed: Bed, names: list[str], within: float, diagnose: str 
 
 async def _ready_reasons(bed: Bed) -> dict[str, str]:
     """Each RemoteMachine's Ready reason and message: what it waits for."""
-    reasons = {}
+    reasons: dict[str, str] = {}
     for rm in await bed.list(REMOTE_MACHINES):
-        ready = next(
+        ready: dict[str, Any] = next(
             (c for c in (rm.get("status") or {}).get("conditions", []) if c["type"] == "Ready"),
             {},
         )

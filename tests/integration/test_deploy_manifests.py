@@ -77,7 +77,8 @@ def _only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def _manager_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     pod = _only(docs, "Deployment")["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "manager"]
-    return container
+    found: dict[str, Any] = container
+    return found
 
 
 def _dry_run(plane: ControlPlane, docs: list[dict[str, Any]]) -> str:

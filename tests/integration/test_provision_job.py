@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from capi_remote.kube.client import ApiError, KubeClient, Resource
+from capi_remote.kube.events import EVENTS
 from capi_remote.resources import (
     CLUSTERS,
     CONFIGMAPS,
@@ -167,10 +168,22 @@ async def test_provision_job_mode_creates_an_owned_job_and_secret_and_follows_th
     for chunk in (base64.b64encode(TOKEN.encode()).decode()[:12], "echo " + TOKEN):
         assert chunk not in text
 
-    # Status follows the Job: running (waiting for a Pod), then failed by its deadline, for good.
-    ready = _ready(await _get(kube, REMOTE_MACHINES, namespace, "pj-0"))
-    assert ready.get("reason") == "ProvisioningJobRunning", ready
-    assert "pj-0-provision-1" in ready["message"]
+    # The start is an Event (its status write waits for the first progress write, 10 s on);
+    # status follows the Job: failed by its deadline, for good.
+    async def started() -> JSONDict | None:
+        events = (await kube.list(EVENTS, namespace))["items"]
+        return next(
+            (
+                e
+                for e in events
+                if e.get("reason") == "ProvisioningJobRunning"
+                and (e.get("involvedObject") or {}).get("name") == "pj-0"
+            ),
+            None,
+        )
+
+    event = await _eventually("the Event that the Job started", started)
+    assert "created Job pj-0-provision-1" in event["message"]
 
     async def failed() -> JSONDict | None:
         found = await _get(kube, REMOTE_MACHINES, namespace, "pj-0")
@@ -182,8 +195,13 @@ async def test_provision_job_mode_creates_an_owned_job_and_secret_and_follows_th
     assert "Job pj-0-provision-1 failed (DeadlineExceeded" in ready["message"]
     assert "gave up after 1 attempts" in ready["message"]
     assert rm["status"]["bootstrap"]["attempts"] == 1
-    # Terminal: the Secret is not needed any more; the Job stays for its logs.
-    assert await _get(kube, SECRETS, namespace, secret_name) is None
+
+    # Terminal: the Secret is not needed any more (deleted just after the outcome's status
+    # write); the Job stays for its logs.
+    async def secret_gone() -> bool:
+        return await _get(kube, SECRETS, namespace, secret_name) is None
+
+    await _eventually("the Job's Secret deleted", secret_gone, 30)
     assert await job() is not None
 
     # Deletion (cleanup of the unreachable host skipped): Jobs and Secrets go, nothing sticks.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
+
+from capi_remote_testbed.waits import poll
 
 
 def eventually(
@@ -15,12 +16,4 @@ def eventually(
 ) -> Any:
     """``check()``'s first truthy result; an AssertionError naming ``what`` (and what
     ``diagnose`` says) when none came within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            detail = f"\n{diagnose()}" if diagnose else ""
-            raise AssertionError(f"timed out waiting for {what}{detail}")
-        time.sleep(0.5)
+    return poll(what, check, within, diagnose, error=AssertionError)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from capi_remote import cli
-from capi_remote.cliplugins import COMMANDS, KUBECTL, UserError
+from capi_remote.cliplugins import COMMANDS, KUBECTL, RuntimeFailure, UserError
 
 
 class _Entry:
@@ -74,7 +74,7 @@ def test_a_plugin_command_runs_and_its_user_errors_exit_2(
 
 
 def _no_kubectl_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.shutil, "which", lambda _: None)
+    monkeypatch.setattr("capi_remote.cli.shutil.which", lambda _: None)
 
 
 def test_kubectl_comes_from_a_plugin_when_path_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,8 +91,8 @@ def test_no_kubectl_anywhere_is_a_runtime_failure(monkeypatch: pytest.MonkeyPatc
         raise RuntimeError("go not found")
 
     _plugins(monkeypatch, {})
-    with pytest.raises(cli.RuntimeFailure, match="no kubectl on PATH: install one"):
+    with pytest.raises(RuntimeFailure, match="no kubectl on PATH: install one"):
         cli._kubectl()
     _plugins(monkeypatch, {KUBECTL: [_Entry("toolchain", broken)]})
-    with pytest.raises(cli.RuntimeFailure, match="none could be built: go not found"):
+    with pytest.raises(RuntimeFailure, match="none could be built: go not found"):
         cli._kubectl()

@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -139,7 +140,7 @@ def make_controller(
 
 async def reconcile_a(
     controller: Controller, reconciler: ScriptedReconciler, reconciles: int
-) -> list[dict[str, object]]:
+) -> list[MutableMapping[str, Any]]:
     """Start ``controller``, enqueue A, wait for ``reconciles`` reconciles, stop; the logs."""
     await controller.start()
     with capture_logs() as logs:

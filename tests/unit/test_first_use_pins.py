@@ -91,7 +91,7 @@ def run(runner: Runner, given: Target, annotations: dict[str, str]) -> tuple[Out
 
 
 def test_the_key_is_pinned_before_the_job_and_a_failed_attempt_keeps_it() -> None:
-    runner, annotations = Runner(facts(SEEN)), {}
+    runner, annotations = Runner(facts(SEEN)), dict[str, str]()
     outcome, order = run(runner, target(HostKeyPolicy.trust_on_first_use()), annotations)
     assert not outcome.ok and annotations == {PIN: SEEN} and order == ["pin"]
     (probe, first), (job, sent) = runner.calls
@@ -117,7 +117,7 @@ def test_a_pinned_or_verified_host_is_not_probed_first() -> None:
 def test_a_bastion_is_pinned_too() -> None:
     bastion = target(HostKeyPolicy.trust_on_first_use())
     bastion = attrs.evolve(bastion, address="192.0.2.2")
-    runner, annotations = Runner(facts(EARLIER, BASTION_SEEN)), {}
+    runner, annotations = Runner(facts(EARLIER, BASTION_SEEN)), dict[str, str]()
     run(runner, target(HostKeyPolicy.pinned(EARLIER), bastion), annotations)
     assert annotations == {BASTION_PIN: BASTION_SEEN}
     sent = runner.calls[-1][1]
@@ -125,7 +125,7 @@ def test_a_bastion_is_pinned_too() -> None:
 
 
 def test_a_failed_probe_pins_nothing_and_runs_no_step() -> None:
-    runner, annotations = Runner(HostUnreachable("192.0.2.1", "refused")), {}
+    runner, annotations = Runner(HostUnreachable("192.0.2.1", "refused")), dict[str, str]()
     outcome, order = run(runner, target(HostKeyPolicy.trust_on_first_use()), annotations)
     assert (outcome.reason, annotations, order) == ("HostUnreachable", {}, [])
     assert [kind for kind, _ in runner.calls] == ["probe"]

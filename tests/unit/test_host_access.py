@@ -81,7 +81,7 @@ def test_a_missing_secret_is_told_from_one_not_listed_yet() -> None:
 
 
 PASSWORDS = {("k", "value"): KEY.encode(), ("db", "password"): b"the-namespace-secret"}
-SENT_REFS = [
+SENT_REFS: list[dict[str, Any]] = [
     {"passwordRef": {"name": "db", "key": "password"}},
     {"useSudo": True, "sudoPasswordRef": {"name": "db", "key": "password"}},
 ]

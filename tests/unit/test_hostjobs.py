@@ -1,11 +1,15 @@
-"""HostJobs: progress reported on a runner thread reaches the job's state on the event loop."""
+"""HostJobs: progress reported on a runner thread reaches the job's state on the event loop, and
+wakes the reconciler at most every interval without losing the last report."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
+import pytest
+
 from capi_remote import Request
+from reconcilers import hostjobs
 from reconcilers.hostjobs import HostJobs, JobState, Outcome
 
 
@@ -40,3 +44,34 @@ async def test_progress_from_a_thread_is_recorded_on_the_loop() -> None:
     assert state.task is not None
     await state.task
     assert woken == [Request("ns", "m")]
+
+
+async def test_progress_held_back_still_wakes_once_the_interval_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last progress of a chatty job is not lost: a wake-up held back by the interval is sent
+    when it is over (once, however many reports came meanwhile), unless the job ended first."""
+    monkeypatch.setattr(hostjobs, "PROGRESS_WAKE_INTERVAL", 0.05)
+    woken = asyncio.Queue[Request]()
+    jobs = HostJobs(woken.put_nowait)
+    release = asyncio.Event()
+
+    async def work(job: JobState) -> Outcome:
+        await release.wait()
+        return Outcome(True, "Provisioned")
+
+    jobs.start("uid", "provision", Request("ns", "m"), work)
+    for done in (1, 2, 3):  # within the interval after the start
+        jobs.record_progress("uid", done, 4, f"step {done}")
+    assert woken.empty()
+    assert await asyncio.wait_for(woken.get(), 10) == Request("ns", "m")
+    state = jobs.state("uid")
+    assert state is not None and state.steps_done == 3
+    jobs.record_progress("uid", 4, 4, "step 4")  # held back again; the end comes first
+    release.set()
+    assert state.task is not None
+    await state.task
+    assert await asyncio.wait_for(woken.get(), 10) == Request("ns", "m")  # the end's wake
+    jobs.forget("uid")
+    await asyncio.sleep(0.1)  # the held wake-up was cancelled with the job
+    assert woken.empty()

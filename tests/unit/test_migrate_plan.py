@@ -168,3 +168,29 @@ async def test_scanned_keys_are_kept_only_when_confirmed_and_unreachable_hosts_a
     # Trust on first use: no questions, every key that answered.
     trusted = await hostkeys.from_hosts(hosts, 1.0, None, lambda host, detail: None)
     assert set(trusted) == {("192.0.2.1", 22), ("192.0.2.2", 22)}
+
+
+def test_a_rollback_takes_back_a_provider_id_set_ahead_of_an_unfinished_bootstrap() -> None:
+    """The reference skips every RemoteMachine with a providerID: one capi-remote set ahead of a
+    bootstrap that has not succeeded is removed with the touch; any other stays."""
+    from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION
+    from capi_remote.migrate.rollback import TOUCH_ANNOTATION, touch_patch
+
+    def machine(set_for: str | None, provisioned: bool) -> JSONDict:
+        annotations = {PROVIDER_ID_SET_FOR_ANNOTATION: set_for} if set_for else {}
+        return {
+            "metadata": {"name": "m", "namespace": NS, "uid": "u", "annotations": annotations},
+            "spec": {"providerID": "remote-machine://192.0.2.1:22"},
+            "status": {"initialization": {"provisioned": provisioned}},
+        }
+
+    touched = {"metadata": {"annotations": {TOUCH_ANNOTATION: "now"}}}
+    assert touch_patch(machine("u", provisioned=False), "now") == {
+        "metadata": {
+            "annotations": {TOUCH_ANNOTATION: "now", PROVIDER_ID_SET_FOR_ANNOTATION: None}
+        },
+        "spec": {"providerID": None},
+    }
+    assert touch_patch(machine("u", provisioned=True), "now") == touched
+    assert touch_patch(machine(None, provisioned=False), "now") == touched  # the reference's own
+    assert touch_patch(machine("old-uid", provisioned=False), "now") == touched  # moved

@@ -98,7 +98,7 @@ def test_the_archive_holds_a_rootfs_image_a_tsh_image_and_a_pause_image_of_one_b
 def test_kubeadm_images_hold_one_binary_each_under_the_image_repository(tmp_path: Path) -> None:
     binaries = {}
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
-                 "etcd", "pause"):  # fmt: skip
+                 "etcd", "pause", "coredns", "netprobe"):  # fmt: skip
         binaries[name] = tmp_path / "bin" / name
         binaries[name].parent.mkdir(exist_ok=True)
         binaries[name].write_bytes(b"\x7fELF " + name.encode())
@@ -106,22 +106,33 @@ def test_kubeadm_images_hold_one_binary_each_under_the_image_repository(tmp_path
 
     kubeadmimages.build_archive(archive_path, binaries)
 
-    found: dict[str, tuple[list[str], list[str]]] = {}
+    found: dict[str, tuple[list[str], list[list[str]]]] = {}
     with tarfile.open(archive_path) as archive:
         for entry in json.loads(_read(archive, "index.json"))["manifests"]:
             manifest = json.loads(_blob(archive, entry))
             config = json.loads(_blob(archive, manifest["config"]))
-            (layer,) = manifest["layers"]
-            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(_blob(archive, layer)))) as tar:
-                files = [m.name for m in tar.getmembers() if m.isfile()]
+            layers = []
+            for layer in manifest["layers"]:
+                data = io.BytesIO(gzip.decompress(_blob(archive, layer)))
+                with tarfile.open(fileobj=data) as tar:
+                    layers.append([m.name for m in tar.getmembers() if not m.isdir()])
             found[entry["annotations"]["io.containerd.image.name"]] = (
                 config["config"]["Entrypoint"],
-                files,
+                layers,
             )
     refs = kubeadmimages.image_refs()
     assert set(found) == set(refs.values())
     assert refs["kube-apiserver"] == f"{kubeadmimages.IMAGE_REPOSITORY}/kube-apiserver:v1.35.4"
     assert refs["etcd"].endswith(f"/etcd:{kubeadmimages.ETCD_IMAGE_TAG}")  # never upstream's tag
     assert refs["pause"] == kubeadmimages.PAUSE_IMAGE
+    assert refs["coredns"] == f"{kubeadmimages.IMAGE_REPOSITORY}/coredns:v1.13.1"  # kubeadm's
     for name, ref in refs.items():
-        assert found[ref] == ([f"/usr/local/bin/{name}"], [f"usr/local/bin/{name}"])
+        entrypoint, layers = found[ref]
+        assert entrypoint == [f"/usr/local/bin/{name}"]
+        assert layers[-1] == [f"usr/local/bin/{name}"]
+        # kube-proxy runs iptables: a layer of Debian's below its binary, nobody else has one.
+        assert len(layers) == (2 if name == "kube-proxy" else 1)
+    (iptables, _) = found[refs["kube-proxy"]][1]
+    assert {"usr/sbin/iptables", "usr/sbin/ip6tables-restore", "usr/sbin/xtables-nft-multi",
+            "lib64/ld-linux-x86-64.so.2"} <= set(iptables)  # fmt: skip
+    assert any(name.endswith("/xtables/libxt_statistic.so") for name in iptables)

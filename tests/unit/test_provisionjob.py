@@ -15,6 +15,7 @@ from capi_remote.ssh import HostKeyPolicy, Target, jobscript
 from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import InvalidCredentials
 from reconcilers.remotemachine import jobread, jobspec
+from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
 
 JSONDict = dict[str, Any]
 KEY = (
@@ -63,6 +64,7 @@ def inputs(**overrides: Any) -> jobspec.JobInputs:
         "known_hosts": "[10.0.0.2]:2222 ssh-ed25519 AAAAknownhostkey\n",
         "sudo_password": "hunter2",
         "cluster_name": "c1",
+        "steps": 4,
     }
     values.update(overrides)
     return jobspec.JobInputs(**values)
@@ -104,6 +106,7 @@ def test_the_job_holds_no_secret_and_mounts_the_secret() -> None:
         "note": "x",
         jobspec.ATTEMPT_ANNOTATION: "2",
         jobspec.GENERATION_ANNOTATION: "3",
+        jobspec.STEPS_ANNOTATION: "4",
     }
     spec = job["spec"]
     assert spec["backoffLimit"] == 2  # the user's
@@ -171,7 +174,7 @@ def test_a_job_whose_commands_log_in_themselves_gets_no_key_and_the_same_pod_rul
     assert env["CAPI_REMOTE_HOST_KEYS"] == "command"
     volumes = {"volumes": [{"name": "identity", "secret": {"secretName": "identity-output"}}]}
     template = {"spec": {"template": {"spec": {**volumes, "containers": [{"image": "tsh:1"}]}}}}
-    with pytest.raises(jobspec.InvalidProvisionJob, match="volumes"):
+    with pytest.raises(InvalidProvisionJob, match="volumes"):
         jobspec.render_job(inputs(private_key=None, template=template), "s")
 
 
@@ -184,7 +187,7 @@ def test_a_job_whose_commands_log_in_themselves_gets_no_key_and_the_same_pod_rul
     ],
 )
 def test_a_template_without_an_image_is_invalid(template: JSONDict) -> None:
-    with pytest.raises(jobspec.InvalidProvisionJob):
+    with pytest.raises(InvalidProvisionJob):
         jobspec.render_job(inputs(template=template), "s")
 
 

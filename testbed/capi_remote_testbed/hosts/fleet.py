@@ -257,7 +257,7 @@ class HostFleet:
                 "link set eth0 up\n" + (self._pod_routes(host) if self.nodes else "")
             )
             if self.nodes:
-                nodelayer.write_host_files(upper, host.index)
+                nodelayer.write_host_files(upper, host.index, self.gateway)
                 (host.dir / "cgroups").write_text(cgroups.mounts_file())
         self.write_known_hosts()
 

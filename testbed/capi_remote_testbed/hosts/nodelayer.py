@@ -129,8 +129,12 @@ def pod_subnet(index: int) -> str:
     return f"{POD_SUBNET_PREFIX}.{index}.0/24"
 
 
-def write_host_files(upper: Path, index: int) -> None:
-    """Host ``index``'s CNI configuration: a bridge with its own Pod subnet, the gateway on it."""
+def write_host_files(upper: Path, index: int, nameserver: str) -> None:
+    """Host ``index``'s CNI configuration (a bridge with its own Pod subnet, the gateway on it)
+    and its resolver: an operator's machine has one, and kubeadm's CoreDNS forwards to the
+    nameservers of the node's /etc/resolv.conf (it refuses to start without one). The fleet passes
+    the machine's bridge address, where no DNS server listens: lookups of outside names are
+    refused at once (an unanswered address would make the kubelet wait 10 s at start)."""
     conflist = {
         "cniVersion": "1.0.0",
         "name": "capi-node",
@@ -152,3 +156,4 @@ def write_host_files(upper: Path, index: int) -> None:
     }
     make_dir(upper / "etc/cni/net.d")
     write_file(upper / "etc/cni/net.d/10-capi-node.conflist", json.dumps(conflist, indent=2))
+    write_file(upper / "etc/resolv.conf", f"nameserver {nameserver}\n")
