@@ -67,12 +67,13 @@ $(STAMP): pyproject.toml testbed/pyproject.toml
 
 # Builds (or finds in the cache) kube-apiserver, kube-controller-manager, kubectl, etcd, the
 # Cluster API manager and its kubeadm bootstrap/control-plane providers (e2e ClusterClass flow),
-# the test bed node's kubelet, kube-scheduler, kube-proxy, CNI plugins and pause, and cert-manager
-# (the deploy e2e); see docs/development.md for the cache location.
+# the test bed node's kubelet, kube-scheduler, kube-proxy, CNI plugins and pause, cert-manager and
+# the Cluster API Operator (the deploy e2e); see docs/development.md for the cache location.
 toolchain: venv
 	$(BIN)/python -m capi_remote_testbed.toolchain
 	$(BIN)/python -m capi_remote_testbed.toolchain node
 	$(BIN)/python -m capi_remote_testbed.toolchain cert-manager
+	$(BIN)/python -m capi_remote_testbed.toolchain capi-operator
 	$(BIN)/python -m capi_remote_testbed.toolchain kubeadm
 	$(BIN)/python -m capi_remote_testbed.kubeadm_providers
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from capi_remote.kube.client import KubeClient
+from capi_remote_testbed import clusterctlrepo, kubeadm_providers
 from capi_remote_testbed import image as image_module
-from capi_remote_testbed import kubeadm_providers
 from capi_remote_testbed import toolchain as toolchain_module
 from capi_remote_testbed.controlplane import ControlPlane, ControlPlaneError
 from capi_remote_testbed.kubeadm_providers import RunningProviders
@@ -79,7 +79,7 @@ def kubeadm_managers(control_plane: Cluster) -> Iterator[RunningProviders]:
         running.stop()
 
 
-#: The controller image the deploy e2e (kustomize, clusterctl) import into their nodes.
+#: The controller image the deploy e2e (kustomize, clusterctl, operator) import into their nodes.
 CONTROLLER_IMAGE_NAME, CONTROLLER_IMAGE_TAG = "localhost/capi-remote", "e2e-deploy"
 
 
@@ -92,4 +92,19 @@ def controller_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image_module.saved_image(
         f"{CONTROLLER_IMAGE_NAME}:{CONTROLLER_IMAGE_TAG}",
         tmp_path_factory.mktemp("image") / "capi-remote.tar",
+    )
+
+
+@pytest.fixture(scope="session")
+def clusterctl_repository(
+    toolchain: toolchain_module.Toolchain, tmp_path_factory: pytest.TempPathFactory
+) -> clusterctlrepo.Repository:
+    """The clusterctl local repository (Cluster API core, kubeadm providers, our
+    ``make release-manifests``) naming the controller image, written once per session for the
+    clusterctl and operator e2e."""
+    return clusterctlrepo.write_repository(
+        tmp_path_factory.mktemp("clusterctl") / "repository",
+        Path(__file__).resolve().parents[1],
+        toolchain.kubectl,
+        {"repository": CONTROLLER_IMAGE_NAME.rsplit("/", 1)[0], "tag": CONTROLLER_IMAGE_TAG},
     )

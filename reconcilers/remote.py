@@ -211,6 +211,7 @@ class HostAccess:
             host_key=host_key,
             via=via,
             connect_timeout=connect_timeout,
+            tenant=namespace,
         )
 
     def own_login(self, rm: JSONDict) -> OwnLogin:

@@ -34,10 +34,15 @@ from urllib.parse import quote
 
 import aiohttp
 import attrs
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 
 from capi_remote.kube import kubeconfig
+from capi_remote.kube.k8s_transport import (
+    ApiClient,
+    ConfigException,
+    Configuration,
+    load_incluster_config,
+    load_kube_config,
+)
 
 JSONDict = dict[str, Any]
 
@@ -122,7 +127,7 @@ def _loads(payload: bytes | str) -> Any:
 _READ_BUFFER = 2**21
 
 
-def _read_environment_once(api: k8s_client.ApiClient) -> k8s_client.ApiClient:
+def _read_environment_once(api: ApiClient) -> ApiClient:
     """kubernetes_asyncio opens its aiohttp session with ``trust_env=True``, so every request
     looks up ``~/.netrc`` and the proxy variables in a worker thread: about a tenth of the
     controller's CPU while it provisions (benchmark E1). The proxy variables are read once here
@@ -170,30 +175,30 @@ class KubeClient:
     every other request waiting for a free one until it times out.
     """
 
-    api: k8s_client.ApiClient
+    api: ApiClient
     #: None for the management cluster's API server (trusted); see the module's invariants.
     max_body_bytes: int | None = attrs.field(default=None, kw_only=True)
-    _watch_api: k8s_client.ApiClient | None = attrs.field(default=None, init=False)
+    _watch_api: ApiClient | None = attrs.field(default=None, init=False)
     _unreachable: bool = attrs.field(default=False, init=False)
     _reachable_again: list[Callable[[], None]] = attrs.field(factory=list, init=False)
 
     @classmethod
     async def from_kubeconfig(cls, path: str | None = None) -> KubeClient:
         """From a kubeconfig file (or $KUBECONFIG / ~/.kube/config), else in-cluster config."""
-        configuration = k8s_client.Configuration()
+        configuration = Configuration()
         try:
-            await k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
-        except k8s_config.ConfigException:
+            await load_kube_config(config_file=path, client_configuration=configuration)
+        except ConfigException:
             if path is not None:
                 raise
-            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
             )
         return cls.for_configuration(configuration)
 
     @classmethod
-    def for_configuration(cls, configuration: k8s_client.Configuration) -> Self:
-        return cls(_read_environment_once(k8s_client.ApiClient(configuration)))
+    def for_configuration(cls, configuration: Configuration) -> Self:
+        return cls(_read_environment_once(ApiClient(configuration)))
 
     @classmethod
     def from_untrusted_kubeconfig(cls, data: bytes) -> KubeClient:
@@ -209,11 +214,11 @@ class KubeClient:
         if self._watch_api is not None:
             await self._watch_api.close()
 
-    def _watches(self) -> k8s_client.ApiClient:
+    def _watches(self) -> ApiClient:
         if self._watch_api is None:
             configuration = copy.copy(self.api.configuration)
             configuration.connection_pool_maxsize = 0  # aiohttp: no limit
-            self._watch_api = _read_environment_once(k8s_client.ApiClient(configuration))
+            self._watch_api = _read_environment_once(ApiClient(configuration))
         return self._watch_api
 
     async def _request(
@@ -225,7 +230,7 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         request_timeout: float | None = 60.0,
-        api: k8s_client.ApiClient | None = None,
+        api: ApiClient | None = None,
     ) -> Any:
         """Send a request and return the raw aiohttp response (status not yet checked); read its
         body inside ``_transport`` too."""

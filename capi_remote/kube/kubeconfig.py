@@ -28,7 +28,8 @@ from typing import Any
 
 import attrs
 import yaml
-from kubernetes_asyncio import client as k8s_client
+
+from capi_remote.kube.k8s_transport import ApiClient, Configuration
 
 # CAPI writes about 6 KiB; a CA bundle with a few certificates stays far below this.
 MAX_KUBECONFIG_BYTES = 256 << 10
@@ -114,9 +115,9 @@ def parse_kubeconfig(data: bytes) -> WorkloadKubeconfig:
     return config
 
 
-def api_client(config: WorkloadKubeconfig) -> k8s_client.ApiClient:
+def api_client(config: WorkloadKubeconfig) -> ApiClient:
     """An ApiClient for ``config``: TLS verified against its CA (or the system's), no proxy."""
-    configuration = k8s_client.Configuration(host=config.server)
+    configuration = Configuration(host=config.server)
     configuration.proxy = None
     files = _MemoryFiles()
     # The files must outlive every ApiClient made from this configuration (or a copy of it).
@@ -129,7 +130,7 @@ def api_client(config: WorkloadKubeconfig) -> k8s_client.ApiClient:
             configuration.key_file = files.add(config.client_key)
         if config.token is not None:
             configuration.api_key = {"BearerToken": f"Bearer {config.token}"}
-        return k8s_client.ApiClient(configuration)
+        return ApiClient(configuration)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         files.close()
         raise KubeconfigError(

@@ -10,9 +10,8 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from kubernetes_asyncio.config import ConfigException
-
 from capi_remote.kube.client import ApiError, KubeClient, TransportError
+from capi_remote.kube.k8s_transport import ConfigException
 from capi_remote.migrate import checks, plan, rollback, steps
 from capi_remote.migrate.display import Progress, shown
 from capi_remote.migrate.errors import MigrationError, WaitingForOperator

@@ -6,6 +6,10 @@ channel used by the thread that opened it. Handshakes are the expensive and frag
 per host are capped (below that) and the drops that still happen ("Error reading SSH protocol
 banner", resets) are retried with jittered backoff. The host key is checked right after key
 exchange, before any authentication attempt.
+
+With a :class:`~capi_remote.ssh.admission.Ticket`, a hop takes a CPU slot only once the host
+spoke (its version line arrived) and gives it back once the host key is verified: TCP connect and
+the banner wait hold none, key exchange at most the admission's hold limit, authentication none.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import paramiko
 import structlog
 import tenacity
 
+from capi_remote.ssh.admission import Ticket
 from capi_remote.ssh.auth import load_private_key
 from capi_remote.ssh.errors import (
     AuthenticationFailed,
@@ -83,11 +89,11 @@ class ParamikoConnector:
         self.settings = settings
         self.limiter = limiter or HandshakeLimiter(settings.handshakes_per_host)
 
-    def connect(self, target: Target) -> ParamikoConnection:
+    def connect(self, target: Target, ticket: Ticket | None = None) -> ParamikoConnection:
         transports: list[paramiko.Transport] = []
         fingerprints: list[str] = []
         try:
-            transport = self._connect_chain(target, transports, fingerprints)
+            transport = self._connect_chain(target, transports, fingerprints, ticket)
         except BaseException:
             for opened in reversed(transports):
                 opened.close()
@@ -95,20 +101,24 @@ class ParamikoConnector:
         return ParamikoConnection(target, transport, fingerprints, transports)
 
     def _connect_chain(
-        self, target: Target, transports: list[paramiko.Transport], fingerprints: list[str]
+        self,
+        target: Target,
+        transports: list[paramiko.Transport],
+        fingerprints: list[str],
+        ticket: Ticket | None,
     ) -> paramiko.Transport:
         if target.via is None:
             open_socket = self._tcp_opener(target)
         else:
-            bastion = self._connect_chain(target.via, transports, fingerprints)
+            bastion = self._connect_chain(target.via, transports, fingerprints, ticket)
             open_socket = self._tunnel_opener(target, bastion)
-        transport, fingerprint = self._open_hop(target, open_socket)
+        transport, fingerprint = self._open_hop(target, open_socket, ticket)
         transports.append(transport)
         fingerprints.append(fingerprint)
         return transport
 
     def _open_hop(
-        self, target: Target, open_socket: Callable[[], SocketLike]
+        self, target: Target, open_socket: Callable[[], SocketLike], ticket: Ticket | None
     ) -> tuple[paramiko.Transport, str]:
         settings = self._settings_for(target)
         retrying = tenacity.Retrying(
@@ -131,15 +141,23 @@ class ParamikoConnector:
         try:
             for attempt in retrying:
                 with attempt, self.limiter.slot((target.address, target.port), slot_timeout):
-                    return self._handshake(target, open_socket())
+                    try:
+                        return self._handshake(target, open_socket(), ticket)
+                    except BaseException:
+                        if ticket is not None:
+                            ticket.release()  # no slot across a retry's backoff
+                        raise
         except _TransientHandshake as exc:
             raise HostUnreachable(target.display, exc.detail) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _handshake(self, target: Target, sock: SocketLike) -> tuple[paramiko.Transport, str]:
+    def _handshake(
+        self, target: Target, sock: SocketLike, ticket: Ticket | None
+    ) -> tuple[paramiko.Transport, str]:
         settings = self._settings_for(target)
+        heard = _Heard(sock)
         try:
-            transport = paramiko.Transport(sock)
+            transport = paramiko.Transport(heard)  # type: ignore[arg-type]  # it reads, we see
         except (OSError, EOFError, paramiko.SSHException) as exc:
             sock.close()
             raise _TransientHandshake(f"connection failed: {exc}") from None
@@ -152,7 +170,13 @@ class ParamikoConnector:
                 transport.get_security_options().key_types = key_types
             done = threading.Event()
             transport.start_client(event=done)
-            if not done.wait(settings.banner_timeout + settings.handshake_timeout):
+            limit = settings.banner_timeout + settings.handshake_timeout
+            if ticket is not None:
+                limit -= heard.wait(done, settings.banner_timeout)
+                if heard.spoke.is_set() and not done.is_set():
+                    ticket.hold()
+            finished = done.wait(limit) if ticket is None else ticket.wait_for(done, limit)
+            if not finished:
                 raise HostUnreachable(target.display, "SSH handshake timed out")
             if not transport.is_active():
                 raise _handshake_error(target, transport.get_exception())
@@ -160,6 +184,8 @@ class ParamikoConnector:
             fingerprint = target.host_key.verify(
                 target.address, target.port, key.get_name(), key.asbytes()
             )
+            if ticket is not None:
+                ticket.release()  # authentication is an exchange with the host
             _authenticate(transport, target)
             if settings.keepalive_interval:
                 transport.set_keepalive(settings.keepalive_interval)
@@ -233,6 +259,35 @@ class ParamikoConnector:
                 raise HostUnreachable(target.display, f"via the bastion: {exc}") from None
 
         return open_socket
+
+
+class _Heard:
+    """The socket paramiko reads, telling when the host first sent something (its version line).
+
+    Our own version line goes out first (some proxies, like sslh, speak only after the client
+    did), so the wait for the host's is paramiko's; paramiko signals no event for it.
+    """
+
+    def __init__(self, sock: SocketLike) -> None:
+        self._sock = sock
+        self.spoke = threading.Event()
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self.spoke.set()  # data, or the end of the stream: no more waiting either way
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def wait(self, done: threading.Event, timeout: float) -> float:
+        """Wait, holding no slot, until the host spoke, the handshake ended or ``timeout``;
+        return the seconds waited. A host that accepts TCP and stays silent costs this only."""
+        start = time.monotonic()
+        while not self.spoke.wait(_POLL_INTERVAL) and not done.is_set():
+            if time.monotonic() - start > timeout:
+                break
+        return time.monotonic() - start
 
 
 def _handshake_error(target: Target, exc: BaseException | None) -> BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from capi_remote.ssh import hostscript
+from capi_remote.ssh.admission import Ticket
 from capi_remote.ssh.auth import Privilege, PrivilegeMode
 from capi_remote.ssh.errors import RemoteError
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
@@ -43,12 +44,16 @@ class HostFacts:
 
 
 def probe(
-    target: Target, settings: SSHSettings | None = None, *, connector: Connector | None = None
+    target: Target,
+    settings: SSHSettings | None = None,
+    *,
+    connector: Connector | None = None,
+    ticket: Ticket | None = None,
 ) -> HostFacts:
     """Connect (host key, auth), check sudo, gather facts. Raises the typed connection errors,
     :class:`~capi_remote.ssh.errors.SudoFailed` or :class:`RemoteError`."""
     settings = settings or SSHSettings()
-    connection = (connector or ParamikoConnector(settings)).connect(target)
+    connection = (connector or ParamikoConnector(settings)).connect(target, ticket)
     try:
         return gather_facts(connection, target, settings)
     finally:

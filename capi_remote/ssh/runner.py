@@ -2,7 +2,9 @@
 
 paramiko is blocking, so every job runs in a worker thread; the event loop only ever awaits
 futures. The pool is bounded (``max_workers``) and handshakes per host are capped by the
-connector, so a thousand queued machines cost queue entries, not threads or sockets.
+connector, so a thousand queued machines cost queue entries, not threads or sockets. The CPU
+this process spends on them is admitted (:mod:`capi_remote.ssh.admission`): a few jobs at a time,
+oldest first, fair across tenants, so machines complete in order on a saturated machine.
 
 Cancelling the future returned by :meth:`Runner.submit` sets the job's cancel flag: the worker
 stops before the next step, or kills the running step's process group on the host and ends with
@@ -31,6 +33,7 @@ from types import TracebackType
 import attrs
 import structlog
 
+from capi_remote.ssh.admission import CpuAdmission
 from capi_remote.ssh.errors import HostLocked, JobCancelled, JobDetached, SSHError
 from capi_remote.ssh.executor import Job, JobResult, execute
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
@@ -70,6 +73,7 @@ class Runner:
         if not _IDENTITY.fullmatch(self.identity):
             raise ValueError("identity must be a plain name (no spaces)")
         self._connector = connector or ParamikoConnector(self.settings)
+        self._admission = CpuAdmission(self.settings.cpu_slots, self.settings.admission_hold)
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.max_workers, thread_name_prefix="capi-remote-ssh"
         )
@@ -97,8 +101,16 @@ class Runner:
 
     def probe(self, target: Target) -> asyncio.Future[HostFacts]:
         """Queue a preflight of ``target`` (see :func:`capi_remote.ssh.probe.probe`)."""
-        call = functools.partial(probe, target, self.settings, connector=self._connector)
-        return asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._probe, target)
+
+    def _probe(self, target: Target) -> HostFacts:
+        ticket = self._admission.ticket(
+            target.tenant, functools.partial(self._check_detached, target)
+        )
+        try:
+            return probe(target, self.settings, connector=self._connector, ticket=ticket)
+        finally:
+            ticket.release()
 
     def run(self, job: Job, cancel: threading.Event | None = None) -> JobResult:
         """Run ``job`` in the calling thread (what the pool's workers do)."""
@@ -110,12 +122,16 @@ class Runner:
             self._busy.add(endpoint)
             self._cancels.add(cancel)
         started = time.monotonic()
-        try:
+
+        def stop() -> None:
             if cancel.is_set():
                 raise JobCancelled(f"job on {job.target.display} was cancelled")
-            if self._detached.is_set():
-                raise JobDetached(job.target.display)
-            connection = self._connector.connect(job.target)
+            self._check_detached(job.target)
+
+        ticket = self._admission.ticket(job.target.tenant, stop)
+        try:
+            stop()
+            connection = self._connector.connect(job.target, ticket)
             try:
                 result = execute(
                     job,
@@ -132,9 +148,14 @@ class Runner:
             finally:
                 connection.close()
         finally:
+            ticket.release()
             with self._lock:
                 self._busy.discard(endpoint)
                 self._cancels.discard(cancel)
+
+    def _check_detached(self, target: Target) -> None:
+        if self._detached.is_set():
+            raise JobDetached(target.display)
 
     def _facts(self, connection: Connection, target: Target) -> HostFacts | None:
         try:

@@ -25,9 +25,14 @@ class SSHSettings:
     key exchange, ``auth_timeout`` authentication. ``command_timeout`` bounds each helper command
     (lock, state, file and directory steps); ``step_timeout`` each command step; ``job_timeout`` a
     whole job. The on-host paths are settings so tests can point them elsewhere.
+
+    ``cpu_slots`` jobs at a time get this process's CPU (handshakes, helper calls); a wait on the
+    host holds a slot at most ``admission_hold`` (see :mod:`capi_remote.ssh.admission`).
     """
 
     max_workers: int = attrs.field(default=256, validator=[instance_of(int), ge(1)])
+    cpu_slots: int = attrs.field(default=4, validator=[instance_of(int), ge(1)])
+    admission_hold: float = attrs.field(default=1.0, validator=_seconds)
     handshakes_per_host: int = attrs.field(default=4, validator=[instance_of(int), ge(1)])
     handshake_attempts: int = attrs.field(default=5, validator=[instance_of(int), ge(1)])
     handshake_backoff: float = attrs.field(default=0.2, validator=_seconds)

@@ -41,6 +41,9 @@ class Target:
     #: Overrides the runner's TCP connect, banner, key-exchange and authentication deadlines
     #: (each stage gets this many seconds) for this hop; ``None`` keeps the runner's settings.
     connect_timeout: float | None = attrs.field(default=None, validator=_check_timeout)
+    #: Whose share of the runner's CPU slots this host's jobs take (the namespace): see
+    #: :mod:`capi_remote.ssh.admission`.
+    tenant: str = ""
 
     @property
     def display(self) -> str:

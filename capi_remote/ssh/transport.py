@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 if TYPE_CHECKING:
+    from capi_remote.ssh.admission import Ticket
     from capi_remote.ssh.target import Target
 
 #: Called from the waiting loop of :meth:`Connection.exec` every ~0.2 s. It may raise to abort
@@ -97,6 +98,9 @@ class Connection(Protocol):
 
 
 class Connector(Protocol):
-    """Opens connections; raises the connection errors of :mod:`capi_remote.ssh.errors`."""
+    """Opens connections; raises the connection errors of :mod:`capi_remote.ssh.errors`.
 
-    def connect(self, target: Target) -> Connection: ...
+    With a ``ticket``, the CPU-heavy part of connecting (key exchange) holds its slot.
+    """
+
+    def connect(self, target: Target, ticket: Ticket | None = None) -> Connection: ...

@@ -112,8 +112,9 @@ def ensure_images(log: Callable[[str], None] = print) -> Path:
     return archive
 
 
-def _components(kubectl: Path, config: Path) -> str:
-    """``kubectl kustomize config/default`` with the managers pulled only if missing."""
+def kustomized_components(kubectl: Path, config: Path, image: str | None = None) -> str:
+    """``kubectl kustomize config/default`` with the managers pulled only if missing (and running
+    ``image`` if given): a provider's release components, made as its release makes them."""
     built = subprocess.run(
         [str(kubectl), "kustomize", str(config / "default")],
         check=True,
@@ -125,6 +126,8 @@ def _components(kubectl: Path, config: Path) -> str:
         if doc.get("kind") == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 container["imagePullPolicy"] = "IfNotPresent"
+                if image is not None:
+                    container["image"] = image
     return yaml.safe_dump_all(documents, sort_keys=False)
 
 
@@ -154,7 +157,7 @@ def write_repository(
     for provider, (_, config) in _managers(log).items():
         directory = root / provider.label / toolchain.CLUSTER_API_VERSION
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / provider.components).write_text(_components(kubectl, config))
+        (directory / provider.components).write_text(kustomized_components(kubectl, config))
         (directory / "metadata.yaml").write_text(_metadata())
         providers.append(
             {

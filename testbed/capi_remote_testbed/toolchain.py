@@ -33,6 +33,8 @@ ETCD_VERSION = "v3.6.10"
 CLUSTER_API_VERSION = "v1.13.6"
 CNI_PLUGINS_VERSION = "v1.9.1"
 CERT_MANAGER_VERSION = "v1.21.2"
+# The Cluster API Operator release built on CLUSTER_API_VERSION's minor (v0.29 requires CAPI v1.13).
+CAPI_OPERATOR_VERSION = "v0.29.0"
 #: The CoreDNS kubeadm v1.35 deploys (its ``constants.CoreDNSVersion``).
 COREDNS_VERSION = "v1.13.1"
 
@@ -159,6 +161,15 @@ CERT_MANAGER = Component(
     module_dir="certmanager",
     packages=("capi-remote.dev/toolchain/cert-manager",),
 )
+# The Cluster API Operator's manager (its package ``cmd``; the module holds no nested modules, so
+# no main of our own) with the module's ``config/`` beside it (CRDs, RBAC, webhook, manager
+# kustomizations); built on first use (`ensure_capi_operator`).
+CAPI_OPERATOR = Component(
+    name="cluster-api-operator",
+    version=CAPI_OPERATOR_VERSION,
+    module_dir="capi-operator",
+    packages=("sigs.k8s.io/cluster-api-operator/cmd",),
+)
 # kubeadm's DNS addon (``addon/coredns``): CoreDNS with the plugins kubeadm's Corefile names
 # (toolchain/coredns/main.go says why not all of them); built on first use (`ensure_binary`).
 COREDNS = Component(
@@ -185,8 +196,9 @@ NODE_SUPERVISOR = Component(
     packages=("capi-remote.dev/toolchain/nodesupervisor",),
 )
 
-# The CAPI module's root package builds a binary named after the module; give it a clear name.
-_RENAMES = {"cluster-api": "cluster-api-manager"}
+# The CAPI module's root package builds a binary named after the module, the operator's package
+# `cmd` one named `cmd`; give them clear names.
+_RENAMES = {"cluster-api": "cluster-api-manager", "cmd": "cluster-api-operator"}
 
 
 class ToolchainError(RuntimeError):
@@ -269,6 +281,10 @@ def _build(component: Component, log: Callable[[str], None]) -> None:
             if component is CERT_MANAGER:
                 _copy_module_dir(
                     CERT_MANAGER, "github.com/cert-manager/cert-manager", "deploy/crds", staging
+                )
+            if component is CAPI_OPERATOR:
+                _copy_module_dir(
+                    CAPI_OPERATOR, "sigs.k8s.io/cluster-api-operator", "config", staging
                 )
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
@@ -361,6 +377,21 @@ def ensure_cert_manager(log: Callable[[str], None] = print) -> CertManager:
     )
 
 
+@attrs.frozen
+class CapiOperator:
+    manager: Path  # the operator's manager binary
+    config: Path  # the module's config/ (``kubectl kustomize config/default`` is its release)
+
+
+def ensure_capi_operator(log: Callable[[str], None] = print) -> CapiOperator:
+    """Build (or find in the cache) the Cluster API Operator's manager and its config/."""
+    _build(CAPI_OPERATOR, log)
+    return CapiOperator(
+        manager=CAPI_OPERATOR.cache_dir / "cluster-api-operator",
+        config=CAPI_OPERATOR.cache_dir / "config",
+    )
+
+
 def ensure_kubeadm(log: Callable[[str], None] = print) -> Path:
     """Find (``TEST_ASSET_KUBEADM``, ``$KUBEBUILDER_ASSETS``) or build kubeadm."""
     found = _from_environment("kubeadm")
@@ -390,22 +421,26 @@ class KubeadmBinary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the control plane's binaries, or with ``node``/``kubeadm``/``cert-manager`` the
-    node's, kubeadm's or cert-manager's (building the missing)."""
+    """Print the control plane's binaries, or with ``node``/``kubeadm``/``cert-manager``/
+    ``capi-operator`` the node's, kubeadm's, cert-manager's or the Cluster API Operator's
+    (building the missing)."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["node"], ["kubeadm"], ["cert-manager"]):
+    if args not in ([], ["node"], ["kubeadm"], ["cert-manager"], ["capi-operator"]):
         print(
-            "usage: python -m capi_remote_testbed.toolchain [node|kubeadm|cert-manager]",
+            "usage: python -m capi_remote_testbed.toolchain "
+            "[node|kubeadm|cert-manager|capi-operator]",
             file=sys.stderr,
         )
         return 2
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        built: Toolchain | NodeBinaries | KubeadmBinary | CertManager
+        built: Toolchain | NodeBinaries | KubeadmBinary | CertManager | CapiOperator
         if args == ["kubeadm"]:
             built = KubeadmBinary(ensure_kubeadm(log), ensure_node_supervisor(log))
         elif args == ["cert-manager"]:
             built = ensure_cert_manager(log)
+        elif args == ["capi-operator"]:
+            built = ensure_capi_operator(log)
         else:
             built = ensure_node(log) if args else ensure(log)
     except ToolchainError as error:

@@ -4,7 +4,8 @@ P1, a trivial bootstrap against the CPU bound: for each fleet size, start a flee
 measure sequentially what one job costs in CPU (this process, including paramiko's threads, plus
 what the hosts' sshd spent: the listener's own and reaped children's CPU from /proc), then run
 all N jobs at once through the runner and compare the wall time with the bound
-``N x cost / cores``.
+``N x cost / cores``; when the jobs ended (first, p10/p50/p90) shows whether they finish in
+order (``--compare-slots 256`` runs the fleet again without waiting for CPU slots).
 
 P1b, a long bootstrap (3 steps whose sleeps add up to 30 s): one host alone, then all N at once
 through a runner with the default settings; the wall time against the single host's.
@@ -33,6 +34,7 @@ from capi_remote.bootstrap import BootstrapPlan, RunCommand
 from capi_remote.ssh import Credentials, HostKeyPolicy, Job, Runner, SSHSettings, Target
 from capi_remote.ssh.paramiko_transport import ParamikoConnector
 from capi_remote_testbed.hosts import Host, HostFleet
+from tests.benchmarks.bench_provision import percentile
 from tests.benchmarks.quiet import warnings_to_stderr
 
 SENTINEL = "/run/cluster-api/bootstrap-success.complete"
@@ -103,35 +105,41 @@ def measure_costs(hosts: Sequence[Host], settings: SSHSettings) -> dict[str, flo
 
 
 async def measure_parallel(hosts: Sequence[Host], settings: SSHSettings) -> dict[str, float]:
-    """All hosts at once through the runner: wall time, and CPU spent by us and by the sshds."""
+    """All hosts at once through the runner: wall time, CPU spent by us and by the sshds, and when
+    jobs completed (the first, p10/p50/p90: in order under admission, all at the end without)."""
     sshd_before = sum(sshd_cpu_seconds(h) for h in hosts)
-    cpu_before, start = time.process_time(), time.perf_counter()
-    runner = Runner(settings, identity="bench")
-    try:
-        jobs = [Job(target=target_for(h), plan=TRIVIAL, machine_uid="bench") for h in hosts]
-        results = await asyncio.gather(*(runner.submit(job) for job in jobs))
-    finally:
-        await runner.aclose()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_before
+    run = await _run_timed(hosts, TRIVIAL, settings)
     _settle()
-    assert all(not r.already_bootstrapped for r in results)
+    ended = run["ended_s"]
     return {
-        "wall_s": wall,
-        "client_cpu_s": cpu,
+        "wall_s": run["wall_s"],
+        "client_cpu_s": run["client_cpu_s"],
         "sshd_cpu_s": sum(sshd_cpu_seconds(h) for h in hosts) - sshd_before,
+        "first_done_s": ended[0],
+        **{f"p{q}_done_s": percentile(ended, q / 100) for q in (10, 50, 90)},
     }
 
 
-def measure_fleet(size: int, samples: int, settings: SSHSettings) -> dict[str, Any]:
+def measure_fleet(
+    size: int, samples: int, settings: SSHSettings, *, compare_slots: int | None = None
+) -> dict[str, Any]:
     """One fleet of ``size`` hosts: per-job cost, the parallel run, and the bound.
 
     ``load_1m`` is the machine's load before the run: other work on the box inflates the wall
-    time, not the CPU costs.
+    time, not the CPU costs. ``compare_slots`` runs the fleet once more (reset in between) with
+    that many CPU slots (``size`` or more: no admission), for the completion order.
     """
     load = os.getloadavg()[0]
+    compared: dict[str, Any] | None = None
     with HostFleet(size) as fleet:
         costs = measure_costs(fleet.hosts[:samples], settings)
         parallel = asyncio.run(measure_parallel(fleet.hosts, settings))
+        if compare_slots is not None:
+            for host in fleet.hosts:
+                reset(host)
+            other = attrs.evolve(settings, cpu_slots=compare_slots)
+            run = asyncio.run(measure_parallel(fleet.hosts, other))
+            compared = {"cpu_slots": compare_slots, **{k: round(v, 3) for k, v in run.items()}}
     cores = os.cpu_count() or 1
     job_cost_s = (costs["job_client_cpu_ms"] + costs["job_sshd_cpu_ms"]) / 1000
     bound_s = size * job_cost_s / cores
@@ -139,6 +147,7 @@ def measure_fleet(size: int, samples: int, settings: SSHSettings) -> dict[str, A
         "benchmark": "ssh_trivial_bootstrap",
         "hosts": size,
         "workers": settings.max_workers,
+        "cpu_slots": settings.cpu_slots,
         "cores": cores,
         "hosts_per_s": size / parallel["wall_s"],
         **{k: round(v, 3) for k, v in parallel.items()},
@@ -148,6 +157,7 @@ def measure_fleet(size: int, samples: int, settings: SSHSettings) -> dict[str, A
         "cpu_per_job_in_parallel_ms": round(
             1000 * (parallel["client_cpu_s"] + parallel["sshd_cpu_s"]) / size, 2
         ),
+        "compared": compared,
         "load_1m": round(load, 2),
     }
 
@@ -269,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--samples", type=int, default=5, help="hosts for the sequential costs")
     parser.add_argument("--workers", type=int, default=SSHSettings().max_workers)
+    parser.add_argument("--cpu-slots", type=int, default=SSHSettings().cpu_slots)
+    parser.add_argument(
+        "--compare-slots", type=int, default=None, help="P1: run once more with this many slots"
+    )
     parser.add_argument(
         "--bootstrap-seconds",
         type=float,
@@ -285,14 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("needs root (namespaced hosts)")
     warnings_to_stderr()
-    settings = SSHSettings(max_workers=args.workers)
+    settings = SSHSettings(max_workers=args.workers, cpu_slots=args.cpu_slots)
     for size in args.sizes:
         if args.bootstrap_seconds > 0:
             result = measure_long_fleet(
                 size, args.bootstrap_seconds, settings, also_workers=args.also_workers
             )
         else:
-            result = measure_fleet(size, args.samples, settings)
+            result = measure_fleet(size, args.samples, settings, compare_slots=args.compare_slots)
         print(json.dumps(result), flush=True)
     return 0
 

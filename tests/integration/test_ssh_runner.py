@@ -651,3 +651,46 @@ def test_cleanup_runs_once_then_forgets_the_machine_on_the_host(hosts: HostsFact
     again = run(target(host), bootstrap)
     assert again.already_bootstrapped is False
     assert counter(host, "bootstrap") == 2
+
+
+def test_black_hole_hosts_of_one_tenant_do_not_hold_up_another_tenants_host(
+    hosts: HostsFactory,
+) -> None:
+    """Issue 15: a tenant's hosts that accept TCP and never speak SSH, or take forever over the
+    key exchange, must not keep another tenant's healthy host waiting for a CPU slot (one slot
+    here): it is provisioned while every black hole is still pending."""
+    (host,) = hosts(1)
+    settings = attrs.evolve(
+        FAST,
+        cpu_slots=1,
+        admission_hold=0.5,
+        banner_timeout=15,
+        handshake_timeout=5,
+        handshake_attempts=1,
+    )
+    silent = [host.proxy(drop_rate=1.0, drop_mode="blackhole") for _ in range(3)]
+    slow = [host.proxy(latency_ms=3000) for _ in range(3)]  # a round trip of the kex takes 6 s
+
+    def job(address: str, port: int, tenant: str, uid: str) -> Job:
+        hop = attrs.evolve(target(host), address=address, port=port, tenant=tenant)
+        return Job(target=hop, plan=plan(count(uid)), machine_uid=uid)
+
+    async def scenario() -> tuple[list[bool], list[BaseException | JobResult]]:
+        runner = Runner(settings)
+        try:
+            evil = [
+                runner.submit(job(*proxy.address, "evil", f"evil-{i}"))
+                for i, proxy in enumerate(slow + silent)
+            ]
+            await asyncio.sleep(4)  # the slow hosts' banners arrived: their key exchanges run
+            await runner.submit(job(host.address, host.port, "good", "good"))
+            pending = [not future.done() for future in evil]
+            return pending, await asyncio.gather(*evil, return_exceptions=True)
+        finally:
+            await runner.aclose()
+
+    pending, outcomes = asyncio.run(scenario())
+    assert counter(host, "good") == 1
+    assert all(pending), "the healthy host did not wait for any black hole's timeout"
+    # Each ends in its own error: a deadline, or (a slow host done at last) its unknown address.
+    assert all(isinstance(outcome, HostUnreachable | HostKeyUnknown) for outcome in outcomes)

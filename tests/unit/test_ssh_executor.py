@@ -146,7 +146,7 @@ class Host:
 class LocalConnector:
     """Connects every target to the local shell."""
 
-    def connect(self, target: Target) -> LocalConnection:
+    def connect(self, target: Target, ticket: object = None) -> LocalConnection:
         return LocalConnection()
 
 

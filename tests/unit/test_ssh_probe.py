@@ -69,7 +69,7 @@ class ScriptedConnector:
     def __init__(self, connection: ScriptedConnection) -> None:
         self.connection = connection
 
-    def connect(self, target: Target) -> ScriptedConnection:
+    def connect(self, target: Target, ticket: object = None) -> ScriptedConnection:
         return self.connection
 
 

@@ -80,7 +80,7 @@ def test_handshake_limiter_gives_up_after_its_timeout() -> None:
 def fake_handshakes(connector: ParamikoConnector, failures: list[BaseException]) -> list[int]:
     calls: list[int] = []
 
-    def handshake(target: Target, sock: Any) -> tuple[Any, str]:
+    def handshake(target: Target, sock: Any, ticket: Any) -> tuple[Any, str]:
         calls.append(1)
         if failures:
             raise failures.pop(0)
@@ -94,7 +94,7 @@ def test_dropped_handshakes_are_retried() -> None:
     connector = ParamikoConnector(QUICK)
     dropped: list[BaseException] = [_TransientHandshake("no SSH banner") for _ in range(2)]
     calls = fake_handshakes(connector, dropped)
-    opened: Any = connector._open_hop(TARGET, lambda: None)  # type: ignore[arg-type, return-value]
+    opened: Any = connector._open_hop(TARGET, lambda: None, None)  # type: ignore[arg-type, return-value]
     assert opened == ("transport", "SHA256:fp")
     assert len(calls) == 3
 
@@ -103,7 +103,7 @@ def test_retries_end_as_host_unreachable() -> None:
     connector = ParamikoConnector(QUICK)
     calls = fake_handshakes(connector, [_TransientHandshake("no SSH banner")] * 10)
     with pytest.raises(HostUnreachable, match="no SSH banner") as unreachable:
-        connector._open_hop(TARGET, lambda: None)  # type: ignore[arg-type, return-value]
+        connector._open_hop(TARGET, lambda: None, None)  # type: ignore[arg-type, return-value]
     assert len(calls) == QUICK.handshake_attempts and unreachable.value.retryable
 
 
@@ -111,7 +111,7 @@ def test_other_failures_are_not_retried() -> None:
     connector = ParamikoConnector(QUICK)
     calls = fake_handshakes(connector, [AuthenticationFailed("h", "root", "key rejected")])
     with pytest.raises(AuthenticationFailed):
-        connector._open_hop(TARGET, lambda: None)  # type: ignore[arg-type, return-value]
+        connector._open_hop(TARGET, lambda: None, None)  # type: ignore[arg-type, return-value]
     assert len(calls) == 1
 
 
