@@ -138,10 +138,13 @@ class HostJobs:
     async def cancel(self, uid: str) -> None:
         """Cancel a running job and wait until it stopped (the runner kills the remote step)."""
         job = self._jobs.get(uid)
-        if job is None or job.task is None or job.task.done():
+        if job is None or job.task is None:
             return
-        job.task.cancel()
-        await asyncio.gather(job.task, return_exceptions=True)
+        if not job.task.done():
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+        if job.outcome is None:  # cancelled before its first step: its ``run()`` never began
+            job.outcome = Outcome(False, "Cancelled", "the job was cancelled before it started")
 
     def forget(self, uid: str) -> None:
         job = self._jobs.get(uid)

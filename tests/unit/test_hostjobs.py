@@ -75,3 +75,20 @@ async def test_progress_held_back_still_wakes_once_the_interval_is_over(
     jobs.forget("uid")
     await asyncio.sleep(0.1)  # the held wake-up was cancelled with the job
     assert woken.empty()
+
+
+async def test_a_job_cancelled_before_it_began_is_over_and_can_be_forgotten() -> None:
+    """A deletion right after the start (the task never ran a step) must not leave a job that
+    is "running" forever: forget() would refuse it and the machine's deletion would never end."""
+    jobs = HostJobs(lambda request: None)
+
+    async def work(job: JobState) -> Outcome:
+        return Outcome(True, "Provisioned")
+
+    jobs.start("uid", "provision", Request("ns", "m"), work)
+    await jobs.cancel("uid")  # no await between the start and the cancel: the task never ran
+    state = jobs.state("uid")
+    assert state is not None and not state.running
+    assert state.outcome is not None and state.outcome.reason == "Cancelled"
+    jobs.forget("uid")
+    assert jobs.state("uid") is None
