@@ -410,20 +410,24 @@ async def test_move_keeps_claims_and_pins_and_the_cluster_scales_on_the_target(
         data = await bed.bootstrap_secret("demo-bootstrap")
         _workload_kubeconfig(management, namespace)
         _generate(management, "pool", namespace, 1, **_host_variables(first))
-        # The second host pins its key on first use: the pin must survive the move.
-        tofu = bed.host_spec(second, hostKeyPolicy={"trustOnFirstUse": True})
-        await bed.create(samples.pooled("demo-pool-1", namespace, "default", tofu))
         # What docs/deployment.md tells users: objects not owned by the Cluster move by label
         # (k0smotron's bootstrap Secrets are owned by their config; ours is the test's).
         for kind, name in (
             ("secret", data),
-            ("pooledremotemachine", "demo-pool-1"),
             ("secret", samples.SSH_KEY_SECRET),
             ("configmap", samples.KNOWN_HOSTS),
         ):
             management.kubectl("label", kind, name, "-n", namespace, f"{MOVE_LABEL}=")
         _play_k0smotron(management, namespace, data)
         _provisioned(management, namespace, 1)
+        # Only now the second pool member: the machine took the first host (with both free, a
+        # claim may take either). The second host pins its key on first use: the pin must
+        # survive the move.
+        tofu = bed.host_spec(second, hostKeyPolicy={"trustOnFirstUse": True})
+        await bed.create(samples.pooled("demo-pool-1", namespace, "default", tofu))
+        management.kubectl(
+            "label", "pooledremotemachine", "demo-pool-1", "-n", namespace, f"{MOVE_LABEL}="
+        )
 
         def noded() -> bool:
             machines = management.get("machines", "-n", namespace)["items"]

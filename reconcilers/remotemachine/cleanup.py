@@ -74,7 +74,9 @@ class Deletion:
         if not remembered.cleanup_attempts:
             remembered.retry_at = 0.0  # a bootstrap's backoff does not delay the cleanup
         forced = FORCE_RELEASE_ANNOTATION in meta.get("annotations", {})
-        touched = bool((rm.get("status") or {}).get("bootstrap"))
+        # Status records an attempt only from its first progress write on: an attempt started
+        # and not recorded yet is in memory, and its host needs the cleanup too.
+        touched = bool((rm.get("status") or {}).get("bootstrap")) or remembered.started is not None
         if touched and rm["spec"].get("address") and not forced:
             pending = await self._cleanup(rm, request, self.jobs.state(uid))
             if pending is not None:
