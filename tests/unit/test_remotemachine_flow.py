@@ -548,6 +548,25 @@ async def test_deletion_cancels_cleans_the_host_and_forgets() -> None:
     assert ("Normal", "Released", "host cleaned up and released") in writer.events
 
 
+@pytest.mark.parametrize("started", [1, None])
+async def test_an_attempt_started_but_not_in_status_yet_is_cleaned_up(started: int | None) -> None:
+    """The start writes no status: until its first progress write, only memory knows the host
+    was touched. Without either record the host was never touched and is not logged into."""
+    deletion, writer, _ = deletion_bed()
+    del writer.obj["status"]["bootstrap"]
+    deletion.memory[UID].started = started
+    request = Request("ns", "m")
+    await deletion.run(LOG, copy.deepcopy(writer.obj), request)
+    job = deletion.jobs.state(UID)
+    if started is None:
+        assert job is None and writer.obj["metadata"]["finalizers"] == []
+        return
+    assert job is not None and job.task is not None
+    await asyncio.wait_for(job.task, 5)
+    await deletion.run(LOG, copy.deepcopy(writer.obj), request)
+    assert deletion.access.cleanups == [("reset",)]
+
+
 async def test_deletion_waits_for_a_backend_that_is_winding_down() -> None:
     deletion, writer, _ = deletion_bed(pods_going=2.0)
     result = await deletion.run(LOG, copy.deepcopy(writer.obj), Request("ns", "m"))
