@@ -105,6 +105,12 @@ class HostJobs:
                 self._wake(request)
 
         job.task = asyncio.get_running_loop().create_task(run(), name=f"{kind}-{uid}")
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if job.outcome is None:  # cancelled before its first step: ``run()`` never began
+                job.outcome = Outcome(False, "Cancelled", "the job was cancelled before it started")
+
+        job.task.add_done_callback(ended)
         return job
 
     def progress(self, uid: str, done: int, total: int, step: str) -> None:
@@ -138,13 +144,10 @@ class HostJobs:
     async def cancel(self, uid: str) -> None:
         """Cancel a running job and wait until it stopped (the runner kills the remote step)."""
         job = self._jobs.get(uid)
-        if job is None or job.task is None:
+        if job is None or job.task is None or job.task.done():
             return
-        if not job.task.done():
-            job.task.cancel()
-            await asyncio.gather(job.task, return_exceptions=True)
-        if job.outcome is None:  # cancelled before its first step: its ``run()`` never began
-            job.outcome = Outcome(False, "Cancelled", "the job was cancelled before it started")
+        job.task.cancel()
+        await asyncio.gather(job.task, return_exceptions=True)
 
     def forget(self, uid: str) -> None:
         job = self._jobs.get(uid)
