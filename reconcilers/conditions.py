@@ -45,6 +45,7 @@ IMAGE_LACKS_SSH: Final = "ImageLacksSSH"
 HOST_PINS_RESTORED: Final = "HostPinsRestored"  # an Event
 # PooledRemoteMachine Events (reconcilers/pool/)
 STALE_CLAIM_RELEASED: Final = "StaleClaimReleased"
+HOST_NOT_CLEAN: Final = "HostNotClean"  # also a RemoteMachine reason (capi_remote.ssh.errors)
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"
 
