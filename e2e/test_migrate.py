@@ -56,6 +56,7 @@ from e2e.bed import (
 )
 from e2e.test_machine_flows import _ready_reason, _running
 from tests.fixtures_hosts import HostsFactory
+from tests.support.namespaces import scratch_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +84,9 @@ def control_plane(toolchain: toolchain_module.Toolchain) -> Iterator[ControlPlan
 
 
 @pytest.fixture
-async def namespace(control_plane: ControlPlane) -> AsyncIterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
-    try:
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    with scratch_namespace(control_plane.kubectl, f"t-{uuid.uuid4().hex[:10]}") as name:
         yield name
-    finally:
-        control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
