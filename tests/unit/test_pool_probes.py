@@ -12,6 +12,7 @@ import contextlib
 import copy
 from typing import Any, cast
 
+import attrs
 import pytest
 import structlog
 
@@ -30,6 +31,7 @@ from reconcilers.pool.reconciler import PooledRemoteMachineReconciler
 from reconcilers.remote import HostAccess
 from tests.support.events import RecordedEvents
 from tests.support.merge_patch import apply_merge_patch
+from tests.unit.test_first_use_pins import facts
 
 JSONDict = dict[str, Any]
 NAMESPACE, NAME = "tenant", "rack1-node3"
@@ -357,20 +359,7 @@ class _Found:
         )
 
     async def probe(self, target: Target) -> HostFacts:
-        return HostFacts(
-            hostname="rack1-node3",
-            os_id="debian",
-            os_version_id="12",
-            os_pretty_name="Debian",
-            kernel="6.1",
-            arch="x86_64",
-            cpus=2,
-            memory_bytes=2**30,
-            addresses=(),
-            host_key_fingerprint="SHA256:" + "A" * 43,
-            privilege="root",
-            leftovers=self.leftovers,
-        )
+        return attrs.evolve(facts("SHA256:" + "A" * 43), leftovers=self.leftovers)
 
 
 DIRTY = Leftovers(
@@ -388,7 +377,7 @@ async def test_a_host_with_a_bootstraps_leftovers_is_not_clean_and_not_claimable
         message
     )
     assert RECHECK_ANNOTATION in message
-    assert health["facts"]["hostname"] == "rack1-node3", "facts are still reported"
+    assert health["facts"]["hostname"] == "h", "facts are still reported"
     assert not is_free({**pooled_host(), "status": {"health": {**health, "observedGeneration": 1}}})
 
     clean = await pool.probe_with(cast(HostAccess, _Found(Leftovers())))(pooled_host())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from capi_remote.ssh.probe import HostAddress, Leftovers, probe
 from capi_remote.ssh.settings import SSHSettings
 from capi_remote.ssh.target import Target
 from capi_remote.ssh.transport import ExecResult, Poll
+from tests.unit.test_ssh_executor import LocalConnector
 
 PROBE_OUTPUT = b"""capi-remote begin
 capi-remote section os-release
@@ -175,30 +175,14 @@ def test_a_host_can_say_only_clean_or_not_clean(lines: tuple[bytes, ...]) -> Non
     assert found == Leftovers(state_root="/var/lib/capi-remote")
 
 
-class LocalShell(ScriptedConnection):
-    """Runs each command with the local ``sh``: the helper itself, on a stand-in filesystem."""
-
-    def exec(
-        self,
-        command: str,
-        *,
-        stdin: bytes = b"",
-        timeout: float,
-        tail_bytes: int = 65536,
-        poll: Poll | None = None,
-    ) -> ExecResult:
-        ran = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, timeout=30)
-        return ExecResult(ran.returncode, ran.stdout[-tail_bytes:], ran.stderr[-tail_bytes:])
-
-
 def test_the_probe_finds_leftovers_on_the_host(tmp_path: Path) -> None:
     settings = SSHSettings(
         state_root=str(tmp_path / "state"), sentinel_path=str(tmp_path / "run/bootstrap.complete")
     )
 
     def leftovers() -> Leftovers:
-        connector = ScriptedConnector(LocalShell())
-        return probe(target("root"), settings, connector=connector).leftovers
+        # The helper itself, run by the local sh against a stand-in filesystem.
+        return probe(target("root"), settings, connector=LocalConnector()).leftovers
 
     assert leftovers().clean, "no state root at all"
     (tmp_path / "state").mkdir()
