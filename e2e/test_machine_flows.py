@@ -557,4 +557,4 @@ async def test_a_host_released_without_cleanup_is_not_claimed_until_cleaned(
     assert cleaned.returncode == 0, cleaned
     recheck = {"metadata": {"annotations": {RECHECK_ANNOTATION: "cleaned"}}}
     await bed.kube.patch(POOLED_REMOTE_MACHINES, bed.namespace, host.name, recheck)
-    await _running(bed, "dirty-1")
+    await _running(bed, "dirty-1", within=180)
