@@ -64,7 +64,13 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
     privilege = Privilege.for_credentials(target.credentials)
     privilege.check(connection, target.credentials.user, settings.command_timeout)
     result = connection.exec(hostscript.probe(), timeout=settings.command_timeout)
-    sections = _sections(result.stdout)
+    return read_facts(connection, result.stdout, privilege.mode)
+
+
+def read_facts(connection: Connection, stdout: bytes, privilege: PrivilegeMode) -> HostFacts:
+    """The facts in the output of :func:`hostscript.probe` (lines before its first section, such
+    as the reply of a helper it followed, are not facts); RemoteError when incomplete."""
+    sections = _sections(stdout)
     if "end" not in sections:
         raise RemoteError(connection.host, "the probe did not complete")
     os_release = _os_release(sections.get("os-release", []))
@@ -85,7 +91,7 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
         addresses=tuple(_addresses(sections.get("addresses", []))),
         host_key_fingerprint=connection.host_key_fingerprint,
         bastion_host_key_fingerprint=connection.bastion_host_key_fingerprint,
-        privilege=privilege.mode,
+        privilege=privilege,
     )
 
 
