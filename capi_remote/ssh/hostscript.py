@@ -511,7 +511,8 @@ def file_step(step: WriteFile | MakeDirectory, base: str) -> tuple[str, bytes]:
 
 
 def probe() -> str:
-    """Facts about the host, as ``capi-remote section <name>`` blocks (runs as the login user)."""
+    """Facts about the host, as ``capi-remote section <name>`` blocks (run as the login user;
+    inside :func:`finish`, as root)."""
     return _command("probe", _PROBE)
 
 
