@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing
+import multiprocessing.forkserver
 import pickle
 import resource
 import sys
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -89,6 +91,12 @@ class ParseSandbox:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload())
         self._admission = FairAdmission(settings.workers)
+        # The forkserver starts now, in the background, not at the first parse: its start (an
+        # interpreter importing the parser and the main module, a second or more of wall time on
+        # a busy machine) is not the first machine's to wait for. Idempotent and locked.
+        threading.Thread(
+            target=multiprocessing.forkserver.ensure_running, name="parse-forkserver", daemon=True
+        ).start()
 
     async def parse(
         self,

@@ -7,6 +7,7 @@ password sudo did not ask for is never mistaken for data.
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Literal, TypeAlias
 
@@ -24,8 +25,23 @@ from capi_remote.ssh.transport import Connection
 PrivilegeMode: TypeAlias = Literal["root", "sudo", "sudo-password"]
 
 
+#: Parsed keys kept: one per SSH key Secret (and passphrase) in use is enough.
+KEYS_CACHED = 64
+
+
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
-    """Ed25519, ECDSA or RSA private key text (OpenSSH, PEM or PKCS#8, optionally encrypted)."""
+    """Ed25519, ECDSA or RSA private key text (OpenSSH, PEM or PKCS#8, optionally encrypted).
+
+    Every connection authenticates with a key, and reading one costs up to a third of a second of
+    CPU (an RSA key's consistency checks, an encrypted key's bcrypt rounds), so the last
+    :data:`KEYS_CACHED` keys are kept parsed, by text and passphrase: a rotated Secret is a new
+    text, parsed anew. Keys that cannot be read are not kept (each try raises again).
+    """
+    return _parsed_key(text, passphrase)
+
+
+@functools.lru_cache(maxsize=KEYS_CACHED)
+def _parsed_key(text: str, passphrase: str | None) -> paramiko.PKey:
     data = text.encode()
     password = passphrase.encode() if passphrase else None
     key: PrivateKeyTypes

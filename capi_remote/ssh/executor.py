@@ -49,7 +49,7 @@ from capi_remote.ssh.errors import (
     SudoFailed,
     UnsafeLockDirectory,
 )
-from capi_remote.ssh.probe import HostFacts
+from capi_remote.ssh.probe import HostFacts, read_facts
 from capi_remote.ssh.settings import SSHSettings
 from capi_remote.ssh.target import Target
 from capi_remote.ssh.transport import CommandTimedOut, Connection, ExecResult, Poll
@@ -99,7 +99,8 @@ class Job:
     job_timeout: float | None = None
     cleanup: bool = False
     #: Once the job succeeded, also collect the host's facts over the same connection
-    #: (:attr:`JobResult.facts`), which saves the second connection a separate probe would open.
+    #: (:attr:`JobResult.facts`), which saves the second connection a separate probe would open;
+    #: after a bootstrap that ran, in the same call as the final helper (no round trip of its own).
     gather_facts: bool = False
     #: The machine was provisioned before (by us or the reference provider) and lost its status:
     #: a success sentinel on the host is its own even without its state there. Otherwise only a
@@ -270,11 +271,17 @@ class _Execution:
 
         if self.job.cleanup:
             return self._forget(tuple(outcomes))
-        reply = self._helper(
+        finished = self._exec(
             hostscript.finish(
-                lock=self.settings.lock_path, owner=self.owner, sentinel=self.settings.sentinel_path
-            )
+                lock=self.settings.lock_path,
+                owner=self.owner,
+                sentinel=self.settings.sentinel_path,
+                facts=self.job.gather_facts,
+            ),
+            b"",
+            self.settings.command_timeout,
         )
+        reply = self._parse(finished)
         self.locked = False
         if not reply.has("complete"):
             raise BootstrapIncomplete(self.conn.host, self.settings.sentinel_path)
@@ -287,6 +294,7 @@ class _Execution:
             already=False,
             steps=tuple(outcomes),
             taken_over_from=takeover[0] if takeover else None,
+            facts=self._facts_in(finished.stdout),
         )
 
     def _forget(self, outcomes: tuple[StepOutcome, ...]) -> JobResult:
@@ -311,6 +319,7 @@ class _Execution:
         already: bool,
         steps: tuple[StepOutcome, ...] = (),
         taken_over_from: str | None = None,
+        facts: HostFacts | None = None,
     ) -> JobResult:
         return JobResult(
             host=self.conn.host,
@@ -320,7 +329,18 @@ class _Execution:
             steps=steps,
             lock_taken_over_from=taken_over_from,
             duration_seconds=time.monotonic() - self.started,
+            facts=facts,
         )
+
+    def _facts_in(self, stdout: bytes) -> HostFacts | None:
+        """The facts the finish helper's call gathered, if asked; None when the probe part did
+        not complete (the runner then gathers them on their own)."""
+        if not self.job.gather_facts:
+            return None
+        try:
+            return read_facts(self.conn, stdout, self.privilege.mode)
+        except RemoteError:
+            return None
 
     # -- steps ------------------------------------------------------------------------------------
 

@@ -99,7 +99,15 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
     privilege.check(connection, target.credentials.user, settings.command_timeout)
     command = hostscript.probe(sentinel=settings.sentinel_path, state_root=settings.state_root)
     result = connection.exec(command, timeout=settings.command_timeout)
-    sections = _sections(result.stdout)
+    facts = read_facts(connection, result.stdout, privilege.mode)
+    leftovers = _leftovers(_sections(result.stdout).get("leftovers", []), settings)
+    return attrs.evolve(facts, leftovers=leftovers)
+
+
+def read_facts(connection: Connection, stdout: bytes, privilege: PrivilegeMode) -> HostFacts:
+    """The facts in the output of :func:`hostscript.probe` (lines before its first section, such
+    as the reply of a helper it followed, are not facts); RemoteError when incomplete."""
+    sections = _sections(stdout)
     if "end" not in sections:
         raise RemoteError(connection.host, "the probe did not complete")
     os_release = _os_release(sections.get("os-release", []))
@@ -120,8 +128,7 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
         addresses=tuple(_addresses(sections.get("addresses", []))),
         host_key_fingerprint=connection.host_key_fingerprint,
         bastion_host_key_fingerprint=connection.bastion_host_key_fingerprint,
-        privilege=privilege.mode,
-        leftovers=_leftovers(sections.get("leftovers", []), settings),
+        privilege=privilege,
     )
 
 

@@ -142,7 +142,7 @@ class Runner:
                     started=started,
                     detach=self._detached,
                 )
-                if job.gather_facts:
+                if job.gather_facts and result.facts is None:  # not in the finish call
                     result = attrs.evolve(result, facts=self._facts(connection, job.target))
                 return result
             finally:

@@ -382,6 +382,47 @@ def run_timeline(machines: int) -> list[dict[str, Any]]:
     ]
 
 
+def run_timeline_trivial(machines: int) -> list[dict[str, Any]]:
+    """E1 with the issue's trivial bootstrap, against the floor measured in the same run."""
+    try:
+        result = asyncio.run(bench_timeline.run(machines, trivial=True))
+    except TimeoutError as error:
+        return [check("E1", f"trivial timeline run failed: {error}", None, "", "-", None)]
+    stages, floor = result["stages"], result["floor"]
+    reference = result["reference"].get(str(machines), {})
+    ours = stages["provisioned"]["last_machine_s"]
+    theirs = reference.get("all_provisioned_s", "-")
+    return [
+        check(
+            "E1",
+            f"{machines} trivial machines: all provisioned over the floor ({ours} s against "
+            f"{floor['all_s']} s; the reference: {theirs} s)",
+            result["all_over_floor"],
+            "x",
+            "<= 1.5",
+            lambda v: v <= 1.5,
+            result,
+        ),
+        check(
+            "E1",
+            "trivial: the first machine's last command -> Provisioned written",
+            stages["first_machine_last_command_to_provisioned_s"],
+            "s",
+            "<= 1 s",
+            lambda v: v <= 1.0,
+        ),
+        check(
+            "E1",
+            f"trivial: controller CPU per machine, parse sandbox included (peak RSS "
+            f"{result['controller_peak_rss_mb']} MB)",
+            result["controller_cpu_ms_per_machine"],
+            "ms",
+            "< 42 ms",
+            lambda v: v < 42,
+        ),
+    ]
+
+
 def run_bombs(sizes: bench_bombs.Sizes) -> list[dict[str, Any]]:
     try:
         result = asyncio.run(bench_bombs.run(sizes))
@@ -624,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "timeline" in args.only:
         if root:
             results += run_timeline(10 if args.quick else 50)
+            results += run_timeline_trivial(10 if args.quick else 50)
         else:
             results.append(check("E1", "timeline benchmark (needs root)", None, "", "-", None))
     if "bombs" in args.only:

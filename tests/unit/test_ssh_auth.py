@@ -72,6 +72,17 @@ def test_bad_keys_are_invalid_credentials_without_quoting_them() -> None:
         assert error.reason == "InvalidCredentials" and not error.retryable
 
 
+def test_a_key_is_parsed_once_per_text_and_passphrase() -> None:
+    key, _ = KEYS["ed25519"]
+    encrypted = text(key, serialization.PrivateFormat.OpenSSH, PASSPHRASE)
+    first = load_private_key(encrypted, PASSPHRASE)
+    assert load_private_key(encrypted, PASSPHRASE) is first
+    with pytest.raises(InvalidCredentials):  # a wrong passphrase is not served from the cache
+        load_private_key(encrypted, "hunter2")
+    other = text(ed25519.Ed25519PrivateKey.generate(), serialization.PrivateFormat.OpenSSH)
+    assert load_private_key(other).get_base64() != first.get_base64()  # a rotated Secret
+
+
 def test_credentials_hide_secrets() -> None:
     credentials = Credentials(
         user="deploy",

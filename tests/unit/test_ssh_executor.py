@@ -208,6 +208,23 @@ def test_runs_every_step_then_reports_already_bootstrapped(host: Host) -> None:
     assert host.counter("a") == 1
 
 
+def test_facts_come_with_the_final_helper_not_in_a_call_of_their_own(host: Host) -> None:
+    plan = plan_of(host.count("a"), host.finish_step())
+    job = Job(target=TARGET, plan=plan, machine_uid="m1", gather_facts=True)
+    connection = LocalConnection()
+    result = execute(job, connection, host.settings, owner=OWNER)
+    assert result.facts is not None and result.facts.privilege == "root"
+    # begin, two steps, finish with the facts (the lock's heartbeat runs beside them when slow)
+    calls = [c for c in connection.commands if "capi-remote-heartbeat" not in c]
+    assert len(calls) == 4
+    assert "section os-release" in calls[-1]
+    assert not host.lock.exists() and not result.already_bootstrapped
+    again = execute(
+        attrs.evolve(job, gather_facts=False), LocalConnection(), host.settings, owner=OWNER
+    )
+    assert again.already_bootstrapped and again.facts is None
+
+
 def test_done_steps_are_skipped_and_a_failed_step_runs_again(host: Host) -> None:
     flag = host.path("/flag")
     plan = plan_of(
