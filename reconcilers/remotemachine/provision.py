@@ -16,10 +16,11 @@ Invariants:
 - Before an attempt starts, the API holds our finalizer (:meth:`ProvisionFlow._write_record`): the
   record that the host may hold our state, which its deletion then cleans. It is the machine's
   first object write, with its providerID and a claimed pooled host's spec.
-- An attempt's start writes no status (its Event says it started), unless status says Failed,
-  which is no longer true; a running attempt's progress is written at most every
-  ``AttemptPolicy.progress_interval``, the latest state always; an outcome at once. A quick
-  bootstrap costs one status write: its outcome.
+- An attempt's start writes no status (its Event says it started), unless status says Failed
+  or Pending (a wait), which is no longer true; a running attempt's progress is written
+  ``AttemptPolicy.first_progress`` after the start, then at most every ``progress_interval``,
+  the latest state always; an outcome at once. A bootstrap shorter than ``first_progress``
+  costs one status write: its outcome.
 - Every write goes through the :class:`Writer`.
 """
 
@@ -106,7 +107,7 @@ class ProvisionFlow:
 
     async def _running(self, m: Machine, status: JSONDict, seen: Running) -> Result:
         """Progress is coalesced: written at most every ``progress_interval``, the first time
-        that long after the start; a wake-up before then looks again when it is due, so the
+        ``first_progress`` after the start; a wake-up before then looks again when it is due, so the
         latest state is always written (an outcome is written at once, by ``_record``)."""
         remembered = self.memory[m.uid]
         due = remembered.progress_due - time.monotonic()
@@ -350,7 +351,7 @@ class ProvisionFlow:
         if plan.warnings:
             self.writer.event(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
         m.log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))
-        if status.get("phase") == "Failed":  # e.g. a new generation: say at once it is not
+        if status.get("phase") in ("Failed", "Pending"):  # say at once what is no longer true
             previous = {k: v for k, v in bootstrap.items() if k != "lastOutputTail"}
             steps = {"attempts": attempt, "stepsTotal": len(plan.steps), "stepsDone": 0}
             status["bootstrap"] = {**previous, **steps}
@@ -362,9 +363,9 @@ class ProvisionFlow:
             self.writer.event(rm, "Normal", started.reason, started.event)
         # Otherwise no status write for the start: the Event says it, most attempts end before
         # their first progress write, and status shows the attempt once one is due (_running).
-        interval = self.policy.progress_interval
-        remembered.progress_due = time.monotonic() + interval
-        return Result(requeue_after=interval)
+        first = self.policy.first_progress
+        remembered.progress_due = time.monotonic() + first
+        return Result(requeue_after=first)
 
     async def _write_record(self, m: Machine) -> Machine:
         """Before anything touches the host, the API holds the record of it (``cleanup.py``): our

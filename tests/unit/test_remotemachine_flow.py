@@ -236,7 +236,7 @@ BACKENDS = [pytest.param(runner_like, id="runner"), pytest.param(job_like, id="j
 
 async def test_success_records_provider_id_and_attempt() -> None:
     b = bed()
-    assert await b.step() == Result(requeue_after=AttemptPolicy().progress_interval)
+    assert await b.step() == Result(requeue_after=AttemptPolicy().first_progress)
     assert b.backend.starts == [1]
     assert b.parser.tenants == ["ns"]  # the parse takes the namespace's turn (fair admission)
     # The start writes no status, the Event says it; a quick bootstrap writes its outcome only.
@@ -439,7 +439,8 @@ async def test_progress_is_coalesced_and_the_latest_is_written() -> None:
     b.backend.seen = Running(1, c.PROVISIONING, "step 2 of 3: x", steps_done=1, steps_total=3)
     early = await b.step()  # before the first write is due: none, but a look when it is
     assert b.writer.status_writes == 0
-    assert early.requeue_after is not None and 0 < early.requeue_after <= interval
+    first = AttemptPolicy().first_progress
+    assert early.requeue_after is not None and interval < early.requeue_after <= first
     b.time_passes()
     assert await b.step() == Result()
     assert b.writer.status_writes == 1
@@ -481,6 +482,11 @@ async def test_inputs_that_cannot_be_used_wait_with_their_own_reason(
     assert b.ready()["reason"] == reason
     assert b.status["phase"] == "Pending"
     assert "bootstrap" not in b.status  # no attempt was spent
+    b.backend.refuse = None  # fixed: the start says at once that the wait is over
+    await b.step()
+    assert b.backend.starts == [1] and b.status["phase"] == "Provisioning"
+    assert b.ready()["reason"] == c.PROVISIONING
+    assert b.status["bootstrap"] == {"attempts": 1, "stepsTotal": 1, "stepsDone": 0}
 
 
 async def test_deleting_the_last_failed_job_starts_afresh() -> None:
