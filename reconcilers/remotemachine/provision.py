@@ -16,11 +16,12 @@ Invariants:
 - Before an attempt starts, the API holds our finalizer (:meth:`ProvisionFlow._write_record`): the
   record that the host may hold our state, which its deletion then cleans. It is the machine's
   first object write, with its providerID and a claimed pooled host's spec.
-- An attempt's start writes no status (its Event says it started), unless status says Failed
-  or Pending (a wait), which is no longer true; a running attempt's progress is written
-  ``AttemptPolicy.first_progress`` after the start, then at most every ``progress_interval``,
-  the latest state always; an outcome at once. A bootstrap shorter than ``first_progress``
-  costs one status write: its outcome.
+- An attempt's start writes no status (its Event says it started), unless status says Failed,
+  which is no longer true; a running attempt's progress is written
+  ``AttemptPolicy.first_progress`` after the start (``progress_interval`` when status shows
+  anything, e.g. a wait that ended), then at most every ``progress_interval``, the latest state
+  always; an outcome at once. A bootstrap shorter than that costs one status write: its
+  outcome.
 - Every write goes through the :class:`Writer`.
 """
 
@@ -351,7 +352,7 @@ class ProvisionFlow:
         if plan.warnings:
             self.writer.event(rm, "Warning", c.BOOTSTRAP_WARNINGS, "; ".join(plan.warnings))
         m.log.info("bootstrap attempt started", attempt=attempt, steps=len(plan.steps))
-        if status.get("phase") in ("Failed", "Pending"):  # say at once what is no longer true
+        if status.get("phase") == "Failed":  # e.g. a new generation: say at once it is not
             previous = {k: v for k, v in bootstrap.items() if k != "lastOutputTail"}
             steps = {"attempts": attempt, "stepsTotal": len(plan.steps), "stepsDone": 0}
             status["bootstrap"] = {**previous, **steps}
@@ -363,7 +364,10 @@ class ProvisionFlow:
             self.writer.event(rm, "Normal", started.reason, started.event)
         # Otherwise no status write for the start: the Event says it, most attempts end before
         # their first progress write, and status shows the attempt once one is due (_running).
-        first = self.policy.first_progress
+        # A wait status (Pending) is no longer true either, but it is not worth a write of its
+        # own: a short bootstrap replaces it with its outcome, a longer one with its progress.
+        policy = self.policy
+        first = policy.progress_interval if status.get("phase") else policy.first_progress
         remembered.progress_due = time.monotonic() + first
         return Result(requeue_after=first)
 

@@ -482,11 +482,10 @@ async def test_inputs_that_cannot_be_used_wait_with_their_own_reason(
     assert b.ready()["reason"] == reason
     assert b.status["phase"] == "Pending"
     assert "bootstrap" not in b.status  # no attempt was spent
-    b.backend.refuse = None  # fixed: the start says at once that the wait is over
-    await b.step()
-    assert b.backend.starts == [1] and b.status["phase"] == "Provisioning"
-    assert b.ready()["reason"] == c.PROVISIONING
-    assert b.status["bootstrap"] == {"attempts": 1, "stepsTotal": 1, "stepsDone": 0}
+    b.backend.refuse = None  # fixed: the wait status goes with the first progress write
+    result = await b.step()
+    assert b.backend.starts == [1] and b.status["phase"] == "Pending"
+    assert result == Result(requeue_after=AttemptPolicy().progress_interval)
 
 
 async def test_deleting_the_last_failed_job_starts_afresh() -> None:
