@@ -22,7 +22,12 @@ import attrs
 import structlog
 
 from capi_remote import ReconcileContext, Request, Result, Store
-from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, RemoteMachineSpec, from_dict
+from capi_remote.api import (
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+    PROVIDER_ID_SET_FOR_ANNOTATION,
+    RemoteMachineSpec,
+    from_dict,
+)
 from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers.hostjobs import Outcome
@@ -350,3 +355,32 @@ async def test_a_machine_provisioned_elsewhere_gets_the_finalizer_once() -> None
     for _ in range(2):
         await w.reconcile()
     assert w.writes() == settled and w.backend.starts == []
+
+
+async def test_a_pin_edited_after_the_start_is_restored_with_an_event() -> None:
+    """Before its start, a pooled machine's own pins do not count and the start's write replaces
+    them with the host's; once bound, an edit is undone with a HostPinsRestored Event."""
+    pooled = {
+        "metadata": {
+            "name": "host-a",
+            "namespace": NS,
+            "uid": "p-1",
+            "generation": 2,
+            "annotations": {HOST_KEY_FINGERPRINT_ANNOTATION: "SHA256:host"},
+        },
+        "spec": {"pool": "workers", "machine": {"address": ADDRESS, "sshKeyRef": {"name": "k"}}},
+        "status": {"health": {"state": "Healthy", "observedGeneration": 2}},
+    }
+    w = world({"pool": "workers"}, pooled)
+    w.client.objects[("remotemachines", "m")]["metadata"]["annotations"] = {
+        HOST_KEY_FINGERPRINT_ANNOTATION: "SHA256:tenant"
+    }
+    await provision(w)
+    assert w.rm["metadata"]["annotations"][HOST_KEY_FINGERPRINT_ANNOTATION] == "SHA256:host"
+    assert ("Warning", c.HOST_PINS_RESTORED) not in w.events.recorded
+    w.client.objects[("remotemachines", "m")]["metadata"]["annotations"][
+        HOST_KEY_FINGERPRINT_ANNOTATION
+    ] = "SHA256:tenant"
+    await w.reconcile()
+    assert w.rm["metadata"]["annotations"][HOST_KEY_FINGERPRINT_ANNOTATION] == "SHA256:host"
+    assert ("Warning", c.HOST_PINS_RESTORED) in w.events.recorded
