@@ -29,6 +29,7 @@ test: deps
 	$(BIN)/pytest -ra
 
 lint: venv
+	.ci/conflict-markers
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy

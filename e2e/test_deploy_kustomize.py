@@ -33,6 +33,7 @@ from e2e.bed import Bed, bed_factory
 from e2e.conftest import CONTROLLER_IMAGE_NAME as IMAGE_NAME
 from e2e.conftest import CONTROLLER_IMAGE_TAG as IMAGE_TAG
 from tests.fixtures_hosts import HostsFactory
+from tests.support.namespaces import scratch_namespace
 from tests.support.waits import eventually
 from tests.unit.test_api_models import FIXTURES
 
@@ -128,11 +129,8 @@ def control_plane(deployment: Deployment) -> ControlPlane:
 @pytest.fixture
 def namespace(deployment: Deployment, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"t-deploy-{request.node.name[5:15].replace('_', '-').strip('-')}"
-    deployment.kubectl("create", "namespace", name)
-    try:
+    with scratch_namespace(deployment.kubectl, name):
         yield name
-    finally:
-        deployment.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _secret_ca(deployment: Deployment) -> str:

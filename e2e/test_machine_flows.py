@@ -12,6 +12,7 @@ from capi_remote.api import (
     BASTION_HOST_KEY_FINGERPRINT_ANNOTATION,
     HOST_KEY_FINGERPRINT_ANNOTATION,
 )
+from capi_remote.kube.events import EVENTS
 from capi_remote.resources import (
     CLUSTERS,
     MACHINES,
@@ -23,8 +24,10 @@ from capi_remote_testbed import samples
 from capi_remote_testbed.samples import DEPLOYMENT_LABEL
 from e2e.bed import MACHINE_DEPLOYMENTS, NODES, Bed, BedFactory
 from reconcilers.pool import RECHECK_ANNOTATION, is_free
+from reconcilers.remotemachine import FORCE_RELEASE_ANNOTATION
 
 pytestmark = pytest.mark.integration
+SENTINEL = "/run/cluster-api/bootstrap-success.complete"
 
 
 async def _running(bed: Bed, machine: str, within: float = 120.0) -> None:
@@ -497,3 +500,61 @@ async def test_a_pool_host_given_a_host_key_policy_is_probed_at_once(make_bed: B
     )
     assert probed["state"] == "Healthy"
     assert probed["hostKeyFingerprint"] == host.host_key.fingerprint
+
+
+async def test_a_host_released_without_cleanup_is_not_claimed_until_cleaned(
+    make_bed: BedFactory,
+) -> None:
+    """A machine deleted with force-release leaves its bootstrap on the host (the success
+    sentinel, its state): the probe of the returned host finds it NotClean, says so once in an
+    Event, and the next machine waits for a clean host instead of failing with HostNotClean. Once
+    the admin cleans the host and asks for a re-check, the host is claimed again."""
+    bed = await make_bed(1)
+    host = bed.fleet.hosts[0]
+    pool = "dirty"
+    await bed.pooled(host.name, pool, host)
+    await bed.cluster("dirty")
+    data = await bed.bootstrap_secret("dirty-bootstrap")
+    await bed.remote_machine("dirty-0", {"pool": pool})
+    await bed.machine("dirty-0", "dirty", data)
+    await _running(bed, "dirty-0")
+    force = {"metadata": {"annotations": {FORCE_RELEASE_ANNOTATION: "true"}}}
+    await bed.kube.patch(REMOTE_MACHINES, bed.namespace, "dirty-0", force)
+    await bed.kube.delete(MACHINES, bed.namespace, "dirty-0")
+
+    async def returned_health() -> dict[str, object]:
+        """The health a probe of the returned host wrote (one that started after the release:
+        it names the generation the release made, and cleared the release's re-check mark)."""
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, host.name) or {}
+        health = (pooled.get("status") or {}).get("health") or {}
+        annotations = pooled["metadata"].get("annotations") or {}
+        if (
+            pooled["spec"].get("claim")
+            or RECHECK_ANNOTATION in annotations
+            or health.get("observedGeneration") != pooled["metadata"]["generation"]
+        ):
+            return {}
+        return dict(health)
+
+    def describe_host() -> str:
+        return bed.describe("pooledremotemachine", host.name)
+
+    health = await bed.wait_for("the returned host's probe", returned_health, 120, describe_host)
+    assert health["state"] == "NotClean", health
+    assert SENTINEL in str(health["message"]) and "state director" in str(health["message"])
+    events = await bed.kube.list(
+        EVENTS, bed.namespace, field_selector=f"involvedObject.name={host.name},reason=HostNotClean"
+    )
+    assert len(events["items"]) == 1, events["items"]
+
+    await bed.remote_machine("dirty-1", {"pool": pool})
+    await bed.machine("dirty-1", "dirty", data)
+    await _ready_reason(bed, "dirty-1", "WaitingForPoolMachine", 60)
+
+    # The admin cleans the host (the old node's process is gone with its Machine here) and asks
+    # for a re-check, as docs/troubleshooting.md says.
+    cleaned = host.exec_inside(["sh", "-c", f"rm -f {SENTINEL} && rm -rf /var/lib/capi-remote/*"])
+    assert cleaned.returncode == 0, cleaned
+    recheck = {"metadata": {"annotations": {RECHECK_ANNOTATION: "cleaned"}}}
+    await bed.kube.patch(POOLED_REMOTE_MACHINES, bed.namespace, host.name, recheck)
+    await _running(bed, "dirty-1", within=180)

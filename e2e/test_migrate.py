@@ -1,7 +1,8 @@
 """``capi-remote migrate`` on a management cluster that k0smotron's Remote Machine provider ran
 (issue 16): dry run, then a migration killed (SIGKILL) inside each of its steps and run again until
-it finishes, then the cluster lives on under capi-remote: a machine scaled up onto a reused host is
-bootstrapped for itself, scaled down with its cleanup, and everything is deleted; no bootstrap the
+it finishes, then the cluster lives on under capi-remote: a reused host (the reference's sentinel
+on it) is kept out of the pool as NotClean until cleaned, then bootstrapped for a machine scaled
+up onto it, which is scaled down with its cleanup, and everything is deleted; no bootstrap the
 reference ran runs again.
 
 The reference cannot be built here (its module is refused by the proxy), so a stand-in plays it,
@@ -55,7 +56,9 @@ from e2e.bed import (
     bed_factory,
 )
 from e2e.test_machine_flows import _ready_reason, _running
+from reconcilers.pool import RECHECK_ANNOTATION
 from tests.fixtures_hosts import HostsFactory
+from tests.support.namespaces import scratch_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +86,9 @@ def control_plane(toolchain: toolchain_module.Toolchain) -> Iterator[ControlPlan
 
 
 @pytest.fixture
-async def namespace(control_plane: ControlPlane) -> AsyncIterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
-    try:
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    with scratch_namespace(control_plane.kubectl, f"t-{uuid.uuid4().hex[:10]}") as name:
         yield name
-    finally:
-        control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
@@ -395,22 +394,33 @@ async def _migrate_and_live_on(bed: Bed, migrate: Migrate, hosts: dict[str, Host
     assert _runs(hosts["late"]) == 1
     assert _runs(hosts["cp"]) == 1 and _runs(hosts["worker"]) == 1
 
-    # Scale up onto the reused host: its sentinel is another machine's, so it waits until the
-    # host is cleaned, then it is bootstrapped for its new machine.
+    # Scale up: the pool's only free host is the reused one, whose sentinel is another
+    # machine's. Its probe finds it NotClean, so the new worker waits for a clean host instead of
+    # claiming it; once the host is cleaned and re-checked, it is bootstrapped for the new worker.
+    reused = hosts["reused"]
+
+    async def reused_not_clean() -> bool:
+        pooled = await bed.get(POOLED_REMOTE_MACHINES, reused.name) or {}
+        return ((pooled.get("status") or {}).get("health") or {}).get("state") == "NotClean"
+
+    await bed.wait_for("the reused host's probe to find it NotClean", reused_not_clean)
     await bed.kube.patch(MACHINE_DEPLOYMENTS, bed.namespace, "workers", {"spec": {"replicas": 2}})
 
     async def new_worker() -> str:
         for rm in await bed.list(REMOTE_MACHINES):
-            if rm["spec"].get("address") == hosts["reused"].address:
+            if rm["spec"].get("pool") == "workers" and not rm["spec"].get("address"):
                 return str(rm["metadata"]["name"])
         return ""
 
-    new = await bed.wait_for("a worker on the reused host", new_worker, 120)
-    await _ready_reason(bed, new, "HostNotClean", within=120)
-    assert _runs(hosts["reused"]) == 1
-    assert hosts["reused"].exec_inside(["rm", "-f", SENTINEL]).returncode == 0
+    new = await bed.wait_for("a new worker without a host", new_worker, 120)
+    await _ready_reason(bed, new, "WaitingForPoolMachine", within=120)
+    assert _runs(reused) == 1
+    assert reused.exec_inside(["rm", "-f", SENTINEL]).returncode == 0
+    recheck = {"metadata": {"annotations": {RECHECK_ANNOTATION: "cleaned"}}}
+    await bed.kube.patch(POOLED_REMOTE_MACHINES, bed.namespace, reused.name, recheck)
     await _running(bed, new, within=180)
-    assert _runs(hosts["reused"]) == 2
+    assert (await bed.get(REMOTE_MACHINES, new) or {})["spec"]["address"] == reused.address
+    assert _runs(reused) == 2
 
     # Scale down, removing the new machine: its cleanup runs (the sentinel goes).
     await bed.kube.patch(
@@ -423,7 +433,7 @@ async def _migrate_and_live_on(bed: Bed, migrate: Migrate, hosts: dict[str, Host
         return await bed.get(REMOTE_MACHINES, new) is None
 
     await bed.wait_for(f"{new} deleted", gone, 180)
-    assert hosts["reused"].exec_inside(["test", "-e", SENTINEL]).returncode != 0
+    assert reused.exec_inside(["test", "-e", SENTINEL]).returncode != 0
 
     # Delete the cluster: every machine goes; none was bootstrapped again.
     await bed.kube.delete(CLUSTERS, bed.namespace, "mig")

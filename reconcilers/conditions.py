@@ -48,6 +48,7 @@ CLAIMED: Final = "Claimed"  # an Event: the first start binds the machine to its
 STALE_CLAIM_RELEASED: Final = "StaleClaimReleased"
 #: the claimant was deleted (or made anew) before its first start: an ordinary release
 CLAIM_RELEASED: Final = "ClaimReleased"
+HOST_NOT_CLEAN: Final = "HostNotClean"  # also a RemoteMachine reason (capi_remote.ssh.errors)
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"
 

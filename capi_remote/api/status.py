@@ -243,16 +243,21 @@ class HostFacts:
     )
 
 
+HealthState = Literal["Healthy", "NotClean", "Untrusted", "Unreachable", "Unknown"]
+
+
 @attrs.frozen(kw_only=True)
 class Health:
-    state: Literal["Healthy", "Untrusted", "Unreachable", "Unknown"] | None = attrs.field(
+    state: HealthState | None = attrs.field(
         default=None,
         metadata=doc(
-            "Outcome of the last probe: Healthy (logged in), Untrusted (the host answered but"
-            " its key is not trusted: no hostKeyPolicy, or a key other than the trusted one),"
-            " Unreachable (any other failure), Unknown before the first probe or while a Secret"
-            " or ConfigMap it needs is missing. Only a host found Healthy by a probe of its"
-            " current spec (observedGeneration) is claimed."
+            "Outcome of the last probe: Healthy (logged in), NotClean (logged in, and an earlier"
+            " machine's bootstrap left its success sentinel or state there: clean the host, then"
+            " ask for a re-check), Untrusted (the host answered but its key is not trusted: no"
+            " hostKeyPolicy, or a key other than the trusted one), Unreachable (any other"
+            " failure), Unknown before the first probe or while a Secret or ConfigMap it needs is"
+            " missing. Only a host found Healthy by a probe of its current spec"
+            " (observedGeneration) is claimed."
         ),
     )
     reachable: bool | None = attrs.field(

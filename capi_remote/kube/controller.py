@@ -11,6 +11,8 @@ Invariants:
   the API server answers again (``retry_after_outage``), such keys run at once, their backoff
   forgotten.
 - A write ``Conflict`` (stale read) is retried with backoff quietly, as a requeue, not an error.
+  A write that finds the reconciled object itself deleted (``ObjectGone``, e.g. deleted while
+  the process was paused and its cache lagged) ends the reconcile quietly, not retried.
 - Every line logged during a reconcile names it: ``ctx.log`` is bound to ``controller``,
   ``namespace``, ``name`` and ``reconcile_id``, and the same fields are bound in structlog's
   context variables for code that logs without a ``ctx`` (merged by ``capi_remote.logs``).
@@ -32,7 +34,7 @@ import uuid
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from capi_remote.kube.client import ApiError, TransportError
+from capi_remote.kube.client import ApiError, Resource, TransportError
 from capi_remote.kube.metrics import (
     RESULT_ERROR,
     RESULT_REQUEUE,
@@ -44,7 +46,7 @@ from capi_remote.kube.queue import ShutDown
 from capi_remote.kube.ratelimit import RateLimiter
 from capi_remote.kube.ratelimited import RateLimitingQueue
 from capi_remote.kube.reconcile import ReconcileContext, Reconciler, Request, Result, TerminalError
-from capi_remote.kube.status import Conflict
+from capi_remote.kube.status import Conflict, ObjectGone
 
 DEFAULT_RECONCILE_TIMEOUT = 300.0
 DEFAULT_GRACE_PERIOD = 30.0
@@ -69,10 +71,12 @@ class Controller:
         rate_limiter: RateLimiter | None = None,
         metrics: Metrics,
         logger: FilteringBoundLogger | None = None,
+        resource: Resource | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a controller needs at least one worker, got {workers}")
         self.name = name
+        self.resource = resource  # the kind reconciled: what ObjectGone must name to be quiet
         self.workers = workers
         self.reconcile_timeout = reconcile_timeout
         self.queue: RateLimitingQueue[Request] = RateLimitingQueue(
@@ -204,6 +208,10 @@ class Controller:
             log.error("reconcile failed", exc_info=True)
             self._retry_after_error(request)
         except Exception as error:
+            if self._is_gone(error, request):
+                log.debug("object gone, not reconciled again", detail=str(error))
+                self._apply(request, Result())
+                return
             if timeout.expired():
                 log.error("reconcile timed out", timeout=self.reconcile_timeout, exc_info=True)
             elif _api_unavailable(error):
@@ -232,6 +240,13 @@ class Controller:
         else:
             self.queue.forget(request)
             self._controller_metrics.reconciled(RESULT_SUCCESS)
+
+    def _is_gone(self, error: Exception, request: Request) -> bool:
+        return (
+            isinstance(error, ObjectGone)
+            and error.resource == self.resource
+            and (error.namespace or "", error.name) == (request.namespace or "", request.name)
+        )
 
     def _retry_after_error(self, request: Request) -> None:
         self.queue.add_rate_limited(request)

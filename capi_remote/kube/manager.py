@@ -121,6 +121,7 @@ class Manager:
             reconcile_timeout=reconcile_timeout,
             rate_limiter=rate_limiter,
             metrics=self.metrics,
+            resource=for_,
         )
         return ControllerBuilder(self, controller, for_, selector, filtered=filtered)
 

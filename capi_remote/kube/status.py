@@ -4,7 +4,8 @@ Invariants:
 - ``patch_status`` sends nothing when the desired status equals the cached one, so a steady
   state produces no writes (CAPI's ResourceVersionStable check).
 - Every write carries the resourceVersion the decision was based on; a 409 Conflict surfaces as
-  :class:`Conflict` and the reconcile is retried against the newer object.
+  :class:`Conflict` and the reconcile is retried against the newer object; a 404 as
+  :class:`ObjectGone` (the object was deleted since).
 - A condition's ``lastTransitionTime`` moves only when its ``status`` changes;
   ``observedGeneration`` says which spec the condition describes.
 """
@@ -22,6 +23,16 @@ JSONDict = dict[str, Any]
 
 class Conflict(Exception):
     """The object changed since it was read; reconcile again from the fresh version."""
+
+
+class ObjectGone(ApiError):
+    """A write found no object (404): deleted since it was read. Still an ApiError (a caller
+    that expects the 404 goes on checking ``not_found``); the controller ends a reconcile whose
+    own object this is quietly, without a retry (its deletion's event is on the way)."""
+
+    def __init__(self, error: ApiError, resource: Resource, namespace: str | None, name: str):
+        super().__init__(error.status, error.reason, error.message)
+        self.resource, self.namespace, self.name = resource, namespace, name
 
 
 def now_rfc3339() -> str:
@@ -101,8 +112,7 @@ async def patch_status(
             resource, meta.get("namespace"), meta["name"], patch, subresource="status"
         )
     except ApiError as error:
-        if error.conflict:
-            raise Conflict(f"{resource.kind} {meta['name']} changed; retrying") from error
+        _raise_typed(error, resource, meta)
         raise
 
 
@@ -121,6 +131,13 @@ async def patch_object(
     try:
         return await client.patch(resource, meta.get("namespace"), meta["name"], patch)
     except ApiError as error:
-        if error.conflict:
-            raise Conflict(f"{resource.kind} {meta['name']} changed; retrying") from error
+        _raise_typed(error, resource, meta)
         raise
+
+
+def _raise_typed(error: ApiError, resource: Resource, meta: JSONDict) -> None:
+    """A write's 409 as :class:`Conflict`, its 404 as :class:`ObjectGone`; else return."""
+    if error.conflict:
+        raise Conflict(f"{resource.kind} {meta['name']} changed; retrying") from error
+    if error.not_found:
+        raise ObjectGone(error, resource, meta.get("namespace"), meta["name"]) from error

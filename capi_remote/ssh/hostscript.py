@@ -380,6 +380,9 @@ say section hostname
 cat /proc/sys/kernel/hostname
 say section addresses
 ip -o addr show 2>/dev/null
+say section leftovers
+if [ -e "$1" ]; then echo sentinel; fi
+if _links=$(stat -c %h -- "$2" 2>/dev/null); then echo "state-links $_links"; fi
 say section end
 """
 
@@ -499,9 +502,10 @@ def file_step(step: WriteFile | MakeDirectory, base: str) -> tuple[str, bytes]:
     return make_directory(base=base, path=step.path, mode=step.mode, owner=step.owner), b""
 
 
-def probe() -> str:
-    """Facts about the host, as ``capi-remote section <name>`` blocks (runs as the login user)."""
-    return _command("probe", _PROBE)
+def probe(*, sentinel: str, state_root: str) -> str:
+    """Facts about the host, as ``capi-remote section <name>`` blocks (runs as the login user),
+    and what a bootstrap left there (see :class:`capi_remote.ssh.probe.Leftovers`)."""
+    return _command("probe", _PROBE, sentinel, state_root)
 
 
 @attrs.frozen

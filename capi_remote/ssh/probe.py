@@ -1,6 +1,12 @@
-"""Preflight: can we reach, trust, log in and become root on a host, and what is it?"""
+"""Preflight: can we reach, trust, log in and become root on a host, and what is it?
+
+The probe's output is the host's to write: every section is parsed within a budget, and what a
+host says about its own leftovers can only make it look clean or not clean, never put its text
+into what we report (:class:`Leftovers` keeps a flag and a bounded count)."""
 
 from __future__ import annotations
+
+import re
 
 import attrs
 
@@ -26,6 +32,33 @@ class HostAddress:
 
 
 @attrs.frozen
+class Leftovers:
+    """What a bootstrap leaves on a host until a cleanup forgets it there: the success sentinel
+    and state directories (one per machine, one per cleanup). On a host about to be given to a
+    new machine, the sentinel makes that machine stop with ``HostNotClean``, and a state
+    directory means a bootstrap or cleanup that never finished.
+
+    Seen as the login user: the sentinel if its directory is searchable; the state directories
+    by the state root's link count (2 + its subdirectories on ext4, xfs and tmpfs; btrfs says 1,
+    so none are counted there), which needs no right to read the root-only state root."""
+
+    sentinel: str | None = None  # its path, when it exists
+    state_root: str = ""
+    state_dirs: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return self.sentinel is None and self.state_dirs == 0
+
+    def describe(self) -> str:
+        found = [f"the success sentinel {self.sentinel}"] if self.sentinel else []
+        if self.state_dirs:
+            plural = "y" if self.state_dirs == 1 else "ies"
+            found.append(f"{self.state_dirs} state director{plural} under {self.state_root}")
+        return " and ".join(found) or "nothing"
+
+
+@attrs.frozen
 class HostFacts:
     """What a preflight learned. ``privilege`` says how the runner becomes root there."""
 
@@ -41,6 +74,7 @@ class HostFacts:
     host_key_fingerprint: str
     privilege: PrivilegeMode
     bastion_host_key_fingerprint: str | None = None
+    leftovers: Leftovers = Leftovers()
 
 
 def probe(
@@ -63,7 +97,8 @@ def probe(
 def gather_facts(connection: Connection, target: Target, settings: SSHSettings) -> HostFacts:
     privilege = Privilege.for_credentials(target.credentials)
     privilege.check(connection, target.credentials.user, settings.command_timeout)
-    result = connection.exec(hostscript.probe(), timeout=settings.command_timeout)
+    command = hostscript.probe(sentinel=settings.sentinel_path, state_root=settings.state_root)
+    result = connection.exec(command, timeout=settings.command_timeout)
     sections = _sections(result.stdout)
     if "end" not in sections:
         raise RemoteError(connection.host, "the probe did not complete")
@@ -86,6 +121,7 @@ def gather_facts(connection: Connection, target: Target, settings: SSHSettings) 
         host_key_fingerprint=connection.host_key_fingerprint,
         bastion_host_key_fingerprint=connection.bastion_host_key_fingerprint,
         privilege=privilege.mode,
+        leftovers=_leftovers(sections.get("leftovers", []), settings),
     )
 
 
@@ -103,6 +139,25 @@ def _sections(stdout: bytes) -> dict[str, list[str]]:
 def _first(sections: dict[str, list[str]], name: str) -> str:
     lines = sections.get(name) or [""]
     return lines[0].strip()
+
+
+_LINKS = re.compile(r"state-links ([0-9]{1,9})")
+
+
+def _leftovers(lines: list[str], settings: SSHSettings) -> Leftovers:
+    """The section's first two lines, each a fixed word or a bounded number: a host can report
+    itself dirty or clean, and nothing else reaches the result."""
+    sentinel, links = False, 0
+    for line in (raw.strip() for raw in lines[:2] if len(raw) <= 32):
+        match = _LINKS.fullmatch(line)
+        if match:
+            links = int(match.group(1))
+        sentinel = sentinel or line == "sentinel"
+    return Leftovers(
+        sentinel=settings.sentinel_path if sentinel else None,
+        state_root=settings.state_root,
+        state_dirs=max(0, links - 2),
+    )
 
 
 def _os_release(lines: list[str]) -> dict[str, str]:

@@ -2,9 +2,11 @@
 SSH while it is free), mirrors its claim into status, and frees stale claims (the claim protocol
 itself is in ``claims.py``).
 
-Health states: ``Healthy`` (logged in), ``Untrusted`` (the host answered but its key is not the
-one the host-key policy trusts, or there is no policy to trust one), ``Unreachable`` (any other
-SSH failure), ``Unknown`` (the probe could not start: a Secret or ConfigMap it needs is missing).
+Health states: ``Healthy`` (logged in), ``NotClean`` (logged in, and a bootstrap's leftovers are
+there: released without a successful cleanup; a Warning Event when a probe first finds it so),
+``Untrusted`` (the host answered but its key is not the one the host-key policy trusts, or there
+is no policy to trust one), ``Unreachable`` (any other SSH failure), ``Unknown`` (the probe could
+not start: a Secret or ConfigMap it needs is missing). Only ``Healthy`` hosts are claimed.
 A free host is probed again at once when anything it is reached by changes: its spec (a new
 generation) or a Secret or ConfigMap its spec names (e.g. the known_hosts a policy points to)."""
 
@@ -37,6 +39,7 @@ from capi_remote.api import (
 )
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, SSHError
+from capi_remote.ssh.probe import Leftovers
 from reconcilers import conditions as c
 from reconcilers.pool.claims import (
     CLAIM_INDEX,
@@ -53,6 +56,7 @@ from reconcilers.secrets import SECRET_REF_INDEX, ObjectSource, pooled_secrets
 JSONDict = dict[str, Any]
 PROBE_INTERVAL = 300.0
 PROBE_RETRY = 5.0
+NOT_CLEAN = "NotClean"
 
 _log = structlog.get_logger("capi_remote.pool")
 
@@ -188,7 +192,7 @@ class PooledRemoteMachineReconciler:
         )
         due = _age(health.get("lastProbeTime")) >= PROBE_INTERVAL
         # A claimed host is the RemoteMachine's business: probing it would compete for sshd.
-        retry_soon = False
+        retry_soon, found_before = False, health.get("state")
         if (recheck or due) and not claim:
             health = {**await self.prober(obj), "observedGeneration": generation}
             # "Unknown": the probe could not even start (a Secret or ConfigMap it needs is not
@@ -199,6 +203,8 @@ class PooledRemoteMachineReconciler:
         # write's precondition, then the version it wrote): a re-check asked for or a spec
         # changed meanwhile makes them a Conflict, and the reconcile that follows probes anew.
         written = await patch_status(self.client, POOLED_REMOTE_MACHINES, obj, status)
+        if health.get("state") == NOT_CLEAN and found_before != NOT_CLEAN:
+            self.events.record(obj, "Warning", c.HOST_NOT_CLEAN, str(health.get("message")))
         annotations: dict[str, str | None] = {}
         if marked and not claim and not retry_soon:  # cleared only by a probe that ran
             annotations[RECHECK_ANNOTATION] = None
@@ -295,6 +301,21 @@ def _uses_another_host(machine: JSONDict, claim: JSONDict, pooled: JSONDict) -> 
     return bool(machine.get("spec", {}).get("address"))
 
 
+def _not_clean_message(leftovers: Leftovers) -> str:
+    """What a probe found and how to clean it (paths are our settings', never the host's text)."""
+    commands = []
+    if leftovers.sentinel:
+        commands.append(f"rm -f {leftovers.sentinel}")
+    if leftovers.state_dirs:
+        commands.append(f"rm -rf {leftovers.state_root}/*")
+    return (
+        f"found {leftovers.describe()}: an earlier machine's bootstrap, never cleaned up (released"
+        " after failed cleanups or with force-release). Reset what its node left (e.g. kubeadm"
+        f" reset, k0s reset), run {'; '.join(commands)} as root, then annotate the host with"
+        f" {RECHECK_ANNOTATION}=<any value> (docs/troubleshooting.md)"
+    )
+
+
 def probe_with(access: HostAccess) -> Prober:
     """A prober that logs into the pooled host and reports its health and facts."""
 
@@ -314,10 +335,13 @@ def probe_with(access: HostAccess) -> Prober:
                 "reachable": False,
                 "message": f"{error.reason}: {error.message}",
             }
+        leftovers = facts.leftovers
         return {
-            "state": "Healthy",
+            "state": "Healthy" if leftovers.clean else NOT_CLEAN,
             "reachable": True,
-            "message": f"logged in as {target.credentials.user}",
+            "message": f"logged in as {target.credentials.user}"
+            if leftovers.clean
+            else _not_clean_message(leftovers),
             "hostKeyFingerprint": facts.host_key_fingerprint,
             "bastionHostKeyFingerprint": facts.bastion_host_key_fingerprint,
             "facts": {

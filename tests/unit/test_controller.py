@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -24,12 +24,14 @@ from capi_remote.kube import (
     Result,
     TerminalError,
 )
-from capi_remote.kube.client import ApiError, TransportError
-from capi_remote.kube.status import Conflict
+from capi_remote.kube.client import ApiError, KubeClient, Resource, TransportError
+from capi_remote.kube.status import Conflict, patch_status
 from capi_remote.logs import configure
 
 pytestmark = pytest.mark.timeout(60)  # a hang guard for regressions, not a speed target
 
+JSONDict = dict[str, Any]
+MACHINES = Resource("infrastructure.cluster.x-k8s.io", "v1beta2", "remotemachines", "RemoteMachine")
 A = Request("default", "a")
 B = Request("default", "b")
 
@@ -135,6 +137,7 @@ def make_controller(
         reconcile_timeout=reconcile_timeout,
         rate_limiter=limiter if limiter is not None else RecordingRateLimiter(),
         metrics=Metrics(registry),
+        resource=MACHINES,
     )
 
 
@@ -313,6 +316,60 @@ async def test_a_write_conflict_is_a_quiet_requeue_not_an_error() -> None:
     assert reconciles(registry, "requeue") == 1
     assert reconciles(registry, "error") == 0
     assert not [entry for entry in logs if entry["log_level"] == "error"]
+
+
+class DeletedMeanwhile:
+    """A KubeClient for which every object was deleted: a write answers 404."""
+
+    async def patch(
+        self, resource: Resource, namespace: str | None, name: str, *_: Any, **__: Any
+    ) -> Any:
+        raise ApiError(404, "NotFound", f'{resource.plural} "{name}" not found')
+
+
+def write_status_of(resource: Resource, name: str) -> Step:
+    """A reconcile that writes the status of ``name`` as its cache last showed it."""
+
+    async def write(ctx: ReconcileContext, request: Request) -> Result:
+        cached = {"metadata": {"namespace": "default", "name": name, "resourceVersion": "7"}}
+        client = cast(KubeClient, DeletedMeanwhile())
+        await patch_status(client, resource, cached, {"ready": True})
+        return Result()
+
+    return write
+
+
+async def test_a_write_finding_the_reconciled_object_deleted_ends_quietly() -> None:
+    # After a pause (SIGSTOP) the cache still shows objects deleted meanwhile: their reconciles
+    # write, get a 404, and there is nothing left to do.
+    registry = CollectorRegistry()
+    limiter = RecordingRateLimiter()
+    reconciler = ScriptedReconciler(write_status_of(MACHINES, A.name))
+    controller = make_controller(reconciler, registry, limiter)
+    logs = await reconcile_a(controller, reconciler, 1)
+    assert limiter.delays == [], "not reconciled again"
+    assert (reconciles(registry, "success"), reconciles(registry, "error")) == (1, 0)
+    assert [entry["log_level"] for entry in logs if entry["log_level"] != "debug"] == []
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        write_status_of(MACHINES, "b"),  # another object of the same kind
+        write_status_of(Resource("", "v1", "secrets", "Secret"), A.name),  # same name, other kind
+    ],
+)
+async def test_a_write_finding_another_object_deleted_is_an_error(other: Step) -> None:
+    registry = CollectorRegistry()
+    limiter = RecordingRateLimiter()
+    reconciler = ScriptedReconciler(other, succeed)
+    controller = make_controller(reconciler, registry, limiter)
+    logs = await reconcile_a(controller, reconciler, 2)
+    assert limiter.delays == [0.001]
+    assert reconciles(registry, "error") == 1
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
+        "reconcile failed"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import contextlib
 import copy
 from typing import Any, cast
 
+import attrs
 import pytest
 import structlog
 
@@ -19,12 +20,18 @@ from capi_remote import ApiError, Conflict, Informer, KubeClient, ReconcileConte
 from capi_remote.kube.client import Resource
 from capi_remote.resources import POOLED_REMOTE_MACHINES, REMOTE_MACHINES
 from capi_remote.ssh import HostKeyMismatch, HostKeyUnknown, HostUnreachable, SSHError
+from capi_remote.ssh.credentials import Credentials
+from capi_remote.ssh.hostkeys import HostKeyPolicy
+from capi_remote.ssh.probe import HostFacts, Leftovers
+from capi_remote.ssh.settings import SSHSettings
+from capi_remote.ssh.target import Target
 from reconcilers.pool import RECHECK_ANNOTATION, is_free
 from reconcilers.pool import reconciler as pool
 from reconcilers.pool.reconciler import PooledRemoteMachineReconciler
 from reconcilers.remote import HostAccess
 from tests.support.events import RecordedEvents
 from tests.support.merge_patch import apply_merge_patch
+from tests.unit.test_first_use_pins import facts
 
 JSONDict = dict[str, Any]
 NAMESPACE, NAME = "tenant", "rack1-node3"
@@ -336,3 +343,70 @@ async def test_a_host_that_answers_with_an_untrusted_key_is_untrusted_not_unreac
     assert str(health["message"]).startswith(f"{error.reason}: ")
     taken = {**pooled_host(), "status": {"health": health}}
     assert is_free(taken) is (state not in ("Untrusted", "Unreachable"))
+
+
+class _Found:
+    """A HostAccess whose probe logs in and finds ``leftovers``."""
+
+    def __init__(self, leftovers: Leftovers) -> None:
+        self.leftovers = leftovers
+
+    def target_for(self, namespace: str, spec: JSONDict, pins: dict[str, str]) -> Target:
+        return Target(
+            address="192.0.2.10",
+            credentials=Credentials(user="root", password="x"),
+            host_key=HostKeyPolicy.skip_verification(),
+        )
+
+    async def probe(self, target: Target) -> HostFacts:
+        return attrs.evolve(facts("SHA256:" + "A" * 43), leftovers=self.leftovers)
+
+
+DIRTY = Leftovers(
+    sentinel=SSHSettings().sentinel_path, state_root="/var/lib/capi-remote", state_dirs=2
+)
+
+
+async def test_a_host_with_a_bootstraps_leftovers_is_not_clean_and_not_claimable() -> None:
+    health = await pool.probe_with(cast(HostAccess, _Found(DIRTY)))(pooled_host())
+    assert (health["state"], health["reachable"]) == ("NotClean", True)
+    message = str(health["message"])
+    assert "the success sentinel /run/cluster-api/bootstrap-success.complete" in message
+    assert "2 state directories under /var/lib/capi-remote" in message
+    assert "rm -f /run/cluster-api/bootstrap-success.complete; rm -rf /var/lib/capi-remote/*" in (
+        message
+    )
+    assert RECHECK_ANNOTATION in message
+    assert health["facts"]["hostname"] == "h", "facts are still reported"
+    assert not is_free({**pooled_host(), "status": {"health": {**health, "observedGeneration": 1}}})
+
+    clean = await pool.probe_with(cast(HostAccess, _Found(Leftovers())))(pooled_host())
+    assert (clean["state"], clean["message"]) == ("Healthy", "logged in as root")
+
+
+async def test_a_dirty_host_is_reported_once_and_a_cleaned_one_is_healthy_again(
+    frozen_clock: None,
+) -> None:
+    bed = Bed(pooled_host(annotations={RECHECK_ANNOTATION: "true"}))
+    events = RecordedEvents()
+    bed.reconciler.events = events.as_recorder()
+    not_clean = {"state": "NotClean", "reachable": True, "message": "found the sentinel"}
+
+    async def recheck(result: JSONDict) -> str:
+        bed.prober.result = result
+        ask = {"metadata": {"annotations": {RECHECK_ANNOTATION: str(len(bed.prober.probed))}}}
+        await bed.server.patch(POOLED_REMOTE_MACHINES, NAMESPACE, NAME, ask)
+        bed.catch_up()
+        await bed.reconcile()
+        bed.catch_up()
+        assert RECHECK_ANNOTATION not in bed.server.annotations(), "the re-check was answered"
+        return str(bed.server.obj["status"]["health"]["state"])
+
+    assert await recheck(not_clean) == "NotClean"
+    assert not is_free(bed.server.obj)
+    assert await recheck(not_clean) == "NotClean", "not cleaned yet"
+    assert events.recorded == [(NAME, "Warning", "HostNotClean", "found the sentinel")]
+    assert await recheck(HEALTHY) == "Healthy"
+    assert is_free(bed.server.obj)
+    assert await recheck(not_clean) == "NotClean"
+    assert events.reasons() == ["HostNotClean", "HostNotClean"], "a new finding, a new Event"

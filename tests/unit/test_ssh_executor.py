@@ -378,7 +378,7 @@ def start_detached(host: Host, index: int, step: RunCommand, uid: str = "m1") ->
 
 
 def test_a_step_still_running_is_awaited_not_started_again(host: Host) -> None:
-    slow = RunCommand(shell=f"echo ran >> {host.path('/counters/slow')}; sleep 1.5; echo finished")
+    slow = RunCommand(shell=f"echo ran >> {host.path('/counters/slow')}; sleep 4; echo finished")
     plan = plan_of(host.count("a"), slow, host.finish_step())
     host.state().joinpath("steps").mkdir(parents=True)
     host.state().joinpath("plan").write_text(plan.digest + "\n")
@@ -414,14 +414,24 @@ def test_a_started_step_whose_process_vanished_is_reported(host: Host) -> None:
     assert [s.status for s in result.steps] == ["ran", "ran"] and host.counter("a") == 1
 
 
+def once_counted(host: Host, name: str, event: threading.Event) -> None:
+    """Set ``event`` once the step that counts ``name`` has begun (not after a fixed delay: on a
+    loaded machine the job may not have reached the step yet)."""
+
+    def watch() -> None:
+        while not host.counter(name) and not event.is_set():
+            time.sleep(0.05)
+        event.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def test_a_step_past_its_deadline_is_killed(host: Host) -> None:
     token = f"{os.getpid()}.{time.monotonic_ns() % 1000}"
     step = RunCommand(shell=f"echo started; sleep 3{token}")
     plan = plan_of(step, host.finish_step())
-    start = time.monotonic()
-    with pytest.raises(StepTimeout) as timeout:
+    with pytest.raises(StepTimeout) as timeout:  # the step alone would sleep for days
         host.run(plan, step_timeout=0.5)
-    assert time.monotonic() - start < 5
     assert timeout.value.output_tail == "started\n"
     found = subprocess.run(["pgrep", "-f", f"sleep 3{token}"], capture_output=True, check=False)
     assert found.stdout == b"", "the step's processes are gone"
@@ -438,13 +448,11 @@ def test_the_job_deadline_applies_to_steps(host: Host) -> None:
 
 
 def test_a_job_deadline_of_its_own_overrides_the_runners(host: Host) -> None:
-    roomy = attrs.evolve(host.settings, job_timeout=600.0)
-    plan = plan_of(RunCommand(shell="sleep 5"))
+    roomy = attrs.evolve(host.settings, job_timeout=3600.0)
+    plan = plan_of(RunCommand(shell="sleep 3600"))  # only the job's own deadline ends it
     job = Job(target=TARGET, plan=plan, machine_uid="m1", job_timeout=1.0)
-    start = time.monotonic()
     with pytest.raises(JobTimeout, match="within 1 s"):
         execute(job, LocalConnection(), roomy, owner=OWNER)
-    assert time.monotonic() - start < 4
 
 
 def test_cancel_kills_the_running_step(host: Host) -> None:
@@ -452,7 +460,7 @@ def test_cancel_kills_the_running_step(host: Host) -> None:
     step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 4{token}")
     job = Job(target=TARGET, plan=plan_of(step, host.count("b")), machine_uid="m1")
     cancel = threading.Event()
-    threading.Timer(0.7, cancel.set).start()
+    once_counted(host, "a", cancel)
     with pytest.raises(JobCancelled):
         execute(job, LocalConnection(), host.settings, owner=OWNER, cancel=cancel)
     assert host.counter("a") == 1 and host.counter("b") == 0
@@ -463,18 +471,16 @@ def test_cancel_kills_the_running_step(host: Host) -> None:
 
 def test_detach_stops_waiting_but_leaves_the_step_to_the_next_owner(host: Host) -> None:
     token = f"{os.getpid()}{time.monotonic_ns() % 1009}"
-    step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 2.{token}; echo end")
+    step = RunCommand(shell=f"echo ran >> {host.path('/counters/a')}; sleep 5.{token}; echo end")
     plan = plan_of(step, host.count("b"), host.finish_step())
     job = Job(target=TARGET, plan=plan, machine_uid="m1")
     detach = threading.Event()
-    threading.Timer(0.7, detach.set).start()
-    start = time.monotonic()
+    once_counted(host, "a", detach)
     with pytest.raises(JobDetached) as detached:
         execute(job, LocalConnection(), host.settings, owner=OWNER, detach=detach)
-    assert time.monotonic() - start < 1.5, "stopped waiting promptly"
     assert detached.value.reason == "JobDetached" and detached.value.retryable
-    found = subprocess.run(["pgrep", "-f", f"sleep 2.{token}"], capture_output=True, check=False)
-    assert found.stdout != b"", "the step was not killed"
+    found = subprocess.run(["pgrep", "-f", f"sleep 5.{token}"], capture_output=True, check=False)
+    assert found.stdout != b"", "the step was not killed (nor waited for)"
     base = host.state() / "steps" / step_name(0, step)
     assert base.with_suffix(".start").exists() and base.with_suffix(".pid").exists()
     assert not base.with_suffix(".rc").exists()

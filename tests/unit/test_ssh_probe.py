@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from capi_remote.ssh.credentials import Credentials
 from capi_remote.ssh.errors import RemoteError, SudoFailed
 from capi_remote.ssh.hostkeys import HostKeyPolicy
-from capi_remote.ssh.probe import HostAddress, probe
+from capi_remote.ssh.probe import HostAddress, Leftovers, probe
 from capi_remote.ssh.settings import SSHSettings
 from capi_remote.ssh.target import Target
 from capi_remote.ssh.transport import ExecResult, Poll
+from tests.unit.test_ssh_executor import LocalConnector
 
 PROBE_OUTPUT = b"""capi-remote begin
 capi-remote section os-release
@@ -120,3 +123,73 @@ def test_a_truncated_probe_is_an_error() -> None:
     connection = ScriptedConnection(ExecResult(0, cut, b""))
     with pytest.raises(RemoteError, match="did not complete"):
         probe(target("root"), SSHSettings(), connector=ScriptedConnector(connection))
+
+
+def _with_leftovers(*lines: bytes) -> bytes:
+    section = b"".join(line + b"\n" for line in lines)
+    end = b"capi-remote section end\n"
+    return PROBE_OUTPUT.replace(end, b"capi-remote section leftovers\n" + section + end)
+
+
+def _leftovers_of(stdout: bytes) -> Leftovers:
+    connection = ScriptedConnection(ExecResult(0, stdout, b""))
+    return probe(target("root"), SETTINGS, connector=ScriptedConnector(connection)).leftovers
+
+
+SETTINGS = SSHSettings(state_root="/var/lib/capi-remote")
+
+
+def test_a_host_without_leftovers_is_clean() -> None:
+    assert _leftovers_of(_with_leftovers(b"state-links 2")).clean
+    assert _leftovers_of(PROBE_OUTPUT).clean, "no section (an older probe): nothing found"
+
+
+def test_the_sentinel_and_state_directories_are_leftovers() -> None:
+    found = _leftovers_of(_with_leftovers(b"sentinel", b"state-links 4"))
+    assert not found.clean
+    assert found.sentinel == SETTINGS.sentinel_path
+    assert found.describe() == (
+        f"the success sentinel {SETTINGS.sentinel_path}"
+        " and 2 state directories under /var/lib/capi-remote"
+    )
+    assert _leftovers_of(_with_leftovers(b"state-links 3")).describe() == (
+        "1 state directory under /var/lib/capi-remote"
+    )
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        (b"state-links 9999999999",),  # more digits than any real count
+        (b"state-links \xd9\xa3",),  # a digit, but not an ASCII one
+        (b"state-links 2 and more",),
+        (b"sentinel" + b" " * 100_000 + b"x",),
+        (b"state-links 2", b"state-links 2", b"sentinel"),  # only two lines are read
+        (b"$(rm -rf /)",),
+    ],
+)
+def test_a_host_can_say_only_clean_or_not_clean(lines: tuple[bytes, ...]) -> None:
+    # The section is the host's to write: whatever it says, what comes back is the flag and a
+    # bounded count, and the description is made of our own paths.
+    found = _leftovers_of(_with_leftovers(*lines))
+    assert found == Leftovers(state_root="/var/lib/capi-remote")
+
+
+def test_the_probe_finds_leftovers_on_the_host(tmp_path: Path) -> None:
+    settings = SSHSettings(
+        state_root=str(tmp_path / "state"), sentinel_path=str(tmp_path / "run/bootstrap.complete")
+    )
+
+    def leftovers() -> Leftovers:
+        # The helper itself, run by the local sh against a stand-in filesystem.
+        return probe(target("root"), settings, connector=LocalConnector()).leftovers
+
+    assert leftovers().clean, "no state root at all"
+    (tmp_path / "state").mkdir()
+    assert leftovers().clean, "an empty state root: everything was forgotten"
+    (tmp_path / "state/uid-1/steps").mkdir(parents=True)
+    (tmp_path / "state/uid-1.cleanup").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/bootstrap.complete").touch()
+    found = leftovers()
+    assert (found.sentinel, found.state_dirs) == (settings.sentinel_path, 2)
