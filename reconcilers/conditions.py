@@ -43,8 +43,11 @@ PROVISIONING_JOB_FAILED: Final = "ProvisioningJobFailed"
 PROVISIONING_JOB_INVALID: Final = "ProvisioningJobInvalid"
 IMAGE_LACKS_SSH: Final = "ImageLacksSSH"
 HOST_PINS_RESTORED: Final = "HostPinsRestored"  # an Event
+CLAIMED: Final = "Claimed"  # an Event: the first start binds the machine to its pooled host
 # PooledRemoteMachine Events (reconcilers/pool/)
 STALE_CLAIM_RELEASED: Final = "StaleClaimReleased"
+#: the claimant was deleted (or made anew) before its first start: an ordinary release
+CLAIM_RELEASED: Final = "ClaimReleased"
 HOST_NOT_CLEAN: Final = "HostNotClean"  # also a RemoteMachine reason (capi_remote.ssh.errors)
 DELETING: Final = "Deleting"
 CLEANUP_FAILED: Final = "CleanupFailed"

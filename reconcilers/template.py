@@ -7,7 +7,10 @@ Capacity is that of the smallest healthy host, so a scale-up never promises more
 A template is summarised at most once per :data:`SUMMARY_INTERVAL`: every change of a pooled host
 wakes it, and a scale-up of a MachineDeployment changes every host of the pool within seconds, so
 summarising (a pass over the pool) and writing on each of those events cost N² for N hosts and a
-template status write per machine. Its status may lag the pool by that long.
+template status write per machine (each claim changes ``available``; at 5 s a scale-up still
+wrote it every 5 s, 0.36 writes per machine in E2 at 100). Its status may lag the pool by that
+long: ``available`` is for people, and what the autoscaler reads (capacity, nodeInfo) changes
+only with the hosts themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from reconcilers.pool import is_free, pool_informer, pool_members
 JSONDict = dict[str, Any]
 TEMPLATE_POOL_INDEX = "pool"
 #: Seconds between two summaries of one template (see above).
-SUMMARY_INTERVAL = 5.0
+SUMMARY_INTERVAL = 30.0
 
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 

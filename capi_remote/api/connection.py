@@ -284,9 +284,8 @@ class MachineSpecBase(ConnectionSpec):
     provider_id: str | None = attrs.field(
         default=None,
         metadata=doc(
-            "Provider ID, `remote-machine://<address>:<port>`, set once the host is known"
-            " (with the finalizer or the pooled host's claim); Cluster API reads it once"
-            " provisioned.",
+            "Provider ID, `remote-machine://<address>:<port>`, set with the finalizer just"
+            " before the first bootstrap starts; Cluster API reads it once provisioned.",
             json_name="providerID",
             min_length=1,
             max_length=512,

@@ -169,7 +169,11 @@ class PooledRemoteMachineReconciler:
                 # Moved by clusterctl before its claimant, maybe: wait for it a little.
                 return Result(requeue_after=min(young, PROBE_RETRY))
             if await release_stale(self.client, obj, claim, _log):
-                self.events.record(obj, "Warning", c.STALE_CLAIM_RELEASED, stale)
+                reason, message = stale
+                if reason == c.CLAIM_RELEASED:
+                    self.events.record(obj, "Normal", reason, message)
+                else:
+                    self.events.record(obj, "Warning", reason, message)
             return Result()  # the release's own event brings us back
         status = copy.deepcopy(obj.get("status") or {})
         status["reserved"] = bool(claim)
@@ -247,16 +251,20 @@ class PooledRemoteMachineReconciler:
         )
         return True
 
-    async def _why_stale(self, claim: JSONDict, pooled: JSONDict) -> str | None:
-        """Why the claim counts for nobody (None: it may be valid): it names another namespace's
-        RemoteMachine (never valid, and that namespace is not read), or its RemoteMachine is
-        gone, another object now (same name, new UID), or went to another host (it claimed two
-        at once, e.g. two controllers raced for it). Gone and moved are decided on a fresh
-        read: the cache may lag."""
+    async def _why_stale(self, claim: JSONDict, pooled: JSONDict) -> tuple[str, str] | None:
+        """Why the claim counts for nobody, as an Event's reason and message (None: it may be
+        valid). Its RemoteMachine is gone or another object now (same name, new UID): deleted
+        before its first start, which alone gives it the finalizer that releases the claim
+        itself, so an ordinary deletion (``ClaimReleased``). A Warning (``StaleClaimReleased``):
+        it names another namespace's RemoteMachine (never valid, and that namespace is not
+        read), or one that went to another host (it claimed two at once, e.g. two controllers
+        raced for it). Gone and moved are decided on a fresh read: the cache may lag."""
         namespace, name = claim.get("namespace"), claim.get("name")
         who = f"the claim of RemoteMachine {namespace}/{name}"
         if namespace != pooled["metadata"]["namespace"]:
-            return f"released {who}: a claim counts only within the host's own namespace"
+            return c.STALE_CLAIM_RELEASED, (
+                f"released {who}: a claim counts only within the host's own namespace"
+            )
         cached = self.machines.get_by_name(str(namespace), str(name))
         if cached is not None and not _uses_another_host(cached, claim, pooled):
             return None
@@ -264,13 +272,13 @@ class PooledRemoteMachineReconciler:
             fresh = await self.client.get(REMOTE_MACHINES, str(namespace), str(name))
         except ApiError as error:
             if error.not_found:
-                return f"released {who}: it does not exist"
+                return c.CLAIM_RELEASED, f"released {who}: it does not exist"
             raise
         moved = bound_here(fresh, pooled)  # clusterctl move: a new UID, the same binding
         if claim.get("uid") and fresh["metadata"].get("uid") != claim["uid"] and not moved:
-            return f"released {who}: UID {claim['uid']} no longer exists"
+            return c.CLAIM_RELEASED, f"released {who}: UID {claim['uid']} no longer exists"
         if _uses_another_host(fresh, claim, pooled):
-            return f"released {who}: it uses another host"
+            return c.STALE_CLAIM_RELEASED, f"released {who}: it uses another host"
         return None
 
 

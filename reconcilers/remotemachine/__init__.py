@@ -3,8 +3,8 @@ short: ``reconciler.py`` dispatches, ``provision.py`` is the flow over the ``bac
 protocol, ``runner_backend.py`` and ``job_backend.py`` run attempts, ``cleanup.py`` deletes,
 ``nodelink.py`` keeps a provisioned machine linked to its Node, ``watches.py`` wires it all."""
 
-from reconcilers.remotemachine.cleanup import FINALIZER, FORCE_RELEASE_ANNOTATION
-from reconcilers.remotemachine.machinestatus import provider_id
+from reconcilers.remotemachine.cleanup import FORCE_RELEASE_ANNOTATION
+from reconcilers.remotemachine.machinestatus import FINALIZER, provider_id
 from reconcilers.remotemachine.watches import setup
 from reconcilers.secrets import referenced_secrets
 

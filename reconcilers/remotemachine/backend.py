@@ -30,8 +30,8 @@ JSONDict = dict[str, Any]
 @attrs.frozen
 class Machine:
     """One reconcile's view of a RemoteMachine, for its backend: the object as read (holding a
-    pooled host, with exactly that host's pins), and its spec as the typed model (converted
-    once; every default comes from the model)."""
+    pooled host, bound to it with exactly that host's pins), and its spec as the typed model
+    (converted once; every default comes from the model)."""
 
     rm: JSONDict
     spec: RemoteMachineSpec
@@ -39,6 +39,9 @@ class Machine:
     request: Request
     log: FilteringBoundLogger  # the reconcile's (it carries the reconcile id)
     pooled: JSONDict | None = None  # the pooled host it holds: where its pins are recorded
+    #: the object as read, where ``rm`` shows more than the API holds yet: a pooled machine
+    #: bound to the host it claimed, which its first start records (None: ``rm`` as read)
+    read: JSONDict | None = None
 
     @property
     def max_attempts(self) -> int:

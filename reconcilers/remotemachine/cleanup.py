@@ -1,6 +1,12 @@
 """Deletion of a RemoteMachine: stop its attempt, clean the host, give it back to its pool, then
 drop the finalizer and everything remembered about the machine.
 
+Our finalizer is the record that the host was touched: it is written just before the first
+attempt starts (``ProvisionFlow``), never earlier, so a machine without it was never touched and
+its deletion needs nothing (a pool claim it held is released by the pool reconciler), and every
+deletion of a machine with it cleans the host, whatever status and memory say (a controller
+restarted inside an attempt's first progress interval knows nothing else of it).
+
 The host cleanup always runs on the controller's runner (also for provisionJob machines, after
 their Jobs' Pods are gone). Failed cleanup attempts back off, so a host still busy with a
 just-cancelled bootstrap step is not declared dirty within a second; after
@@ -24,13 +30,13 @@ from reconcilers.hostjobs import HostJobs, JobState
 from reconcilers.pool import held_host, release_held, with_host_pins
 from reconcilers.remote import Deadlines, HostAccess, MissingSecret, NotYetKnown, cleanup_commands
 from reconcilers.remotemachine.backend import Backend
+from reconcilers.remotemachine.machinestatus import FINALIZER
 from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.provision import NOT_YET_KNOWN_RETRY
 from reconcilers.remotemachine.writer import Writer
 
 JSONDict = dict[str, Any]
-FINALIZER = "remotemachine.k0smotron.io/finalizer"  # the reference's, so its objects just work
 FORCE_RELEASE_ANNOTATION = "remote.infrastructure.cluster.x-k8s.io/force-release"
 
 
@@ -74,10 +80,7 @@ class Deletion:
         if not remembered.cleanup_attempts:
             remembered.retry_at = 0.0  # a bootstrap's backoff does not delay the cleanup
         forced = FORCE_RELEASE_ANNOTATION in meta.get("annotations", {})
-        # Status records an attempt only from its first progress write on: an attempt started
-        # and not recorded yet is in memory, and its host needs the cleanup too.
-        touched = bool((rm.get("status") or {}).get("bootstrap")) or remembered.started is not None
-        if touched and rm["spec"].get("address") and not forced:
+        if rm["spec"].get("address") and not forced:
             pending = await self._cleanup(rm, request, self.jobs.state(uid))
             if pending is not None:
                 return pending

@@ -1,5 +1,6 @@
 """Small pure helpers on a RemoteMachine's status dict: conditions kept true, the v1beta1
-failure fields, the phase and reason the flow decides on; and its providerID."""
+failure fields, the phase and reason the flow decides on; and its record before a start (our
+finalizer, its providerID)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from reconcilers import conditions as c
 from reconcilers.common import mark
 
 JSONDict = dict[str, Any]
+FINALIZER = "remotemachine.k0smotron.io/finalizer"  # the reference's, so its objects just work
 
 
 def provider_id(address: str, port: int) -> str:
@@ -21,10 +23,20 @@ def provider_id(address: str, port: int) -> str:
     return f"remote-machine://{host}:{port}"
 
 
+def recorded(desired: JSONDict) -> JSONDict:
+    """``desired`` (a RemoteMachine about to be written just before its host is first touched)
+    as the API must hold it from then on: our finalizer, the record that the host may hold our
+    state (its deletion cleans the host), and its providerID."""
+    finalizers = desired["metadata"].setdefault("finalizers", [])
+    if FINALIZER not in finalizers:
+        finalizers.append(FINALIZER)
+    return with_provider_id(desired)
+
+
 def with_provider_id(desired: JSONDict) -> JSONDict:
     """``desired`` (a RemoteMachine about to be written) with its providerID, when its host is
-    known and it has none yet: set in a write the machine needs anyway (the finalizer, the
-    claimed host), not in one of its own at the end. Cluster API reads it only once the machine
+    known and it has none yet: set in a write the machine needs anyway (the record before the
+    first start), not in one of its own at the end. Cluster API reads it only once the machine
     is provisioned. The annotation says it was set before any bootstrap, for this UID."""
     spec = desired.get("spec") or {}
     if spec.get("providerID") or not spec.get("address"):

@@ -1,8 +1,10 @@
 """What the RemoteMachine controller remembers about a machine between reconciles, in one place.
 
 In memory on purpose: after a restart one early retry is harmless, every entry is bounded by the
-number of machines, and the API (status, Jobs) stays the record. Invariant: everything kept for a
-machine is dropped by one :meth:`MachineMemory.forget` when its finalizer goes.
+number of machines, and the API (status, Jobs, our finalizer) stays the record. Invariant:
+everything kept for a machine is dropped by one :meth:`MachineMemory.forget` when its finalizer
+goes, or, for a machine that never got it (it never started), when it is deleted
+(``watches.py``).
 """
 
 from __future__ import annotations

@@ -20,9 +20,13 @@ class AttemptPolicy:
     cleanup_lock_patience: float = 180.0
     #: how often a job looks again at a host another job holds locked
     lock_retry: float = 10.0
-    #: a running attempt's progress ("step k of n") is written at most this often, the first
-    #: time this long after its start (an attempt that ends sooner writes only its outcome)
-    progress_interval: float = 10.0
+    #: a running attempt's progress ("step k of n") is written this long after its start
+    #: first: most bootstraps (a kubeadm join, the 30 s of benchmark E2) end sooner and write
+    #: only their outcome, so a progress write each cost the API server and Cluster API (each
+    #: RemoteMachine write is a Machine reconcile) a write per machine for nothing
+    first_progress: float = 45.0
+    #: ... and then at most this often, the latest state each time
+    progress_interval: float = 15.0
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1)))

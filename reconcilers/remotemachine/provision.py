@@ -13,10 +13,15 @@ Invariants:
 - An attempt that found the host locked by another job did not run: it is not spent.
 - An outcome is recorded once (a Job's outcome is seen on every reconcile): its Events only go
   with a status write that changed something.
+- Before an attempt starts, the API holds our finalizer (:meth:`ProvisionFlow._write_record`): the
+  record that the host may hold our state, which its deletion then cleans. It is the machine's
+  first object write, with its providerID and a claimed pooled host's spec.
 - An attempt's start writes no status (its Event says it started), unless status says Failed,
-  which is no longer true; a running attempt's progress is written at most every
-  ``AttemptPolicy.progress_interval``, the latest state always; an outcome at once. A quick
-  bootstrap costs one status write: its outcome.
+  which is no longer true; a running attempt's progress is written
+  ``AttemptPolicy.first_progress`` after the start (``progress_interval`` when status shows
+  anything, e.g. a wait that ended), then at most every ``progress_interval``, the latest state
+  always; an outcome at once. A bootstrap shorter than that costs one status write: its
+  outcome.
 - Every write goes through the :class:`Writer`.
 """
 
@@ -26,12 +31,14 @@ import copy
 import time
 from typing import Any
 
+import attrs
+
 from capi_remote import Result
 from capi_remote.bootstrap import BootstrapParseError
 from capi_remote.ssh import InvalidCredentials
 from reconcilers import conditions as c
 from reconcilers.common import mark
-from reconcilers.pool import first_use_pins
+from reconcilers.pool import first_use_pins, with_host_pins
 from reconcilers.remote import InvalidSpec, MissingSecret, NotYetKnown
 from reconcilers.remotemachine.backend import Backend, Finished, Machine, NotReady, Running
 from reconcilers.remotemachine.jobtemplate import InvalidProvisionJob
@@ -39,6 +46,7 @@ from reconcilers.remotemachine.machinestatus import (
     clear_failure,
     condition,
     ready_reason,
+    recorded,
     set_failure,
 )
 from reconcilers.remotemachine.memory import InputKey, MachineMemory
@@ -100,7 +108,7 @@ class ProvisionFlow:
 
     async def _running(self, m: Machine, status: JSONDict, seen: Running) -> Result:
         """Progress is coalesced: written at most every ``progress_interval``, the first time
-        that long after the start; a wake-up before then looks again when it is due, so the
+        ``first_progress`` after the start; a wake-up before then looks again when it is due, so the
         latest state is always written (an outcome is written at once, by ``_record``)."""
         remembered = self.memory[m.uid]
         due = remembered.progress_due - time.monotonic()
@@ -325,6 +333,8 @@ class ProvisionFlow:
                 self.writer.event(rm, "Warning", c.INVALID_BOOTSTRAP_DATA, message)
             return Result()
         attempt = remembered.started or (attempts if resuming and attempts else attempts + 1)
+        m = await self._write_record(m)
+        rm = m.rm
         try:
             started = await backend.start(m, plan, attempt, pid)
         except NotYetKnown:
@@ -354,9 +364,27 @@ class ProvisionFlow:
             self.writer.event(rm, "Normal", started.reason, started.event)
         # Otherwise no status write for the start: the Event says it, most attempts end before
         # their first progress write, and status shows the attempt once one is due (_running).
-        interval = self.policy.progress_interval
-        remembered.progress_due = time.monotonic() + interval
-        return Result(requeue_after=interval)
+        # A wait status (Pending) is no longer true either, but it is not worth a write of its
+        # own: a short bootstrap replaces it with its outcome, a longer one with its progress.
+        policy = self.policy
+        first = policy.progress_interval if status.get("phase") else policy.first_progress
+        remembered.progress_due = time.monotonic() + first
+        return Result(requeue_after=first)
+
+    async def _write_record(self, m: Machine) -> Machine:
+        """Before anything touches the host, the API holds the record of it (``cleanup.py``): our
+        finalizer, the providerID and a claimed pooled host's spec, in one write, the machine's
+        first (nothing when they are there: a later attempt)."""
+        before = m.rm if m.read is None else m.read
+        written = await self.writer.object(before, recorded(copy.deepcopy(m.rm)))
+        if written is before:
+            return m
+        if m.pooled is not None and m.read is not None:
+            name, host = m.pooled["metadata"]["name"], m.address
+            self.writer.event(
+                written, "Normal", c.CLAIMED, f"claimed PooledRemoteMachine {name} ({host})"
+            )
+        return attrs.evolve(m, rm=with_host_pins(written, m.pooled), read=None)
 
     async def _wait(self, rm: JSONDict, status: JSONDict, reason: str, message: str) -> Result:
         mark(rm, status, c.READY, False, reason, message)

@@ -1,7 +1,13 @@
 """The RemoteMachine reconciler: the InfraMachine of the contract. Dispatches one reconcile:
-the finalizer first, deletion, or the waits for what the bootstrap needs (owner Machine, Cluster,
-not paused, cluster infrastructure, a pooled host, bootstrap data), then the provisioning flow
-or, once provisioned, the steady state.
+deletion, or the waits for what the bootstrap needs (owner Machine, Cluster, not paused, cluster
+infrastructure, a pooled host, bootstrap data), then the provisioning flow or, once provisioned,
+the steady state.
+
+Nothing is written to the object's metadata or spec before the first attempt starts: our
+finalizer, the providerID and a claimed pooled host's spec go in one write just before it
+(``ProvisionFlow``), so a machine that never started has no finalizer and its deletion is
+immediate (``cleanup.py``). A pooled machine holds its host from the claim on
+(``spec.claim`` of the PooledRemoteMachine) and is seen bound to it until that write.
 
 Level-triggered: each reconcile reads the cache, works out the single next step, writes status
 only if it changed, and returns. Every wait has a condition reason and is ended by a watch
@@ -37,9 +43,9 @@ from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers.common import CLUSTER_NAME_LABEL, copy_status, is_paused, mark, owner_name
 from reconcilers.remotemachine.backend import Backend, Machine
-from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
+from reconcilers.remotemachine.cleanup import Deletion
 from reconcilers.remotemachine.inherit import inherit_metadata
-from reconcilers.remotemachine.machinestatus import with_provider_id
+from reconcilers.remotemachine.machinestatus import FINALIZER, recorded
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.provision import ProvisionFlow
 from reconcilers.remotemachine.writer import Writer
@@ -103,6 +109,11 @@ class RemoteMachineReconciler:
         self.node_link = node_link
         self.claims = pools.PoolClaims(client, stores.pooled)
 
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered of a machine that is gone."""
+        self.flow.memory.forget(uid)
+        self.writer.forget(uid)
+
     async def reconcile(self, ctx: ReconcileContext, request: Request) -> Result:
         rm = self.stores.machines.get_by_name(request.namespace, request.name)
         if rm is None:
@@ -112,11 +123,6 @@ class RemoteMachineReconciler:
             cluster = rm["metadata"].get("labels", {}).get(CLUSTER_NAME_LABEL, "")
             self.node_link.forget(rm, cluster)
             return await self.deletion.run(ctx.log, rm, request)
-        if FINALIZER not in rm["metadata"].get("finalizers", []):
-            desired = copy.deepcopy(rm)
-            desired["metadata"].setdefault("finalizers", []).append(FINALIZER)
-            await self.writer.object(rm, with_provider_id(desired))
-            return Result()  # the update event brings us back with the fresh object
         return await self._converge(ctx.log, rm, request)
 
     async def _converge(self, log: FilteringBoundLogger, rm: JSONDict, request: Request) -> Result:
@@ -147,11 +153,17 @@ class RemoteMachineReconciler:
             return Result()
         mark(rm, status, c.PAUSED, False, c.NOT_PAUSED)
         await inherit_metadata(self.client, rm, machine)
+        spec = rm.get("spec", {})
         pooled = pools.held_host(stores.pooled, rm)
-        if pooled is not None and pools.pin_edits(rm, pooled):
+        if pooled is not None and spec.get("address") and pools.pin_edits(rm, pooled):
             return await self._restore_pins(rm, pooled)
         provisioned = bool((status.get("initialization") or {}).get("provisioned"))
-        if provisioned and rm.get("spec", {}).get("providerID"):
+        if provisioned and spec.get("providerID"):
+            if FINALIZER not in rm["metadata"].get("finalizers", []):
+                # Provisioned elsewhere (the reference provider, adopted): its deletion must
+                # clean the host too.
+                await self.writer.object(rm, recorded(copy.deepcopy(rm)))
+                return Result()
             return await self.node_link.steady(log, rm, status, machine, cluster_name or "")
         infra = (cluster.get("status") or {}).get("initialization") or {}
         if not infra.get("infrastructureProvisioned"):
@@ -161,9 +173,18 @@ class RemoteMachineReconciler:
                 c.WAITING_FOR_CLUSTER_INFRASTRUCTURE,
                 f"waiting for Cluster {cluster_name} infrastructure",
             )
-        spec = rm.get("spec", {})
+        read = rm
         if spec.get("pool") and not spec.get("address"):
-            return await self._claim(log, rm, status, machine)
+            pooled = await self.claims.find_or_claim(rm, log)
+            if pooled is None:
+                return await self._wait(
+                    rm,
+                    status,
+                    c.WAITING_FOR_POOL_MACHINE,
+                    f"no free PooledRemoteMachine in pool {spec['pool']!r}; add one and this"
+                    " machine proceeds",
+                )
+            rm = pools.host_spec_for(rm, pooled)  # as its first start records it
         data_name = (machine.get("spec", {}).get("bootstrap") or {}).get("dataSecretName")
         if not data_name:
             return await self._wait(
@@ -187,9 +208,15 @@ class RemoteMachineReconciler:
             request,
             log,
             pooled,
+            read if read is not rm else None,
         )
         await self.backends.other(view).retire(view.rm)  # e.g. a switch from provisionJob
-        return await self.flow.step(self.backends.of(view), view, status, data_secret)
+        try:
+            return await self.flow.step(self.backends.of(view), view, status, data_secret)
+        except Conflict:
+            if pooled is not None and read is not rm:  # maybe another replica bound it elsewhere
+                await pools.unclaim_if_bound_elsewhere(self.client, read, pooled, log)
+            raise
 
     async def _wait(
         self,
@@ -224,32 +251,6 @@ class RemoteMachineReconciler:
                 f"{', '.join(edited)} differed from the pin of PooledRemoteMachine {name}"
                 " (edited after the claim?): restored the host's pins, which alone verify it",
             )
-        return Result()
-
-    async def _claim(
-        self, log: FilteringBoundLogger, rm: JSONDict, status: JSONDict, machine: JSONDict
-    ) -> Result:
-        pooled = await self.claims.find_or_claim(rm, log)
-        if pooled is None:
-            pool = rm["spec"]["pool"]
-            return await self._wait(
-                rm,
-                status,
-                c.WAITING_FOR_POOL_MACHINE,
-                f"no free PooledRemoteMachine in pool {pool!r}; add one and this machine proceeds",
-            )
-        try:
-            await self.writer.object(rm, with_provider_id(pools.host_spec_for(rm, pooled)))
-        except Conflict:
-            await pools.unclaim_if_bound_elsewhere(self.client, rm, pooled, log)
-            raise
-        host = pooled["spec"]["machine"]["address"]
-        self.writer.event(
-            rm,
-            "Normal",
-            "Claimed",
-            f"claimed PooledRemoteMachine {pooled['metadata']['name']} ({host})",
-        )
         return Result()
 
 

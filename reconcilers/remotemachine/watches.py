@@ -115,14 +115,19 @@ def index_waiting(rm: JSONDict) -> list[str]:
     return [f"{rm['metadata'].get('namespace', '')}/{spec['pool']}"]
 
 
-def free_host_to_waiting(machines: Store, event: Event) -> list[Request]:
+def free_host_to_waiting(machines: Store, pooled: Store, event: Event) -> list[Request]:
     """A host that is free wakes the RemoteMachines waiting for a host of its pool (by index: a
-    fleet of bound machines costs nothing here)."""
+    fleet of bound machines costs nothing here). A machine that holds a claimed host but is not
+    bound to it yet (its first start records it) is not waiting for one."""
     if not pools.is_free(event.obj):
         return []
     meta = event.obj["metadata"]
     key = f"{meta.get('namespace', '')}/{event.obj.get('spec', {}).get('pool')}"
-    return [request_for(rm) for rm in machines.iter_index(WAITING_INDEX, key)]
+    return [
+        request_for(rm)
+        for rm in machines.iter_index(WAITING_INDEX, key)
+        if pools.held_host(pooled, rm) is None
+    ]
 
 
 class Wake:
@@ -188,6 +193,14 @@ def setup(provider: Provider, runner: Runner) -> HostAccess:
     )
     reconciler = _reconciler(provider, stores, secrets, access, wake)
     wake.controller = _build(provider, reconciler, stores)
+
+    def forget_deleted(event: Event) -> None:
+        """A machine without our finalizer (never started) is gone without a last reconcile:
+        what was remembered of it (its waits, invalid data) goes with it here."""
+        if event.type == "DELETED":
+            reconciler.forget(str(event.obj["metadata"]["uid"]))
+
+    remote.add_handler(forget_deleted)
     return access
 
 
@@ -249,6 +262,9 @@ def _build(provider: Provider, reconciler: RemoteMachineReconciler, stores: Stor
         )
         .watches(MACHINES, lambda e: machine_to_remote(e.obj))
         .watches(CLUSTERS, lambda e: cluster_to_remote(stores.capi_machines, e))
-        .watches(POOLED_REMOTE_MACHINES, lambda e: free_host_to_waiting(stores.machines, e))
+        .watches(
+            POOLED_REMOTE_MACHINES,
+            lambda e: free_host_to_waiting(stores.machines, stores.pooled, e),
+        )
         .build()
     )

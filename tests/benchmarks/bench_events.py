@@ -124,10 +124,11 @@ def measure_free_host(size: int, events: int = 2_000) -> float:
     for i in range(10):
         machines.upsert(remote_machine(size + i, bound=False))
     machines.add_indexer(watches.WAITING_INDEX, watches.index_waiting)
+    pooled = Store(pools.INDEXERS)  # no claims: the 10 unbound machines wait
     event = Event("MODIFIED", pooled_host(0))
     started = time.process_time()
     for _ in range(events):
-        woken = watches.free_host_to_waiting(machines, event)
+        woken = watches.free_host_to_waiting(machines, pooled, event)
     assert len(woken) == 10
     return _per_event(time.process_time() - started, events)
 

@@ -101,17 +101,22 @@ async def test_a_claim_that_failed_unknowably_leaves_the_host_to_others(error: E
 
 
 def test_a_free_host_wakes_only_the_machines_waiting_in_its_pool() -> None:
-    machines = Store({WAITING_INDEX: index_waiting})
+    machines, pooled = Store({WAITING_INDEX: index_waiting}), Store(INDEXERS)
     machines.upsert(machine(1))
     machines.upsert(machine(2, address="192.0.2.9"))
     other_pool = machine(3)
     other_pool["spec"]["pool"] = "q"
     machines.upsert(other_pool)
-    woken = free_host_to_waiting(machines, Event("MODIFIED", host(0)))
+    woken = free_host_to_waiting(machines, pooled, Event("MODIFIED", host(0)))
     assert [r.name for r in woken] == ["m-1"]
     machines.upsert(machine(1, address="192.0.2.1"))  # bound now
-    assert free_host_to_waiting(machines, Event("MODIFIED", host(0))) == []
+    assert free_host_to_waiting(machines, pooled, Event("MODIFIED", host(0))) == []
     claimed = host(0)
     claimed["spec"]["claim"] = {"namespace": "ns", "name": "m-1", "uid": "u1"}
     machines.upsert(machine(4))
-    assert free_host_to_waiting(machines, Event("MODIFIED", claimed)) == []
+    assert free_host_to_waiting(machines, pooled, Event("MODIFIED", claimed)) == []
+    # A machine holding a claimed host, not bound to it until its first start, waits no more.
+    held = host(1)
+    held["spec"]["claim"] = {"namespace": "ns", "name": "m-4", "uid": "u4"}
+    pooled.upsert(held)
+    assert free_host_to_waiting(machines, pooled, Event("MODIFIED", host(0))) == []

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from capi_remote import Request, Result
-from capi_remote.api import RemoteMachineSpec, from_dict
+from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, RemoteMachineSpec, from_dict
 from capi_remote.bootstrap import BootstrapPlan, InstanceMetadata, parse_bootstrap
 from capi_remote.ssh import InvalidCredentials
 from reconcilers import conditions as c
@@ -31,6 +31,7 @@ from reconcilers.remotemachine.backend import (
     Running,
     Started,
 )
+from reconcilers.remotemachine.machinestatus import FINALIZER
 from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.policy import AttemptPolicy
 from reconcilers.remotemachine.provision import ProvisionFlow
@@ -135,6 +136,8 @@ def job_like() -> FakeBackend:
 
 
 def new_machine(**spec: Any) -> JSONDict:
+    """A machine as its first start leaves its metadata and spec (the record: our finalizer and
+    providerID, :func:`test_the_record_is_written_before_the_host_is_touched`)."""
     return {
         "metadata": {
             "name": "m",
@@ -142,8 +145,15 @@ def new_machine(**spec: Any) -> JSONDict:
             "uid": UID,
             "generation": 1,
             "resourceVersion": "1",
+            "finalizers": [FINALIZER],
+            "annotations": {PROVIDER_ID_SET_FOR_ANNOTATION: UID},
         },
-        "spec": {"address": "192.0.2.10", "port": 22, **spec},
+        "spec": {
+            "address": "192.0.2.10",
+            "port": 22,
+            "providerID": "remote-machine://192.0.2.10:22",
+            **spec,
+        },
         "status": {},
     }
 
@@ -226,7 +236,7 @@ BACKENDS = [pytest.param(runner_like, id="runner"), pytest.param(job_like, id="j
 
 async def test_success_records_provider_id_and_attempt() -> None:
     b = bed()
-    assert await b.step() == Result(requeue_after=AttemptPolicy().progress_interval)
+    assert await b.step() == Result(requeue_after=AttemptPolicy().first_progress)
     assert b.backend.starts == [1]
     assert b.parser.tenants == ["ns"]  # the parse takes the namespace's turn (fair admission)
     # The start writes no status, the Event says it; a quick bootstrap writes its outcome only.
@@ -245,6 +255,38 @@ async def test_success_records_provider_id_and_attempt() -> None:
     b.backend.seen = None
     await b.step()
     assert b.backend.starts == [1]
+
+
+@pytest.mark.parametrize("make", BACKENDS)
+async def test_the_record_is_written_before_the_host_is_touched(make: Any) -> None:
+    """A first start writes our finalizer with the providerID before the backend starts, and its
+    attempt carries the generation that write made; a later attempt writes no record again."""
+    recorded_at_start: list[JSONDict] = []
+
+    @attrs.define
+    class Watched(FakeBackend):
+        async def start(
+            self, machine: Machine, plan: BootstrapPlan, attempt: int, provider_id: str
+        ) -> Started:
+            recorded_at_start.append(copy.deepcopy(b.writer.obj))  # what the API holds
+            return await super().start(machine, plan, attempt, provider_id)
+
+    b = bed(Watched(**attrs.asdict(make(), recurse=False)))
+    meta, spec = b.writer.obj["metadata"], b.writer.obj["spec"]
+    del meta["finalizers"], meta["annotations"], spec["providerID"]
+    await b.step()
+    [before] = recorded_at_start
+    assert before["metadata"]["finalizers"] == [FINALIZER]
+    assert before["spec"]["providerID"] == "remote-machine://192.0.2.10:22"
+    assert before["metadata"]["annotations"] == {PROVIDER_ID_SET_FOR_ANNOTATION: UID}
+    assert b.backend.generation == before["metadata"]["generation"] == 2
+    generation = b.writer.obj["metadata"]["generation"]
+    b.backend.seen = Finished(1, 2, Outcome(False, "StepFailed", "it broke", True))
+    await b.step()
+    b.time_passes()
+    await b.step()
+    assert b.backend.starts == [1, 2]  # the same spec: its failure counted, no fresh budget
+    assert b.writer.obj["metadata"]["generation"] == generation
 
 
 @pytest.mark.parametrize("make", BACKENDS)
@@ -397,7 +439,8 @@ async def test_progress_is_coalesced_and_the_latest_is_written() -> None:
     b.backend.seen = Running(1, c.PROVISIONING, "step 2 of 3: x", steps_done=1, steps_total=3)
     early = await b.step()  # before the first write is due: none, but a look when it is
     assert b.writer.status_writes == 0
-    assert early.requeue_after is not None and 0 < early.requeue_after <= interval
+    first = AttemptPolicy().first_progress
+    assert early.requeue_after is not None and interval < early.requeue_after <= first
     b.time_passes()
     assert await b.step() == Result()
     assert b.writer.status_writes == 1
@@ -439,6 +482,10 @@ async def test_inputs_that_cannot_be_used_wait_with_their_own_reason(
     assert b.ready()["reason"] == reason
     assert b.status["phase"] == "Pending"
     assert "bootstrap" not in b.status  # no attempt was spent
+    b.backend.refuse = None  # fixed: the wait status goes with the first progress write
+    result = await b.step()
+    assert b.backend.starts == [1] and b.status["phase"] == "Pending"
+    assert result == Result(requeue_after=AttemptPolicy().progress_interval)
 
 
 async def test_deleting_the_last_failed_job_starts_afresh() -> None:
@@ -497,17 +544,19 @@ class FakeAccess:
         return Outcome(True, "CleanedUp", f"{target} cleaned up")
 
 
-def deletion_bed(pods_going: float | None = None) -> tuple[Any, FakeWriter, list[FakeBackend]]:
+def deletion_bed(
+    pods_going: float | None = None, obj: JSONDict | None = None
+) -> tuple[Any, FakeWriter, list[FakeBackend]]:
     from capi_remote import Store
     from reconcilers.hostjobs import HostJobs
     from reconcilers.pool import CLAIM_INDEX
     from reconcilers.pool.claims import index_by_claimant
-    from reconcilers.remotemachine.cleanup import FINALIZER, Deletion
+    from reconcilers.remotemachine.cleanup import Deletion
 
-    obj = new_machine(cleanUpCommands=["reset"])
-    obj["metadata"]["finalizers"] = [FINALIZER]
+    if obj is None:
+        obj = new_machine(cleanUpCommands=["reset"])
+        obj["status"] = {"bootstrap": {"attempts": 1}}
     obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    obj["status"] = {"bootstrap": {"attempts": 1}}
     writer = FakeWriter(obj)
 
     @attrs.define
@@ -548,23 +597,31 @@ async def test_deletion_cancels_cleans_the_host_and_forgets() -> None:
     assert ("Normal", "Released", "host cleaned up and released") in writer.events
 
 
-@pytest.mark.parametrize("started", [1, None])
-async def test_an_attempt_started_but_not_in_status_yet_is_cleaned_up(started: int | None) -> None:
-    """The start writes no status: until its first progress write, only memory knows the host
-    was touched. Without either record the host was never touched and is not logged into."""
-    deletion, writer, _ = deletion_bed()
-    del writer.obj["status"]["bootstrap"]
-    deletion.memory[UID].started = started
+@pytest.mark.parametrize("started", [True, False], ids=["started", "never-started"])
+async def test_deletion_after_a_restart_cleans_a_host_an_attempt_touched(started: bool) -> None:
+    """An attempt started, then the controller restarted before its first progress write:
+    neither status nor the fresh memory knows of it, but the finalizer its start wrote does, and
+    the host is cleaned. A machine that never started has no finalizer: its host is not
+    logged into (and the object is gone at once)."""
+    b = bed(cleanUpCommands=["reset"])
+    meta, spec = b.writer.obj["metadata"], b.writer.obj["spec"]
+    del meta["finalizers"], meta["annotations"], spec["providerID"]
+    if started:
+        await b.step()
+        assert b.backend.starts == [1] and b.writer.status_writes == 0
+    deletion, writer, _ = deletion_bed(obj=b.writer.obj)  # a restarted controller's memory
+    assert "bootstrap" not in writer.obj["status"] and deletion.memory[UID].started is None
     request = Request("ns", "m")
     await deletion.run(LOG, copy.deepcopy(writer.obj), request)
     job = deletion.jobs.state(UID)
-    if started is None:
-        assert job is None and writer.obj["metadata"]["finalizers"] == []
+    if not started:
+        assert job is None and deletion.access.cleanups == []
         return
     assert job is not None and job.task is not None
     await asyncio.wait_for(job.task, 5)
     await deletion.run(LOG, copy.deepcopy(writer.obj), request)
     assert deletion.access.cleanups == [("reset",)]
+    assert writer.obj["metadata"]["finalizers"] == []
 
 
 async def test_deletion_waits_for_a_backend_that_is_winding_down() -> None:
@@ -619,7 +676,7 @@ class FlowMachine(RuleBasedStateMachine):
 
     @rule()
     def spec_changes(self) -> None:
-        if not self.b.writer.obj["spec"].get("providerID"):
+        if not self.b.writer.obj["status"].get("initialization"):
             self.b.writer.obj["metadata"]["generation"] += 1
             self.starts_this_generation = []
 

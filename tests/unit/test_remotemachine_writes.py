@@ -3,9 +3,9 @@ with its real writer, flow and dispatch over a client that applies merge patches
 an informer cache fed with what was written; only the bootstrap itself is a scripted backend.
 
 - A standalone machine whose bootstrap ends before its first progress write: two writes (the
-  finalizer with the providerID, then ``Provisioned``).
-- A pooled machine: the finalizer, the claim on the host, the claimed host with the providerID in
-  one write, ``Provisioned``.
+  finalizer with the providerID just before the start, then ``Provisioned``).
+- A pooled machine: three, the claim on the host, the finalizer with the claimed host and the
+  providerID just before the start, ``Provisioned``.
 - A provisioned machine reconciled again writes nothing (Cluster API's ResourceVersionStable).
 - A long bootstrap still shows "step k of n", coalesced.
 """
@@ -22,13 +22,17 @@ import attrs
 import structlog
 
 from capi_remote import ReconcileContext, Request, Result, Store
-from capi_remote.api import PROVIDER_ID_SET_FOR_ANNOTATION, RemoteMachineSpec, from_dict
+from capi_remote.api import (
+    HOST_KEY_FINGERPRINT_ANNOTATION,
+    PROVIDER_ID_SET_FOR_ANNOTATION,
+    RemoteMachineSpec,
+    from_dict,
+)
 from reconcilers import conditions as c
 from reconcilers import pool as pools
 from reconcilers.hostjobs import Outcome
 from reconcilers.remotemachine.backend import Finished, Machine, Running
-from reconcilers.remotemachine.cleanup import FINALIZER
-from reconcilers.remotemachine.machinestatus import provisioned_before
+from reconcilers.remotemachine.machinestatus import FINALIZER, provisioned_before
 from reconcilers.remotemachine.memory import MachineMemory
 from reconcilers.remotemachine.nodelink import NodeLink
 from reconcilers.remotemachine.policy import AttemptPolicy
@@ -254,12 +258,13 @@ async def test_a_pooled_machine_gets_its_provider_id_with_the_claimed_host() -> 
     w = world({"pool": "workers"}, pooled)
     await provision(w)
     assert w.writes() == [
-        "remotemachines",  # the finalizer (no host yet, so no providerID)
         "pooledremotemachines",  # the claim
-        "remotemachines",  # the host's address, port and key, and the providerID
+        "remotemachines",  # at the start: finalizer, the host's address, port, key, providerID
         "remotemachines/status",
     ]
     assert w.rm["spec"]["providerID"] == f"remote-machine://{ADDRESS}:2222"
+    assert w.rm["metadata"]["finalizers"] == [FINALIZER]
+    assert ("Normal", c.CLAIMED) in w.events.recorded
     before = list(w.client.writes)
     await w.reconcile()
     assert w.client.writes == before
@@ -319,9 +324,8 @@ async def test_a_machine_named_by_a_machine_waits_quietly_for_its_owner_referenc
     assert machine is not None
     machine["spec"]["infrastructureRef"] = {"kind": "RemoteMachine", "name": "m"}
     w.stores.capi_machines.upsert(machine)
-    await w.reconcile()  # the finalizer
     result = await w.reconcile()
-    assert w.writes() == ["remotemachines"] and "status" not in w.rm
+    assert w.writes() == [] and "status" not in w.rm
     assert result.requeue_after is not None
     assert QUIET_WAITS < result.requeue_after <= OWNER_PATIENCE
     machine = copy.deepcopy(machine)
@@ -329,3 +333,54 @@ async def test_a_machine_named_by_a_machine_waits_quietly_for_its_owner_referenc
     w.stores.capi_machines.upsert(machine)  # nothing names it: the usual quiet
     result = await w.reconcile()
     assert result.requeue_after is not None and result.requeue_after <= QUIET_WAITS
+
+
+async def test_a_machine_provisioned_elsewhere_gets_the_finalizer_once() -> None:
+    """Provisioned by the reference provider (or adopted) without our finalizer: its deletion
+    must clean the host too, so it gets the finalizer, in one write, and then nothing more."""
+    w = world(
+        {
+            "address": ADDRESS,
+            "port": 22,
+            "sshKeyRef": {"name": "k"},
+            "providerID": f"remote-machine://{ADDRESS}:22",
+        }
+    )
+    w.client.objects[("remotemachines", "m")]["status"] = {"initialization": {"provisioned": True}}
+    await w.reconcile()
+    assert w.writes() == ["remotemachines"]
+    assert w.rm["metadata"]["finalizers"] == [FINALIZER]
+    await w.reconcile()  # the steady state (its conditions, which this status lacked)
+    settled = w.writes()
+    for _ in range(2):
+        await w.reconcile()
+    assert w.writes() == settled and w.backend.starts == []
+
+
+async def test_a_pin_edited_after_the_start_is_restored_with_an_event() -> None:
+    """Before its start, a pooled machine's own pins do not count and the start's write replaces
+    them with the host's; once bound, an edit is undone with a HostPinsRestored Event."""
+    pooled = {
+        "metadata": {
+            "name": "host-a",
+            "namespace": NS,
+            "uid": "p-1",
+            "generation": 2,
+            "annotations": {HOST_KEY_FINGERPRINT_ANNOTATION: "SHA256:host"},
+        },
+        "spec": {"pool": "workers", "machine": {"address": ADDRESS, "sshKeyRef": {"name": "k"}}},
+        "status": {"health": {"state": "Healthy", "observedGeneration": 2}},
+    }
+    w = world({"pool": "workers"}, pooled)
+    w.client.objects[("remotemachines", "m")]["metadata"]["annotations"] = {
+        HOST_KEY_FINGERPRINT_ANNOTATION: "SHA256:tenant"
+    }
+    await provision(w)
+    assert w.rm["metadata"]["annotations"][HOST_KEY_FINGERPRINT_ANNOTATION] == "SHA256:host"
+    assert ("Warning", c.HOST_PINS_RESTORED) not in w.events.recorded
+    w.client.objects[("remotemachines", "m")]["metadata"]["annotations"][
+        HOST_KEY_FINGERPRINT_ANNOTATION
+    ] = "SHA256:tenant"
+    await w.reconcile()
+    assert w.rm["metadata"]["annotations"][HOST_KEY_FINGERPRINT_ANNOTATION] == "SHA256:host"
+    assert ("Warning", c.HOST_PINS_RESTORED) in w.events.recorded
