@@ -449,12 +449,13 @@ async def _scale(env: Env, replicas: int) -> float:
     return at
 
 
-async def capi_alone(env: Env, n: int) -> tuple[float, float]:
+async def capi_alone(env: Env, n: int) -> tuple[float, float, int]:
     """Scale to ``n`` and back to 0 while our controller is stopped (SIGSTOP): Cluster API's
     own pace, with none of our writes competing for its API budget (its Machine reconciles,
     which each RemoteMachine write triggers, share one client rate limit with its MachineSet).
     Nothing claims a host meanwhile; no RemoteMachine has our finalizer yet, so the scale-down
-    does not need us. Returns when the scale-up started and when the last Machine existed."""
+    does not need us. Returns when the scale-up started, when the last Machine existed, and how
+    many RemoteMachines Cluster API left without a Machine (deleted before the scale-up)."""
     pid = env.controller.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
@@ -471,13 +472,34 @@ async def capi_alone(env: Env, n: int) -> tuple[float, float]:
 
         async def gone() -> bool:
             left = (await env.client.list(REMOTE_MACHINES, NAMESPACE))["items"]
-            return len(await _machines(env)) == 1 and len(left) == 1
+            return len(await _machines(env)) == 1 and len(_owned(left)) == 1
 
         await wait_for("Cluster API alone: scaled back to 0", gone, 300 + 2 * n, 1.0)
+        orphans = await _delete_orphans(env)
     finally:
         os.kill(pid, signal.SIGCONT)
     await asyncio.sleep(10.0)  # the controller's watches catch up
-    return at, done
+    return at, done, orphans
+
+
+def _owned(rms: Sequence[JSONDict]) -> list[JSONDict]:
+    return [
+        rm
+        for rm in rms
+        if any(ref.get("kind") == "Machine" for ref in rm["metadata"].get("ownerReferences") or [])
+    ]
+
+
+async def _delete_orphans(env: Env) -> int:
+    """RemoteMachines a MachineSet created for a Machine it then failed to create (its client
+    rate limiter gave up under load) are left behind by Cluster API: delete them, so that the
+    scale-up measures only machines that have a Machine, and report how many there were."""
+    left = (await env.client.list(REMOTE_MACHINES, NAMESPACE))["items"]
+    owned = {rm["metadata"]["name"] for rm in _owned(left)}
+    orphans = [rm for rm in left if rm["metadata"]["name"] not in owned]
+    for rm in orphans:
+        await env.client.delete(REMOTE_MACHINES, NAMESPACE, rm["metadata"]["name"])
+    return len(orphans)
 
 
 async def _machine_count(env: Env, wanted: int) -> bool:
@@ -514,7 +536,7 @@ async def run(sizes: Sizes) -> JSONDict:
     n = sizes.machines
     async with environment(sizes) as env:
         await prepare(env, sizes)
-        alone_at, alone_done = await capi_alone(env, sizes.machines)
+        alone_at, alone_done, orphans = await capi_alone(env, sizes.machines)
         sampler = Sampler(env, sizes.sample_seconds)
         sampling = asyncio.create_task(sampler.run())
         try:
@@ -557,6 +579,7 @@ async def run(sizes: Sizes) -> JSONDict:
             if capi_alone_s is None
             else round(capi_alone_s, 1),
             "floor_capi_alone_s": None if floor_alone is None else round(floor_alone, 1),
+            "capi_alone_orphaned_remotemachines": orphans,
             "over_floor_capi_alone": None if floor_alone is None else round(up_s / floor_alone, 2),
             "requests": len(up_events),
             "controller_cpu_s": cpu_between(sampler.rows, up_at, up_done),
